@@ -1,0 +1,196 @@
+"""One self-describing checkpoint format: weights plus everything inference needs to use them.
+
+A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` can read: no pickled
+classes, so a file can never run code. Its ``card`` carries the architecture, classes, palette,
+input normalisation, the measured receptive field with the halo that makes tiling exact, and
+where the weights came from. Training adds its own entries (optimiser, schedule, RNG) beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fcn.errors import FcnpipeError
+from fcn.normalization import TORCHVISION_IMAGENET, Normalization
+from fcn.receptive_field import ReceptiveField, measure_receptive_field
+from fcn.registry import available_models, build_model
+
+FORMAT = "fcnpipe-checkpoint"
+VERSION = 1
+
+RGB = tuple[int, int, int]
+
+
+def default_palette(num_classes: int) -> list[RGB]:
+    """The PASCAL VOC colour map: distinct colours by spreading the bits of the class index."""
+    palette = []
+    for index in range(num_classes):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a checkpoint says about its weights."""
+
+    arch: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    palette: tuple[RGB, ...]
+    normalization: Normalization
+    receptive_field: ReceptiveField
+    total_stride: int
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def halo(self) -> int:
+        """Recommended tile halo: covers the receptive field, a multiple of the total stride."""
+        return self.receptive_field.halo(self.total_stride)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``torch.save``."""
+        return {
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "palette": [list(c) for c in self.palette],
+            "normalization": self.normalization.to_dict(),
+            "receptive_field": {"lo": self.receptive_field.lo, "hi": self.receptive_field.hi},
+            "total_stride": self.total_stride,
+            "halo": self.halo,
+            "provenance": dict(self.provenance),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        """Inverse of :meth:`to_dict`."""
+        rf = data["receptive_field"]
+        return cls(
+            arch=str(data["arch"]),
+            num_classes=int(data["num_classes"]),
+            class_names=tuple(str(n) for n in data["class_names"]),
+            palette=tuple((int(c[0]), int(c[1]), int(c[2])) for c in data["palette"]),
+            normalization=Normalization.from_dict(data["normalization"]),
+            receptive_field=ReceptiveField(int(rf["lo"]), int(rf["hi"])),
+            total_stride=int(data["total_stride"]),
+            provenance=dict(data.get("provenance", {})),
+        )
+
+
+def describe(
+    model: nn.Module,
+    arch: str,
+    *,
+    class_names: list[str] | None = None,
+    palette: list[RGB] | None = None,
+    normalization: Normalization = TORCHVISION_IMAGENET,
+    provenance: dict[str, Any] | None = None,
+) -> ModelCard:
+    """Make the card of ``model``, measuring its receptive field."""
+    num_classes = int(model.num_classes)  # type: ignore[arg-type]
+    names = class_names or [f"class_{i}" for i in range(num_classes)]
+    colours = palette or default_palette(num_classes)
+    if len(names) != num_classes or len(colours) != num_classes:
+        raise FcnpipeError(
+            f"the model has {num_classes} classes but {len(names)} class names and "
+            f"{len(colours)} palette colours were given."
+        )
+    return ModelCard(
+        arch=arch,
+        num_classes=num_classes,
+        class_names=tuple(names),
+        palette=tuple(colours),
+        normalization=normalization,
+        receptive_field=measure_receptive_field(model),
+        total_stride=int(model.total_stride),  # type: ignore[arg-type]
+        provenance=provenance or {},
+    )
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, card: ModelCard, extra: dict[str, Any] | None = None
+) -> None:
+    """Write a checkpoint atomically: a crash never leaves a half-written file at ``path``."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "card": card.to_dict(),
+        "state_dict": model.state_dict(),
+        **(extra or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint's raw contents safely (``weights_only=True``), with clear errors."""
+    if not path.is_file():
+        raise FcnpipeError(f"checkpoint {path} does not exist.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise FcnpipeError(
+            f"{path} holds Python objects that a weights-only load refuses to run; "
+            "only fcnpipe checkpoints (tensors and plain data) are accepted."
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise FcnpipeError(f"{path} is not a readable checkpoint (corrupt or truncated).") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise FcnpipeError(
+            f"{path} is not an fcnpipe checkpoint; make one with `fcnpipe weights init` or training."
+        )
+    if payload.get("version") != VERSION:
+        raise FcnpipeError(f"{path} has checkpoint version {payload.get('version')}, not {VERSION}.")
+    return payload
+
+
+def load_checkpoint(
+    path: Path, *, arch: str | None = None, num_classes: int | None = None
+) -> tuple[nn.Module, ModelCard]:
+    """Load a checkpoint into a fresh model (in eval mode) and return it with its card.
+
+    ``arch`` and ``num_classes``, when given, are what the caller needs; a checkpoint made for
+    something else is refused with a sentence saying so.
+    """
+    payload = read_checkpoint(path)
+    card = ModelCard.from_dict(payload["card"])
+    if card.arch not in available_models():
+        raise FcnpipeError(
+            f"{path} is for architecture {card.arch!r}, which this fcnpipe does not know "
+            f"({', '.join(available_models())})."
+        )
+    if arch is not None and card.arch != arch:
+        raise FcnpipeError(f"{path} is a {card.arch} checkpoint, not {arch}.")
+    if num_classes is not None and card.num_classes != num_classes:
+        raise FcnpipeError(
+            f"{path} predicts {card.num_classes} classes, but {num_classes} are needed."
+        )
+    model = build_model(card.arch, card.num_classes)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise FcnpipeError(
+            f"{path}'s weights do not fit a {card.arch} with {card.num_classes} classes."
+        ) from exc
+    return model.eval(), card

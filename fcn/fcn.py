@@ -1,0 +1,130 @@
+"""FCN-32s, FCN-16s, FCN-8s and FCN-8s at-once (Long, Shelhamer & Darrell), as in the Caffe release.
+
+Layer names, kernel sizes and crop offsets follow the reference ``net.py`` files so that weights
+and behaviour carry over: conv1_1 is padded by 100, the trunk pools with ceil rounding, and each
+crop starts at a fixed offset and takes the extent of its reference tensor. The output always has
+the input's height and width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fcn.vgg import make_features, run_features, total_stride
+
+# Crop offsets of the reference release, fixed by conv1_1's padding of 100 and the kernel sizes.
+CROP_32S, CROP_16S, CROP_8S = 19, 27, 31
+CROP_POOL4, CROP_POOL3 = 5, 9
+
+# FCN-8s at-once scales the skip features so that they start small next to fc7's scores.
+ATONCE_SCALES = (0.01, 0.0001)
+
+
+def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
+    """Weights of a transposed convolution that upsamples each channel bilinearly.
+
+    Only the diagonal (channel i -> channel i) is non-zero, as in the reference's ``upsample_filt``.
+    """
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    og = torch.arange(kernel_size, dtype=torch.float64)
+    filt1d = 1 - (og - center).abs() / factor
+    filt = torch.outer(filt1d, filt1d).float()
+    weight = torch.zeros(channels, channels, kernel_size, kernel_size)
+    weight[range(channels), range(channels)] = filt
+    return weight
+
+
+def upsampler(channels: int, factor: int, learnable: bool) -> nn.ConvTranspose2d:
+    """A bias-free transposed convolution (kernel 2*factor, stride factor) set to bilinear."""
+    layer = nn.ConvTranspose2d(channels, channels, 2 * factor, stride=factor, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(bilinear_kernel(channels, 2 * factor))
+    layer.weight.requires_grad_(learnable)
+    return layer
+
+
+def crop(x: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
+    """Take ``like``'s spatial extent out of ``x``, starting at ``offset`` in both axes."""
+    h, w = like.shape[-2:]
+    if x.shape[-2] < offset + h or x.shape[-1] < offset + w:
+        raise ValueError(f"cannot crop {tuple(x.shape[-2:])} at {offset} to {(h, w)}")
+    return x[..., offset : offset + h, offset : offset + w]
+
+
+def scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Multiply by ``scale``, without a copy when it is 1."""
+    return x if scale == 1.0 else x * scale
+
+
+def score_layer(in_channels: int, num_classes: int) -> nn.Conv2d:
+    """A 1x1 scoring convolution, zero-initialised as in the reference."""
+    layer = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class FCN(nn.Module):
+    """A VGG16 fully convolutional network with output stride 32, 16 or 8.
+
+    Tensors in (N, 3, H, W), already normalised; per-class logits out (N, num_classes, H, W).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        stride: int = 8,
+        *,
+        skip_scales: tuple[float, float] = (1.0, 1.0),
+        learnable_upsampling: bool = False,
+    ) -> None:
+        super().__init__()
+        if stride not in (32, 16, 8):
+            raise ValueError(f"stride must be 32, 16 or 8, not {stride}")
+        self.num_classes = num_classes
+        self.stride = stride
+        self.skip_scales = skip_scales
+        self.features = make_features(first_padding=100)
+        self.fc6 = nn.Conv2d(512, 4096, kernel_size=7)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.drop6 = nn.Dropout(0.5)
+        self.fc7 = nn.Conv2d(4096, 4096, kernel_size=1)
+        self.relu7 = nn.ReLU(inplace=True)
+        self.drop7 = nn.Dropout(0.5)
+        self.score_fr = score_layer(4096, num_classes)
+        up = learnable_upsampling
+        if stride == 32:
+            self.upscore = upsampler(num_classes, 32, up)
+            return
+        self.score_pool4 = score_layer(512, num_classes)
+        self.upscore2 = upsampler(num_classes, 2, up)
+        if stride == 16:
+            self.upscore16 = upsampler(num_classes, 16, up)
+            return
+        self.score_pool3 = score_layer(256, num_classes)
+        self.upscore_pool4 = upsampler(num_classes, 2, up)
+        self.upscore8 = upsampler(num_classes, 8, up)
+
+    @property
+    def total_stride(self) -> int:
+        """The trunk's output stride: tile origins on multiples of it see the whole image's grid."""
+        return total_stride(self.features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return per-pixel class logits with the input's height and width."""
+        taps = run_features(self.features, x)
+        h = self.drop6(self.relu6(self.fc6(taps.pool5)))
+        h = self.drop7(self.relu7(self.fc7(h)))
+        h = self.score_fr(h)
+        if self.stride == 32:
+            return crop(self.upscore(h), CROP_32S, x)
+        pool4_scale, pool3_scale = self.skip_scales
+        h = self.upscore2(h)
+        h = h + crop(self.score_pool4(scaled(taps.pool4, pool4_scale)), CROP_POOL4, h)
+        if self.stride == 16:
+            return crop(self.upscore16(h), CROP_16S, x)
+        h = self.upscore_pool4(h)
+        h = h + crop(self.score_pool3(scaled(taps.pool3, pool3_scale)), CROP_POOL3, h)
+        return crop(self.upscore8(h), CROP_8S, x)

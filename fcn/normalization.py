@@ -1,0 +1,58 @@
+"""Input normalisation, which travels with the weights it was trained for."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How 8-bit-range RGB pixels become network input: reorder, scale, subtract mean, divide by std.
+
+    ``mean`` and ``std`` are given in the network's channel order, after scaling.
+    """
+
+    channel_order: str = "RGB"
+    scale: float = 1 / 255
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be RGB or BGR, not {self.channel_order!r}")
+
+    def apply(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Normalise (N, 3, H, W) RGB values on the 0-255 scale into network input."""
+        x = rgb.flip(1) if self.channel_order == "BGR" else rgb
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x * self.scale - mean) / std
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a checkpoint."""
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Normalization:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            channel_order=str(data["channel_order"]),
+            scale=float(data["scale"]),
+            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+        )
+
+
+# torchvision's ImageNet VGG16 (vgg16-397923af.pth): RGB in [0, 1], ImageNet mean and std.
+TORCHVISION_IMAGENET = Normalization()
+
+# The Caffe VGG16 the reference FCNs were trained from: BGR, 0-255, mean subtracted, no std.
+CAFFE_VGG16 = Normalization(
+    channel_order="BGR",
+    scale=1.0,
+    mean=(104.00699, 116.66877, 122.67891),
+    std=(1.0, 1.0, 1.0),
+)

@@ -1,0 +1,73 @@
+"""The VGG16 convolutional trunk in torchvision's parameter layout, with Caffe's ceil-mode pooling.
+
+Parameters are named ``features.<index>.weight`` / ``.bias`` exactly as in
+``torchvision.models.vgg16`` so that an ImageNet state dict loads without renaming.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+# Output channels of each 3x3 convolution; "M" is a 2x2 max pool. Indices in the resulting
+# nn.Sequential match torchvision's ``features`` (convs at 0, 2, 5, ...; pools at 4, 9, 16, 23, 30).
+VGG16_LAYOUT: tuple[int | str, ...] = (
+    64, 64, "M",
+    128, 128, "M",
+    256, 256, 256, "M",
+    512, 512, 512, "M",
+    512, 512, 512, "M",
+)  # fmt: skip
+
+# Positions of pool3, pool4 and pool5 in ``features``.
+POOL3, POOL4, POOL5 = 16, 23, 30
+
+
+class Taps(NamedTuple):
+    """The trunk's outputs that FCN heads read: strides 8, 16 and 32."""
+
+    pool3: torch.Tensor
+    pool4: torch.Tensor
+    pool5: torch.Tensor
+
+
+def make_features(first_padding: int = 100) -> nn.Sequential:
+    """Build the 13 convolutions and 5 ceil-mode max pools of VGG16.
+
+    ``first_padding`` is 100 for FCNs (the reference's conv1_1 padding, which lets any input size
+    reach fc6) and 1 for the plain ImageNet classifier.
+    """
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for item in VGG16_LAYOUT:
+        if item == "M":
+            # Caffe rounds pooled sizes up; floor rounding breaks the FCN crops for many sizes.
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
+            continue
+        assert isinstance(item, int)
+        padding = first_padding if not layers else 1
+        layers += [nn.Conv2d(in_channels, item, kernel_size=3, padding=padding), nn.ReLU(True)]
+        in_channels = item
+    return nn.Sequential(*layers)
+
+
+def run_features(features: nn.Sequential, x: torch.Tensor) -> Taps:
+    """Run the trunk and return its pool3, pool4 and pool5 activations."""
+    taps: dict[int, torch.Tensor] = {}
+    for index, layer in enumerate(features):
+        x = layer(x)
+        if index in (POOL3, POOL4, POOL5):
+            taps[index] = x
+    return Taps(taps[POOL3], taps[POOL4], taps[POOL5])
+
+
+def total_stride(features: nn.Sequential) -> int:
+    """The trunk's output stride, the product of its pooling strides (32 for VGG16)."""
+    stride = 1
+    for layer in features:
+        if isinstance(layer, nn.MaxPool2d | nn.AvgPool2d):
+            s = layer.stride
+            stride *= s if isinstance(s, int) else s[0]
+    return stride
