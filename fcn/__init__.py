@@ -1,4 +1,4 @@
-"""Fully convolutional networks: tensors in, logits out. No file formats beyond checkpoints, no I/O of rasters."""
+"""Fully convolutional networks: tensors in, logits out; no raster I/O, no Prefect."""
 
 from fcn.checkpoint import ModelCard, describe, load_checkpoint, save_checkpoint
 from fcn.errors import FcnpipeError

@@ -150,6 +150,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):
+            raise FcnpipeError(f"{path} is not a readable checkpoint (corrupt or truncated).") from exc
         raise FcnpipeError(
             f"{path} holds Python objects that a weights-only load refuses to run; "
             "only fcnpipe checkpoints (tensors and plain data) are accepted."
@@ -183,9 +185,7 @@ def load_checkpoint(
     if arch is not None and card.arch != arch:
         raise FcnpipeError(f"{path} is a {card.arch} checkpoint, not {arch}.")
     if num_classes is not None and card.num_classes != num_classes:
-        raise FcnpipeError(
-            f"{path} predicts {card.num_classes} classes, but {num_classes} are needed."
-        )
+        raise FcnpipeError(f"{path} predicts {card.num_classes} classes, but {num_classes} are needed.")
     model = build_model(card.arch, card.num_classes)
     try:
         model.load_state_dict(payload["state_dict"])

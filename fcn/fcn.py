@@ -61,8 +61,9 @@ def scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
 def score_layer(in_channels: int, num_classes: int) -> nn.Conv2d:
     """A 1x1 scoring convolution, zero-initialised as in the reference."""
     layer = nn.Conv2d(in_channels, num_classes, kernel_size=1)
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.zero_()  # type: ignore[union-attr]
     return layer
 
 

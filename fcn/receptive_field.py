@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
+
+Pair = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,12 @@ def one_channel_replica(model: nn.Module) -> nn.Module:
         for name, child in module.named_children():
             new: nn.Module | None = None
             if isinstance(child, nn.Conv2d | nn.ConvTranspose2d):
-                kind = type(child)
-                new = kind(
-                    1, 1, child.kernel_size, stride=child.stride, padding=child.padding, bias=False
-                ).double()
+                kernel, stride = cast(Pair, child.kernel_size), cast(Pair, child.stride)
+                padding = cast(Pair, child.padding)
+                new = type(child)(1, 1, kernel, stride=stride, padding=padding, bias=False).double()
                 nn.init.constant_(new.weight, 1.0 / new.weight.numel())
             elif isinstance(child, nn.MaxPool2d):
-                new = nn.AvgPool2d(
-                    child.kernel_size, child.stride, child.padding, ceil_mode=child.ceil_mode
-                )
+                new = nn.AvgPool2d(child.kernel_size, child.stride, child.padding, ceil_mode=child.ceil_mode)
             elif isinstance(child, nn.ReLU | nn.Dropout | nn.Dropout2d):
                 new = nn.Identity()
             if new is None:
@@ -66,9 +66,7 @@ def one_channel_replica(model: nn.Module) -> nn.Module:
     return replica
 
 
-def measure_receptive_field(
-    model: nn.Module, size: int = 1024, phases: int = 32
-) -> ReceptiveField:
+def measure_receptive_field(model: nn.Module, size: int = 1024, phases: int = 32) -> ReceptiveField:
     """Measure the receptive field as the union over ``phases`` consecutive output pixels.
 
     Pixels at different positions relative to the pooling grid see slightly different fields; the

@@ -27,9 +27,7 @@ def available_models() -> list[str]:
 def build_model(name: str, num_classes: int, *, learnable_upsampling: bool = False) -> nn.Module:
     """Build an untrained model by name; an unknown name raises an error listing the valid ones."""
     if name not in MODELS:
-        raise FcnpipeError(
-            f"unknown architecture {name!r}; choose one of: {', '.join(available_models())}."
-        )
+        raise FcnpipeError(f"unknown architecture {name!r}; choose one of: {', '.join(available_models())}.")
     if num_classes < 1:
         raise FcnpipeError(f"a model needs at least one class, not {num_classes}.")
     return MODELS[name](num_classes, learnable_upsampling=learnable_upsampling)

@@ -106,24 +106,20 @@ def convolutionalize(state_dict: StateDict) -> ConvolutionalVGG16:
     fc8 = state_dict["classifier.6.weight"]
     model = ConvolutionalVGG16(num_classes=fc8.shape[0])
     copy_trunk_and_fc(model, state_dict)
-    with torch.no_grad():
-        model.fc8.weight.copy_(fc_as_conv(fc8, fc8.shape[1], 1))
-        model.fc8.bias.copy_(state_dict["classifier.6.bias"])
+    model.fc8.load_state_dict(
+        {"weight": fc_as_conv(fc8, fc8.shape[1], 1), "bias": state_dict["classifier.6.bias"]}
+    )
     return model
 
 
 def copy_trunk_and_fc(model: FCN | ConvolutionalVGG16, state_dict: StateDict) -> None:
     """Copy VGG16's convolutions into ``model.features`` and fc6/fc7 into its fc6/fc7 convolutions."""
     check_vgg16_state_dict(state_dict)
-    features = {
-        k.removeprefix("features."): v for k, v in state_dict.items() if k.startswith("features.")
-    }
+    features = {k.removeprefix("features."): v for k, v in state_dict.items() if k.startswith("features.")}
     model.features.load_state_dict(features)
-    with torch.no_grad():
-        model.fc6.weight.copy_(fc_as_conv(state_dict["classifier.0.weight"], 512, 7))
-        model.fc6.bias.copy_(state_dict["classifier.0.bias"])
-        model.fc7.weight.copy_(fc_as_conv(state_dict["classifier.3.weight"], 4096, 1))
-        model.fc7.bias.copy_(state_dict["classifier.3.bias"])
+    for layer, fc, in_channels, kernel in ((model.fc6, 0, 512, 7), (model.fc7, 3, 4096, 1)):
+        weight = fc_as_conv(state_dict[f"classifier.{fc}.weight"], in_channels, kernel)
+        layer.load_state_dict({"weight": weight, "bias": state_dict[f"classifier.{fc}.bias"]})
 
 
 def init_from_vgg16(model: FCN, state_dict: StateDict) -> FCN:
@@ -141,9 +137,7 @@ def init_from_parent(child: nn.Module, parent: nn.Module) -> list[str]:
     """
     parent_state = parent.state_dict()
     child_state = child.state_dict()
-    shared = {
-        k: v for k, v in parent_state.items() if k in child_state and child_state[k].shape == v.shape
-    }
+    shared = {k: v for k, v in parent_state.items() if k in child_state and child_state[k].shape == v.shape}
     if not any(k.startswith("score_fr.") for k in shared):
         raise FcnpipeError("the parent model's class scores do not match the child's class count.")
     child.load_state_dict(shared, strict=False)

@@ -1,0 +1,92 @@
+"""NYU Depth v2 (1,449 indoor RGB-D frames) in the 40-class task of Gupta et al., FCN layout.
+
+Layout: ``data/images/img_<id>.png`` (RGB), ``segmentation/img_<id>.mat`` (variable
+``segmentation``, classes 1..40 and 0 void, shifted to 0..39 and 255), HHA encodings of depth in
+``data/hha/img_<id>.png`` (the FCN reference) or ``hha/img_<id>.png``, and ``{train,val,test}.txt``
+listing ids such as ``5001``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fcn.errors import FcnpipeError
+from pipeline.data.base import ImageArray, LabelArray, SegmentationDataset, shift_void
+from pipeline.data.files import load_mat, read_lines, read_rgb, require_dirs, split_file
+
+CLASSES = (
+    "wall",
+    "floor",
+    "cabinet",
+    "bed",
+    "chair",
+    "sofa",
+    "table",
+    "door",
+    "window",
+    "bookshelf",
+    "picture",
+    "counter",
+    "blinds",
+    "desk",
+    "shelves",
+    "curtain",
+    "dresser",
+    "pillow",
+    "mirror",
+    "floor mat",
+    "clothes",
+    "ceiling",
+    "books",
+    "refridgerator",
+    "television",
+    "paper",
+    "towel",
+    "shower curtain",
+    "box",
+    "whiteboard",
+    "person",
+    "night stand",
+    "toilet",
+    "sink",
+    "lamp",
+    "bathtub",
+    "bag",
+    "otherstructure",
+    "otherfurniture",
+    "otherprop",
+)
+
+
+class NYUD(SegmentationDataset):
+    """NYUDv2 colour images with 40 classes; 255 void."""
+
+    name = "nyud"
+    class_names = CLASSES
+    image_dirs: tuple[str, ...] = ("data/images",)
+
+    def __init__(self, root: Path, split: str) -> None:
+        require_dirs(self.name, root, "segmentation")
+        found = [d for d in self.image_dirs if (root / d).is_dir()]
+        if not found:
+            raise FcnpipeError(
+                f"{root} is not a {self.name} folder: it lacks {' or '.join(self.image_dirs)}/."
+            )
+        self.image_dir = root / found[0]
+        listing = split_file(self.name, root, split, [Path(f"{split}.txt")])
+        super().__init__(root, split, read_lines(listing))
+
+    def load_image(self, key: str) -> ImageArray:
+        """Read ``img_<key>.png`` from the image folder."""
+        return read_rgb(self.image_dir / f"img_{key}.png")
+
+    def load_label(self, key: str) -> LabelArray:
+        """Read ``segmentation/img_<key>.mat``, shifted to 0-based classes with 255 void."""
+        return shift_void(load_mat(self.root / "segmentation" / f"img_{key}.mat", "segmentation"))
+
+
+class NYUDHHA(NYUD):
+    """NYUDv2 with the HHA encoding of depth in place of the colour image."""
+
+    name = "nyud-hha"
+    image_dirs = ("data/hha", "hha")

@@ -1,0 +1,93 @@
+"""SIFT Flow (2,688 outdoor scenes, 256 x 256) with its semantic and geometric labellings.
+
+Layout, as unpacked from ``SiftFlowDataset.zip``: ``Images/<SCENES>/<name>.jpg``,
+``SemanticLabels/<SCENES>/<name>.mat`` and ``GeoLabels/<SCENES>/<name>.mat`` (variable ``S``), where
+``<SCENES>`` is ``spatial_envelope_256x256_static_8outdoorcategories``. Semantic labels are 1..33
+with 0 unlabelled; geometric labels are 1..3 (sky, horizontal, vertical) with 0 or -1 unlabelled.
+As in the FCN reference, both are shifted to start at 0 with 255 for unlabelled.
+
+Splits: ``<split>.txt`` at the root if present (the FCN reference's ``trainval.txt``/``test.txt``);
+otherwise ``train`` reads ``TrainSet1.txt`` and ``test`` reads ``TestSet1.txt``. Lines may name a
+scene bare (``coast_arnat59``) or as a file path (``<SCENES>/coast_arnat59.jpg``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PureWindowsPath
+
+from pipeline.data.base import ImageArray, LabelArray, SegmentationDataset, shift_void
+from pipeline.data.files import load_mat, read_lines, read_rgb, require_dirs, split_file
+
+SCENES = "spatial_envelope_256x256_static_8outdoorcategories"
+
+SEMANTIC_CLASSES = (
+    "awning",
+    "balcony",
+    "bird",
+    "boat",
+    "bridge",
+    "building",
+    "bus",
+    "car",
+    "cow",
+    "crosswalk",
+    "desert",
+    "door",
+    "fence",
+    "field",
+    "grass",
+    "moon",
+    "mountain",
+    "person",
+    "plant",
+    "pole",
+    "river",
+    "road",
+    "rock",
+    "sand",
+    "sea",
+    "sidewalk",
+    "sign",
+    "sky",
+    "staircase",
+    "streetlight",
+    "sun",
+    "tree",
+    "window",
+)
+GEOMETRIC_CLASSES = ("sky", "horizontal", "vertical")
+
+ORIGINAL_SPLITS = {"train": "TrainSet1.txt", "test": "TestSet1.txt"}
+
+
+class SiftFlow(SegmentationDataset):
+    """SIFT Flow's 33 semantic classes; 255 unlabelled."""
+
+    name = "siftflow"
+    class_names: tuple[str, ...] = SEMANTIC_CLASSES
+    label_dir = "SemanticLabels"
+
+    def __init__(self, root: Path, split: str) -> None:
+        require_dirs(self.name, root, f"Images/{SCENES}", f"{self.label_dir}/{SCENES}")
+        candidates = [Path(f"{split}.txt")]
+        if split in ORIGINAL_SPLITS:
+            candidates.append(Path(ORIGINAL_SPLITS[split]))
+        lines = read_lines(split_file(self.name, root, split, candidates))
+        # PureWindowsPath splits on both / and \, whichever the list was written with.
+        super().__init__(root, split, [PureWindowsPath(line).stem for line in lines])
+
+    def load_image(self, key: str) -> ImageArray:
+        """Read ``Images/<SCENES>/<key>.jpg``."""
+        return read_rgb(self.root / "Images" / SCENES / f"{key}.jpg")
+
+    def load_label(self, key: str) -> LabelArray:
+        """Read variable ``S`` of the label file, shifted to 0-based classes, 255 unlabelled."""
+        return shift_void(load_mat(self.root / self.label_dir / SCENES / f"{key}.mat", "S"))
+
+
+class SiftFlowGeo(SiftFlow):
+    """SIFT Flow's geometric labelling: sky, horizontal, vertical; 255 unlabelled."""
+
+    name = "siftflow-geo"
+    class_names = GEOMETRIC_CLASSES
+    label_dir = "GeoLabels"

@@ -1,0 +1,207 @@
+"""The networks keep the reference release's geometry, initialisation and net surgery."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fcn import (
+    FcnpipeError,
+    available_models,
+    build_model,
+    convolutionalize,
+    init_from_parent,
+    init_from_vgg16,
+    measure_receptive_field,
+)
+from fcn.fcn import FCN, bilinear_kernel, upsampler
+from fcn.receptive_field import one_channel_replica
+from tests.conftest import randomize
+
+ARCHS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
+
+
+def test_registry_lists_the_four_architectures_and_rejects_others() -> None:
+    assert set(available_models()) == set(ARCHS)
+    with pytest.raises(FcnpipeError) as info:
+        build_model("fcn4s", 21)
+    for name in ARCHS:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_output_size_equals_input_size_for_every_size_up_to_64(arch: str) -> None:
+    # Output size depends on kernels, strides, paddings and crops only, which the one-channel
+    # replica keeps; it makes 4096 forward passes affordable.
+    replica = one_channel_replica(build_model(arch, 3)).float()
+    with torch.no_grad():
+        for h in range(1, 65):
+            for w in range(1, 65):
+                assert replica(torch.zeros(1, 1, h, w)).shape[-2:] == (h, w), (h, w)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_output_size_equals_input_size_for_random_sizes_up_to_1000(arch: str) -> None:
+    replica = one_channel_replica(build_model(arch, 3)).float()
+    rng = random.Random(arch)
+    with torch.no_grad():
+        for _ in range(60):
+            h, w = rng.randint(1, 1000), rng.randint(1, 1000)
+            assert replica(torch.zeros(1, 1, h, w)).shape[-2:] == (h, w), (h, w)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_real_model_gives_per_class_logits_at_input_size(arch: str) -> None:
+    model = randomize(build_model(arch, 4))
+    with torch.no_grad():
+        for h, w in [(1, 1), (31, 33), (70, 45)]:
+            out = model(torch.randn(2, 3, h, w))
+            assert out.shape == (2, 4, h, w)
+            assert torch.isfinite(out).all()
+
+
+def test_fcn8s_has_the_papers_parameter_count() -> None:
+    # The paper reports 134M parameters for FCN-8s on PASCAL VOC (21 classes).
+    count = sum(p.numel() for p in build_model("fcn8s", 21).parameters())
+    assert abs(count - 134.5e6) < 0.1e6
+
+
+def test_score_layers_start_at_zero_and_upsamplers_are_fixed_bilinear() -> None:
+    model = build_model("fcn8s", 6)
+    assert isinstance(model, FCN)
+    for layer in (model.score_fr, model.score_pool4, model.score_pool3):
+        assert layer.weight.abs().sum() == 0 and layer.bias.abs().sum() == 0
+    for up in (model.upscore2, model.upscore_pool4, model.upscore8):
+        assert not up.weight.requires_grad
+        off_diagonal = up.weight.clone()
+        off_diagonal[range(6), range(6)] = 0
+        assert off_diagonal.abs().sum() == 0
+    learnable = build_model("fcn8s", 6, learnable_upsampling=True)
+    assert learnable.upscore8.weight.requires_grad  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("factor", [2, 8, 32])
+def test_bilinear_transposed_convolution_equals_bilinear_interpolation_inside(factor: int) -> None:
+    x = torch.randn(1, 3, 9, 11, dtype=torch.float64)
+    up = upsampler(3, factor, learnable=False).double()
+    with torch.no_grad():
+        deconv = up(x)
+    reference = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+    # Input pixel i sits at output i*f + f - 1/2 for the transposed convolution and at
+    # i*f + (f - 1)/2 for interpolate: the same grid shifted by f/2. Borders differ (padding).
+    inner = slice(factor, -factor)
+    s = factor // 2
+    shifted = deconv[..., s : s + reference.shape[-2], s : s + reference.shape[-1]]
+    assert torch.allclose(shifted[..., inner, inner], reference[..., inner, inner], atol=1e-12)
+
+
+def test_bilinear_kernel_is_separable_triangle() -> None:
+    k = bilinear_kernel(1, 4)[0, 0]
+    assert torch.allclose(k[0], torch.tensor([0.25, 0.75, 0.75, 0.25]) * 0.25)
+    assert torch.allclose(k, k.T)
+
+
+def test_convolutionalized_vgg16_equals_the_classifier_at_224(vgg16_state: dict) -> None:
+    import torchvision
+
+    classifier = torchvision.models.vgg16()
+    classifier.load_state_dict(vgg16_state)
+    classifier.eval()
+    conv = convolutionalize(vgg16_state).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = classifier(x)
+        scores = conv(x)
+    assert scores.shape == (1, 1000, 1, 1)
+    assert torch.allclose(scores[:, :, 0, 0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_convolutionalized_vgg16_sweeps_the_classifier_over_pool5(vgg16_state: dict) -> None:
+    import torchvision
+
+    classifier = torchvision.models.vgg16()
+    classifier.load_state_dict(vgg16_state)
+    classifier.eval()
+    conv = convolutionalize(vgg16_state).eval()
+    x = torch.randn(1, 3, 288, 320)
+    with torch.no_grad():
+        scores = conv(x)
+        pool5 = conv.features(x)
+        assert scores.shape[-2:] == (pool5.shape[-2] - 6, pool5.shape[-1] - 6) == (3, 4)
+        for i in range(scores.shape[-2]):
+            for j in range(scores.shape[-1]):
+                window = pool5[:, :, i : i + 7, j : j + 7].flatten(1)
+                expected = classifier.classifier(window)
+                assert torch.allclose(scores[:, :, i, j], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_init_from_vgg16_copies_trunk_and_reshaped_fc_layers(vgg16_state: dict) -> None:
+    model = build_model("fcn32s", 3)
+    assert isinstance(model, FCN)
+    init_from_vgg16(model, vgg16_state)
+    for key, value in model.features.state_dict().items():
+        assert torch.equal(value, vgg16_state[f"features.{key}"])
+    assert torch.equal(model.fc6.weight.flatten(1), vgg16_state["classifier.0.weight"])
+    assert torch.equal(model.fc7.weight.flatten(1), vgg16_state["classifier.3.weight"])
+    assert model.score_fr.weight.abs().sum() == 0  # fc8 (ImageNet's 1000 classes) is dropped
+
+
+def test_init_from_vgg16_rejects_other_state_dicts(vgg16_state: dict) -> None:
+    model = build_model("fcn32s", 3)
+    broken = dict(vgg16_state)
+    broken["classifier.0.weight"] = broken["classifier.0.weight"][:, :100]
+    with pytest.raises(FcnpipeError, match=r"classifier\.0\.weight"):
+        init_from_vgg16(model, broken)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("parent_arch", "child_arch"), [("fcn32s", "fcn16s"), ("fcn16s", "fcn8s")])
+def test_staged_init_starts_from_the_parents_predictions(parent_arch: str, child_arch: str) -> None:
+    parent = randomize(build_model(parent_arch, 4), seed=3)
+    child = build_model(child_arch, 4)
+    new = init_from_parent(child, parent)
+    child.eval()
+    new_scores = {"fcn16s": "score_pool4", "fcn8s": "score_pool3"}[child_arch]
+    assert {f"{new_scores}.weight", f"{new_scores}.bias"} <= set(new)
+    # A smooth image, as natural images are at the scale of the stride.
+    x = F.interpolate(torch.randn(1, 3, 8, 10), size=(200, 260), mode="bilinear") * 2
+    with torch.no_grad():
+        scores = {}
+        for name, model in (("parent", parent), ("child", child)):
+            model.score_fr.register_forward_hook(lambda m, i, o, n=name: scores.__setitem__(n, o))
+        out_parent, out_child = parent(x), child(x)
+        # The new skip branch contributes exactly nothing: the child ignores what it reads.
+        skip = getattr(child, new_scores)
+        handle = skip.register_forward_pre_hook(lambda m, i: (torch.randn_like(i[0]) * 100,))
+        out_child_scrambled = child(x)
+        handle.remove()
+    assert torch.equal(scores["parent"], scores["child"])
+    assert torch.equal(out_child, out_child_scrambled)
+    # The only difference left is the upsampling path (e.g. 2x then 16x instead of one 32x
+    # bilinear step), so predictions agree almost everywhere.
+    span = (out_parent.max() - out_parent.min()).item()
+    assert (out_parent - out_child).abs().max().item() < 0.15 * span
+    agree = (out_parent.argmax(1) == out_child.argmax(1)).float().mean().item()
+    assert agree > 0.95
+
+
+def test_receptive_field_of_fcn8s_matches_the_reference_and_the_gradient(random_fcn8s) -> None:
+    model = build_model("fcn8s", 5)
+    # One output pixel on the pooling grid: the reference's -221..+214 px.
+    single = measure_receptive_field(model, phases=1)
+    assert (single.lo, single.hi) == (-221, 214)
+    union = measure_receptive_field(model)
+    assert union.lo <= single.lo and union.hi >= single.hi
+    assert union.halo(32) % 32 == 0 and union.halo(32) >= union.radius
+    # The real network's gradient, from one output pixel, stays inside the measured field and
+    # fills most of it (max pooling routes gradient to one pixel per window, so not all of it).
+    x = torch.randn(1, 3, 40, 640, requires_grad=True)
+    column = 320 + 13
+    random_fcn8s(x)[0, :, 20, column].sum().backward()
+    assert x.grad is not None
+    cols = x.grad.abs().sum(dim=(0, 1, 2)).nonzero().flatten()
+    lo, hi = int(cols.min()) - column, int(cols.max()) - column
+    assert union.lo <= lo and hi <= union.hi
+    assert hi - lo > 0.8 * (union.hi - union.lo)
