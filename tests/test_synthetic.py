@@ -239,3 +239,15 @@ def test_benchmark_is_reproducible(tmp_path: Path) -> None:
         path = Path("images") / f"{stem}.tif"
         assert np.array_equal(read_raster(first / path), read_raster(second / path))
         assert not np.array_equal(read_raster(first / path), read_raster(other / path))
+
+
+def test_benchmark_reads_back_as_a_dataset(tmp_path: Path) -> None:
+    from pipeline.data import open_dataset
+    from pipeline.data.synthetic import CLASSES, make_benchmark
+
+    root = make_benchmark(tmp_path / "bench", scenes=3, size=40, seed=2)
+    dataset = open_dataset(f"synthetic-ortho:{root}", "train")
+    assert dataset.class_names == CLASSES
+    image, label = dataset[0]
+    assert image.shape == (40, 40, 3) and label.shape == (40, 40)
+    assert set(label.flat) <= set(range(len(CLASSES)))

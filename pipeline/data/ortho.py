@@ -54,6 +54,8 @@ def read_class_names(root: Path) -> tuple[str, ...] | None:
     """Read class names from ``classes.json`` or ``classes.txt``, if either exists."""
     if (root / "classes.json").is_file():
         names = json.loads((root / "classes.json").read_text())
+        if isinstance(names, dict) and "classes" in names:  # {"classes": [...], "palette": ...}
+            names = names["classes"]
         if isinstance(names, dict):
             try:
                 names = [names[str(i)] for i in range(len(names))]

@@ -26,6 +26,8 @@ DATASETS: dict[str, Opener] = {
     "nyud-hha": NYUDHHA,
     "pascal-context": PascalContext,
     "ortho": Ortho,
+    # The generated benchmark (pipeline.data.synthetic.make_benchmark) is written in the ortho layout.
+    "synthetic-ortho": Ortho,
 }
 
 
