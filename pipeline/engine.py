@@ -1,0 +1,194 @@
+"""Batched inference on one device: prefetched reads, batches of equal shape, reduction on device.
+
+Reads run ahead on a few threads (a bounded queue, so memory is set by the prefetch depth and the
+tile size, never by the scene). On CUDA the batch goes through pinned memory with a non-blocking
+copy, channels-last and bf16 autocast; softmax, argmax and quantisation happen on the device and
+only the core of each tile comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from fcn import FcnpipeError, Normalization
+from pipeline.grid import Tile
+from pipeline.mosaic import PROBABILITY_NODATA, PROBABILITY_SCALE, label_dtype, label_nodata
+from pipeline.raster import RasterReader
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` is cuda, then mps, then cpu; a named device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FcnpipeError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FcnpipeError("--device cuda was asked for but no CUDA GPU is available.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise FcnpipeError("--device mps was asked for but MPS is not available.")
+    return device
+
+
+def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int, workers: int = 2) -> Iterator[R]:
+    """``map(fn, items)`` computed ``depth`` items ahead on threads, results in order."""
+    iterator = iter(items)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fcnpipe-read") as pool:
+        pending: list[Future[R]] = [pool.submit(fn, item) for item in islice(iterator, depth)]
+        while pending:
+            result = pending.pop(0).result()
+            pending.extend(pool.submit(fn, item) for item in islice(iterator, 1))
+            yield result
+
+
+def same_geometry(a: Tile, b: Tile) -> bool:
+    """Whether two tiles can share a batch: same input shape and same core crop."""
+    return a.read.shape == b.read.shape and a.crop() == b.crop()
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How to run the model."""
+
+    device: str = "auto"
+    batch_size: int = 4
+    precision: str = "bf16"  # bf16 autocast on CUDA; CPU and MPS always run fp32
+    prefetch: int = 4  # tiles read ahead
+    outputs: tuple[str, ...] = ("labels",)
+    logits_dtype: str = "float16"  # float32 keeps logits exactly as computed
+
+
+@dataclass
+class CoreResult:
+    """The outputs for one tile's core (``None`` where not requested); ``skipped`` if all nodata."""
+
+    tile: Tile
+    labels: NDArray[Any]
+    probabilities: NDArray[np.uint8] | None = None
+    logits: NDArray[np.floating[Any]] | None = None
+    skipped: bool = False
+
+
+@dataclass
+class Loaded:
+    """A tile read from disk: its pixels (None when the core holds no data) and the core's mask."""
+
+    tile: Tile
+    pixels: NDArray[np.float32] | None
+    valid: NDArray[np.bool_]
+
+
+class Engine:
+    """Runs one model over tiles of one raster."""
+
+    def __init__(
+        self, model: nn.Module, normalization: Normalization, num_classes: int, settings: EngineSettings
+    ) -> None:
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self.normalization = normalization
+        self.num_classes = num_classes
+        self.cuda = self.device.type == "cuda"
+        self.model = model.to(self.device).eval()
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.autocast = self.cuda and settings.precision == "bf16"
+
+    @torch.inference_mode()
+    def logits(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Float32 logits (N, C, H, W) for RGB pixels on the 0-255 scale, already on the device."""
+        x = self.normalization.apply(rgb)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out: torch.Tensor = self.model(x)
+        return out.float()
+
+    def load(self, reader: RasterReader, tile: Tile) -> Loaded:
+        """Read a tile's mask, and its pixels unless the core holds no data at all."""
+        valid = reader.valid(tile.core)
+        pixels = reader.read(tile.read) if valid.any() else None
+        return Loaded(tile, pixels, valid)
+
+    def run(self, reader: RasterReader, tiles: Iterable[Tile]) -> Iterator[CoreResult]:
+        """Segment ``tiles`` in order, yielding one result per tile's core."""
+        loaded = prefetch(lambda t: self.load(reader, t), tiles, self.settings.prefetch)
+        batch: list[Loaded] = []
+        for item in loaded:
+            if item.pixels is None:
+                yield self.empty(item)
+                continue
+            if batch and not same_geometry(item.tile, batch[0].tile):
+                yield from self.infer(batch)
+                batch = []
+            batch.append(item)
+            if len(batch) == self.settings.batch_size:
+                yield from self.infer(batch)
+                batch = []
+        if batch:
+            yield from self.infer(batch)
+
+    def empty(self, item: Loaded) -> CoreResult:
+        """The result for a core with no data: nodata everywhere, no compute."""
+        shape, k = item.tile.core.shape, self.num_classes
+        outputs = self.settings.outputs
+        return CoreResult(
+            item.tile,
+            np.full(shape, label_nodata(k), label_dtype(k)),
+            np.full((k, *shape), PROBABILITY_NODATA, np.uint8) if "probabilities" in outputs else None,
+            np.full((k, *shape), np.nan, self.settings.logits_dtype) if "logits" in outputs else None,
+            skipped=True,
+        )
+
+    def infer(self, batch: list[Loaded]) -> Iterator[CoreResult]:
+        """Run one batch of tiles of the same geometry and reduce each core on the device."""
+        stacked = torch.from_numpy(np.stack([b.pixels for b in batch]))  # type: ignore[misc]
+        if self.cuda:
+            stacked = stacked.pin_memory()
+        logits = self.logits(stacked.to(self.device, non_blocking=True))
+        rows, cols = batch[0].tile.crop()
+        logits = logits[:, :, rows, cols]
+        labels = logits.argmax(1).to(torch.int32).cpu().numpy().astype(label_dtype(self.num_classes))
+        probs = logits_out = None
+        if "probabilities" in self.settings.outputs:
+            quantised = (logits.softmax(1) * PROBABILITY_SCALE).round().to(torch.uint8)
+            probs = quantised.cpu().numpy()
+        if "logits" in self.settings.outputs:
+            logits_out = logits.to(getattr(torch, self.settings.logits_dtype)).cpu().numpy()
+        for i, item in enumerate(batch):
+            yield self.masked(item, labels[i], probs[i] if probs is not None else None,
+                              logits_out[i] if logits_out is not None else None)  # fmt: skip
+
+    def masked(
+        self,
+        item: Loaded,
+        labels: NDArray[Any],
+        probs: NDArray[np.uint8] | None,
+        logits: NDArray[np.floating[Any]] | None,
+    ) -> CoreResult:
+        """Write nodata where the input holds no data."""
+        invalid = ~item.valid
+        if invalid.any():
+            labels = np.where(invalid, label_nodata(self.num_classes), labels).astype(labels.dtype)
+            if probs is not None:
+                probs = np.where(invalid, PROBABILITY_NODATA, probs).astype(np.uint8)
+            if logits is not None:
+                logits = np.where(invalid, np.nan, logits).astype(logits.dtype)
+        return CoreResult(item.tile, labels, probs, logits)

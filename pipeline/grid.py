@@ -1,0 +1,143 @@
+"""The tiling plan: pure functions over integer pixel windows. No I/O.
+
+An image of ``height x width`` is cut into output **cores**: squares of ``core`` pixels on a grid
+anchored at (0, 0), clipped at the right and bottom edges. ``core`` is a whole multiple of the
+output chunk, so a core's pixels fill whole chunks and no two cores share a chunk. Each core is
+read with a **halo** on every side, clipped at the image edge:
+
+    tiles = ceil(height / core) * ceil(width / core)
+
+Tile origins are core origins minus the halo (or 0), and both are multiples of the network's total
+stride, so every tile sees the pooling grid the whole image would. With a halo at least as wide as
+the receptive field, the core of a tile's output equals the same pixels of a whole-image pass.
+Cores are grouped into **blocks** of ``block x block`` cores: the unit of work and of resume.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Window:
+    """A rectangle of pixels: rows ``[row, row + height)``, columns ``[col, col + width)``."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width)."""
+        return self.height, self.width
+
+    def slices(self) -> tuple[slice, slice]:
+        """Row and column slices that take this window out of a full-image array."""
+        return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
+
+    def relative_to(self, outer: Window) -> tuple[slice, slice]:
+        """Slices that take this window out of an array covering ``outer``."""
+        r, c = self.row - outer.row, self.col - outer.col
+        return slice(r, r + self.height), slice(c, c + self.width)
+
+    def expand(self, margin: int, height: int, width: int) -> Window:
+        """Grow by ``margin`` on every side, clipped to an image of ``height x width``."""
+        r0, c0 = max(0, self.row - margin), max(0, self.col - margin)
+        r1 = min(height, self.row + self.height + margin)
+        c1 = min(width, self.col + self.width + margin)
+        return Window(r0, c0, r1 - r0, c1 - c0)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One network input: the ``read`` window and the ``core`` of its output that is kept."""
+
+    core: Window
+    read: Window
+
+    def crop(self) -> tuple[slice, slice]:
+        """Slices that take the core out of the tile's output."""
+        return self.core.relative_to(self.read)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A group of neighbouring cores processed and recorded together."""
+
+    index: int
+    tiles: tuple[Tile, ...]
+
+    @property
+    def bounds(self) -> Window:
+        """The window covering all of the block's cores."""
+        r0 = min(t.core.row for t in self.tiles)
+        c0 = min(t.core.col for t in self.tiles)
+        r1 = max(t.core.row + t.core.height for t in self.tiles)
+        c1 = max(t.core.col + t.core.width for t in self.tiles)
+        return Window(r0, c0, r1 - r0, c1 - c0)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The numbers a plan is made from, checked for consistency."""
+
+    height: int
+    width: int
+    core: int
+    halo: int
+    chunk: int
+    stride: int = 32
+    block: int = 4
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"an image must have at least one pixel, not {self.height}x{self.width}")
+        if self.chunk < 1 or self.core % self.chunk:
+            raise ValueError(f"the core ({self.core}) must be a whole multiple of the chunk ({self.chunk})")
+        if self.core % self.stride or self.halo % self.stride or self.halo < 0:
+            raise ValueError(
+                f"core ({self.core}) and halo ({self.halo}) must be multiples of the stride ({self.stride})"
+            )
+        if self.block < 1:
+            raise ValueError(f"a block holds at least one core, not {self.block}")
+
+
+def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is at least ``value``."""
+    return -(-value // multiple) * multiple
+
+
+def plan_tiles(spec: GridSpec) -> list[Tile]:
+    """All tiles of the grid, row-major."""
+    tiles = []
+    for row in range(0, spec.height, spec.core):
+        for col in range(0, spec.width, spec.core):
+            core = Window(row, col, min(spec.core, spec.height - row), min(spec.core, spec.width - col))
+            tiles.append(Tile(core, core.expand(spec.halo, spec.height, spec.width)))
+    return tiles
+
+
+def tile_count(spec: GridSpec) -> int:
+    """Number of tiles, without planning them."""
+    return math.ceil(spec.height / spec.core) * math.ceil(spec.width / spec.core)
+
+
+def plan_blocks(spec: GridSpec) -> list[Block]:
+    """Group the tiles into blocks of ``block x block`` neighbouring cores, row-major."""
+    cols = math.ceil(spec.width / spec.core)
+    groups: dict[tuple[int, int], list[Tile]] = {}
+    for i, tile in enumerate(plan_tiles(spec)):
+        r, c = divmod(i, cols)
+        groups.setdefault((r // spec.block, c // spec.block), []).append(tile)
+    return [Block(index, tuple(tiles)) for index, (_, tiles) in enumerate(sorted(groups.items()))]
+
+
+def chunks_of(window: Window, chunk: int) -> list[tuple[int, int]]:
+    """Chunk-grid coordinates (row, col) that ``window`` touches."""
+    return [
+        (r, c)
+        for r in range(window.row // chunk, (window.row + window.height - 1) // chunk + 1)
+        for c in range(window.col // chunk, (window.col + window.width - 1) // chunk + 1)
+    ]

@@ -1,0 +1,243 @@
+"""The output: a georeferenced Zarr v3 mosaic with a done-manifest, written in whole chunks.
+
+Layout (what ``xr.open_zarr(path, decode_coords="all")`` and rioxarray read):
+
+- ``labels`` (y, x): uint8 class indices (uint16 past 255 classes), ``_FillValue`` = nodata;
+- ``probabilities`` (class, y, x), on request: uint8, p = value / 254 (CF ``scale_factor``),
+  255 = nodata;
+- ``logits`` (class, y, x), on request: float16 (float32 on request), NaN = nodata;
+- ``x``, ``y`` pixel-centre coordinates and a ``spatial_ref`` grid mapping carrying ``crs_wkt``
+  and GDAL's ``GeoTransform`` (CF and rioxarray conventions).
+
+The manifest is the ``fcnpipe/blocks_done`` array, one chunk per block: each block writes only its
+own chunk, after its data chunks, so tasks never contend. The root attribute
+``fcnpipe.complete`` turns true last, after every block is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from numpy.typing import NDArray
+from zarr.codecs import ZstdCodec
+
+from fcn import FcnpipeError, ModelCard
+from pipeline.grid import Window
+from pipeline.raster import RasterInfo
+
+OUTPUTS = ("labels", "probabilities", "logits")
+PROBABILITY_SCALE = 254
+PROBABILITY_NODATA = 255
+MANIFEST = "fcnpipe/blocks_done"
+
+
+def label_dtype(num_classes: int) -> np.dtype[Any]:
+    """uint8 while the classes and one nodata value fit, uint16 beyond."""
+    return np.dtype("uint8") if num_classes <= 255 else np.dtype("uint16")
+
+
+def label_nodata(num_classes: int) -> int:
+    """The largest value of the label dtype: never a class index."""
+    return int(np.iinfo(label_dtype(num_classes)).max)
+
+
+@dataclass(frozen=True)
+class MosaicSpec:
+    """What a mosaic is made of; its hash decides whether an existing store can be resumed."""
+
+    scene: RasterInfo
+    card: ModelCard
+    model_sha256: str
+    outputs: tuple[str, ...]
+    logits_dtype: str
+    chunk: int
+    settings: dict[str, Any]
+    blocks: int
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes the bytes written."""
+        data = {
+            "scene": [self.scene.path, self.scene.height, self.scene.width, self.scene.bands],
+            "value_range": self.scene.value_range,
+            "model": self.model_sha256,
+            "outputs": list(self.outputs),
+            "logits_dtype": self.logits_dtype,
+            "chunk": self.chunk,
+            "settings": self.settings,
+            "blocks": self.blocks,
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 8 MiB pieces."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while piece := f.read(8 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def gdal_geotransform(transform: tuple[float, ...]) -> str:
+    """An affine (a, b, c, d, e, f) as GDAL's GeoTransform string (c a b f d e)."""
+    a, b, c, d, e, f = transform[:6]
+    return " ".join(repr(float(v)) for v in (c, a, b, f, d, e))
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The ``fcnpipe`` attributes of an existing mosaic, or None when ``path`` holds none."""
+    if not (path / "zarr.json").is_file():
+        return None
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception:  # any unreadable store is "not a mosaic" to the caller
+        return None
+    state = group.attrs.get("fcnpipe")
+    return dict(state) if isinstance(state, dict) else None
+
+
+def prepare(path: Path, spec: MosaicSpec, *, overwrite: bool) -> zarr.Group:
+    """Create the store, or reopen it to resume; refuse to touch a store made by something else."""
+    state = read_state(path)
+    empty_dir = path.is_dir() and not any(path.iterdir())
+    if state is None and path.exists() and not empty_dir and not overwrite:
+        raise FcnpipeError(f"{path} exists and is not an fcnpipe mosaic; choose another --output.")
+    if state is not None and not overwrite:
+        if state.get("fingerprint") != spec.fingerprint():
+            raise FcnpipeError(
+                f"{path} was made from another scene, model or configuration; "
+                "pass --overwrite to replace it or choose another --output."
+            )
+        if state.get("complete"):
+            raise FcnpipeError(f"{path} is already complete; pass --overwrite to make it again.")
+        return zarr.open_group(str(path), mode="r+")
+    if path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    try:
+        group = create(path, spec)
+    except PermissionError:
+        raise FcnpipeError(f"cannot write {path}: permission denied.") from None
+    consolidate(group)
+    return group
+
+
+def create(path: Path, spec: MosaicSpec) -> zarr.Group:
+    """Write the empty store: arrays, coordinates, grid mapping, attributes, manifest."""
+    scene, card = spec.scene, spec.card
+    h, w, c, k = scene.height, scene.width, spec.chunk, card.num_classes
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    zstd = ZstdCodec(level=3)
+    nodata = label_nodata(k)
+    common = {"grid_mapping": "spatial_ref"}
+    group.create_array(
+        "labels", shape=(h, w), chunks=(c, c), dtype=label_dtype(k), fill_value=nodata,
+        compressors=zstd, dimension_names=("y", "x"),
+        attributes={**common, "_FillValue": nodata, "long_name": "class index",
+                    "flag_values": list(range(k)), "flag_meanings": " ".join(card.class_names)},
+    )  # fmt: skip
+    if "probabilities" in spec.outputs:
+        group.create_array(
+            "probabilities", shape=(k, h, w), chunks=(k, c, c), dtype="uint8",
+            fill_value=PROBABILITY_NODATA, compressors=zstd, dimension_names=("class", "y", "x"),
+            attributes={**common, "_FillValue": PROBABILITY_NODATA,
+                        "scale_factor": 1 / PROBABILITY_SCALE, "long_name": "class probability"},
+        )  # fmt: skip
+    if "logits" in spec.outputs:
+        group.create_array(
+            "logits", shape=(k, h, w), chunks=(k, c, c), dtype=spec.logits_dtype, fill_value=np.nan,
+            compressors=zstd, dimension_names=("class", "y", "x"),
+            attributes={**common, "long_name": "class logit"},
+        )  # fmt: skip
+    write_coordinates(group, scene, k)
+    group.create_array(MANIFEST, shape=(spec.blocks,), chunks=(1,), dtype="uint8", fill_value=0)
+    group.attrs.update(
+        {
+            "fcnpipe": {
+                "complete": False,
+                "fingerprint": spec.fingerprint(),
+                "blocks_total": spec.blocks,
+                "outputs": list(spec.outputs),
+                "source": scene.path,
+                "model": {**card.to_dict(), "sha256": spec.model_sha256},
+                "settings": spec.settings,
+            },
+            "class_names": list(card.class_names),
+            "palette": [list(p) for p in card.palette],
+        }
+    )
+    return group
+
+
+def write_coordinates(group: zarr.Group, scene: RasterInfo, num_classes: int) -> None:
+    """Pixel-centre x/y coordinates, class indices and the CF grid mapping ``spatial_ref``."""
+    a, b, c, d, e, f = scene.transform
+    cols, rows = np.arange(scene.width) + 0.5, np.arange(scene.height) + 0.5
+    # For a rotated grid (b, d != 0) these are the coordinates along the first row and column;
+    # the exact georeferencing is the GeoTransform on spatial_ref, which rioxarray prefers.
+    coords = {"x": a * cols + b * 0.5 + c, "y": d * 0.5 + e * rows + f}
+    for name, values in coords.items():
+        arr = group.create_array(name, shape=values.shape, dtype="float64", fill_value=0.0,
+                                 dimension_names=(name,), attributes={"axis": name.upper()})  # fmt: skip
+        arr[:] = values
+    classes = group.create_array(
+        "class", shape=(num_classes,), dtype="int32", fill_value=0, dimension_names=("class",)
+    )
+    classes[:] = np.arange(num_classes)
+    grid_mapping: dict[str, Any] = {"GeoTransform": gdal_geotransform(scene.transform)}
+    if scene.crs_wkt is not None:
+        grid_mapping |= {"crs_wkt": scene.crs_wkt, "spatial_ref": scene.crs_wkt}
+    ref = group.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0, dimension_names=(),
+                             attributes=grid_mapping)  # fmt: skip
+    ref[()] = 0
+
+
+def write_core(
+    group: zarr.Group,
+    core: Window,
+    labels: NDArray[Any],
+    probabilities: NDArray[np.uint8] | None = None,
+    logits: NDArray[np.floating[Any]] | None = None,
+) -> None:
+    """Write one core's arrays; cores cover whole chunks, so no other writer touches them."""
+    rows, cols = core.slices()
+    group["labels"][rows, cols] = labels  # type: ignore[index]
+    if probabilities is not None:
+        group["probabilities"][:, rows, cols] = probabilities  # type: ignore[index]
+    if logits is not None:
+        group["logits"][:, rows, cols] = logits  # type: ignore[index]
+
+
+def mark_block_done(group: zarr.Group, index: int) -> None:
+    """Record a finished block (its own manifest chunk: no other writer touches it)."""
+    group[MANIFEST][index] = 1  # type: ignore[index]
+
+
+def blocks_done(group: zarr.Group) -> NDArray[np.bool_]:
+    """Which blocks the manifest records as finished."""
+    return np.asarray(group[MANIFEST][:], dtype=bool)  # type: ignore[index]
+
+
+def mark_complete(group: zarr.Group, report: dict[str, Any]) -> None:
+    """Mark the mosaic complete, only when every block is recorded; consolidate metadata."""
+    done = blocks_done(group)
+    if not done.all():
+        raise FcnpipeError(f"{int((~done).sum())} blocks are not written; the mosaic is not complete.")
+    state = dict(group.attrs["fcnpipe"])  # type: ignore[arg-type]
+    group.attrs["fcnpipe"] = {**state, "complete": True, "report": report}
+    consolidate(group)
+
+
+def consolidate(group: zarr.Group) -> None:
+    """Consolidate metadata so that xarray opens the store in one read (and without a warning)."""
+    with warnings.catch_warnings():
+        # zarr notes that consolidation is not yet in the v3 spec; xarray and zarr both read it.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(group.store)

@@ -1,0 +1,223 @@
+"""One scene into one mosaic, as three steps a flow (or a plain loop) composes: plan, block, finish.
+
+``plan_scene`` checks everything up front (input, weights, settings, output) and prepares the
+store; ``segment_block`` does one block of tiles and records it; ``finish`` marks the mosaic
+complete once every block is recorded. Each step takes plain, picklable values, so blocks can run
+in other processes or on other machines that see the same paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from fcn import FcnpipeError, ModelCard, load_checkpoint
+from fcn.checkpoint import read_checkpoint
+from pipeline.engine import Engine, EngineSettings
+from pipeline.grid import Block, GridSpec, plan_blocks, round_up
+from pipeline.mosaic import (
+    OUTPUTS,
+    MosaicSpec,
+    blocks_done,
+    file_sha256,
+    mark_block_done,
+    mark_complete,
+    prepare,
+    write_core,
+)
+from pipeline.raster import RasterInfo, RasterReader, inspect_raster
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """Tiling and inference settings of a segmentation run (validated by :func:`plan_scene`)."""
+
+    tile_size: int = 1024  # output core per tile, a multiple of the chunk and of the stride
+    halo: int | None = None  # default: the checkpoint's, which covers the receptive field
+    chunk: int = 512
+    block: int = 4  # cores per side of one unit of work
+    batch_size: int = 4
+    device: str = "auto"
+    precision: str = "bf16"
+    prefetch: int = 4
+    outputs: tuple[str, ...] = ("labels",)
+    logits_dtype: str = "float16"
+    bands: tuple[int, ...] | None = None
+    value_range: tuple[float, float] | None = None
+
+    def engine(self) -> EngineSettings:
+        """The part of the settings the engine needs."""
+        return EngineSettings(
+            self.device, self.batch_size, self.precision, self.prefetch, self.outputs, self.logits_dtype
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a block needs, small and picklable."""
+
+    input: RasterInfo
+    output: str
+    weights: str
+    weights_sha256: str
+    card: ModelCard
+    grid: GridSpec
+    settings: SegmentSettings
+    todo: tuple[int, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def blocks(self) -> list[Block]:
+        """All blocks of the grid (recomputed: cheap, and keeps the plan small)."""
+        return plan_blocks(self.grid)
+
+
+@dataclass(frozen=True)
+class BlockReport:
+    """What one block did."""
+
+    index: int
+    tiles: int
+    skipped: int
+    pixels: int
+    seconds: float
+
+
+def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentSettings, list[str]]:
+    """Validate the settings against the model; fill in the halo; return warnings worth printing."""
+    notes = []
+    stride = card.total_stride
+    unknown = set(settings.outputs) - set(OUTPUTS)
+    if unknown or not settings.outputs:
+        raise FcnpipeError(f"--outputs takes a comma-separated list of {', '.join(OUTPUTS)}.")
+    outputs = tuple(o for o in OUTPUTS if o in settings.outputs or o == "labels")
+    if settings.tile_size < stride or settings.tile_size % stride:
+        raise FcnpipeError(f"--tile-size must be a positive multiple of {stride}, not {settings.tile_size}.")
+    chunk = min(settings.chunk, settings.tile_size)
+    if settings.tile_size % chunk or chunk % stride:
+        raise FcnpipeError(f"--tile-size ({settings.tile_size}) must be a multiple of the chunk ({chunk}).")
+    halo = card.halo if settings.halo is None else round_up(settings.halo, stride)
+    if halo < card.receptive_field.radius:
+        notes.append(
+            f"halo {halo} px is below the receptive field ({card.receptive_field.radius} px): "
+            "tile borders may show seams."
+        )
+    if settings.batch_size < 1 or settings.prefetch < 1 or settings.block < 1:
+        raise FcnpipeError("--batch-size, prefetch and block must be at least 1.")
+    if settings.logits_dtype not in ("float16", "float32"):
+        raise FcnpipeError(f"logits are stored as float16 or float32, not {settings.logits_dtype!r}.")
+    if settings.precision not in ("bf16", "fp32"):
+        raise FcnpipeError(f"precision must be bf16 or fp32, not {settings.precision!r}.")
+    return replace(settings, halo=halo, chunk=chunk, outputs=outputs), notes
+
+
+def default_output(input_path: Path) -> Path:
+    """``scene.zarr`` beside ``scene.tif``."""
+    return input_path.with_suffix(".zarr")
+
+
+def plan_scene(
+    input_path: Path,
+    weights: Path,
+    settings: SegmentSettings,
+    *,
+    output: Path | None = None,
+    overwrite: bool = False,
+) -> Plan:
+    """Check the input, weights and settings, prepare the store, and list the blocks still to do."""
+    card = ModelCard.from_dict(read_checkpoint(weights)["card"])
+    settings, notes = check_settings(settings, card)
+    info = inspect_raster(input_path, channels=3, bands=settings.bands, value_range=settings.value_range)
+    if info.crs_wkt is None:
+        notes.append(f"{input_path} has no CRS: the mosaic is written without one.")
+    assert settings.halo is not None
+    grid = GridSpec(
+        info.height, info.width, core=settings.tile_size, halo=settings.halo,
+        chunk=settings.chunk, stride=card.total_stride, block=settings.block,
+    )  # fmt: skip
+    blocks = plan_blocks(grid)
+    sha = file_sha256(weights)
+    out = output or default_output(input_path)
+    spec = MosaicSpec(
+        info, card, sha, settings.outputs, settings.logits_dtype, settings.chunk,
+        settings_record(settings), len(blocks),
+    )  # fmt: skip
+    group = prepare(out, spec, overwrite=overwrite)
+    done = blocks_done(group)
+    todo = tuple(b.index for b in blocks if not done[b.index])
+    return Plan(info, str(out), str(weights), sha, card, grid, settings, todo, tuple(notes))
+
+
+def settings_record(settings: SegmentSettings) -> dict[str, Any]:
+    """The settings that change the bytes written (not device or batch size, which do not)."""
+    data = asdict(settings)
+    for key in (
+        "device",
+        "batch_size",
+        "prefetch",
+        "bands",
+        "value_range",
+        "outputs",
+        "chunk",
+        "logits_dtype",
+    ):
+        data.pop(key)
+    return data
+
+
+@functools.lru_cache(maxsize=2)
+def cached_engine(weights: str, sha256: str, settings: EngineSettings) -> Engine:
+    """Load a model once per process (per weights file and settings) and keep it."""
+    model, card = load_checkpoint(Path(weights))
+    return Engine(model, card.normalization, card.num_classes, settings)
+
+
+def segment_block(plan: Plan, index: int) -> BlockReport:
+    """Segment one block's tiles, write its chunks, then record it in the manifest."""
+    start = time.perf_counter()
+    block = plan.blocks[index]
+    engine = cached_engine(plan.weights, plan.weights_sha256, plan.settings.engine())
+    group = zarr.open_group(plan.output, mode="r+")
+    reader = RasterReader(plan.input)
+    skipped = pixels = 0
+    try:
+        for result in engine.run(reader, block.tiles):
+            write_core(group, result.tile.core, result.labels, result.probabilities, result.logits)
+            skipped += result.skipped
+            pixels += 0 if result.skipped else result.tile.core.height * result.tile.core.width
+    finally:
+        reader.close()
+    mark_block_done(group, index)
+    return BlockReport(index, len(block.tiles), skipped, pixels, time.perf_counter() - start)
+
+
+def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, Any]:
+    """Mark the mosaic complete (only if every block is recorded) and return the run's summary."""
+    group = zarr.open_group(plan.output, mode="r+")
+    tiles = sum(r.tiles for r in reports)
+    pixels = sum(r.pixels for r in reports)
+    report = {
+        "blocks_run": len(reports),
+        "tiles": tiles,
+        "tiles_skipped": sum(r.skipped for r in reports),
+        "megapixels": pixels / 1e6,
+        "seconds": round(seconds, 3),
+        "mpx_per_s": round(pixels / 1e6 / seconds, 4) if seconds > 0 else None,
+    }
+    mark_complete(group, report)
+    return report
+
+
+def run_local(plan: Plan) -> dict[str, Any]:
+    """Segment every remaining block in this process, in order, then finish (no Prefect)."""
+    start = time.perf_counter()
+    reports = [segment_block(plan, index) for index in plan.todo]
+    return finish(plan, reports, time.perf_counter() - start)
