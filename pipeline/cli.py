@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import inspect
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from fcn import FcnpipeError, available_models, save_checkpoint
 
@@ -26,14 +30,94 @@ err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 
+def fail(sentence: str) -> NoReturn:
+    """Print one sentence and exit with status 1."""
+    err.print(f"[bold red]error:[/] {sentence}", highlight=False)
+    raise typer.Exit(1)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a user-caused error into one printed sentence and exit status 1."""
     try:
         yield
     except FcnpipeError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        fail(str(exc))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            fail("the disk filled up while writing; the output is not marked complete. "
+                 "Free some space and run the same command again to resume.")  # fmt: skip
+        fail(f"{exc.strerror or exc} ({exc.filename or 'I/O error'}).")
+
+
+def quiet_prefect() -> None:
+    """Prefect settings for a terminal run: no analytics, and logs only when they matter.
+
+    Set before Prefect is imported; a value the user has set in the environment wins.
+    """
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@app.command(
+    "run",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def run(
+    ctx: typer.Context,
+    flow_file: Annotated[
+        Path | None, typer.Argument(help="A flow file, e.g. flows/segment_mosaic.py.")
+    ] = None,
+) -> None:
+    """Run a flow file; its parameters are options (`fcnpipe run FLOW --help` lists them)."""
+    from pipeline.flowfile import describe_params, find_flow, flow_params, import_flow_module, parse_options
+
+    if flow_file is None or str(flow_file) in ("--help", "-h"):
+        out.print(ctx.get_help())
+        return
+    with user_errors():
+        quiet_prefect()
+        from prefect import Flow
+
+        module = import_flow_module(flow_file)
+        flow = find_flow(module, lambda obj: isinstance(obj, Flow))
+        params = flow_params(flow.fn)
+        if "--help" in ctx.args or "-h" in ctx.args:
+            print_flow_help(flow_file, flow, describe_params(params))
+            return
+        result = flow(**parse_options(list(ctx.args), params))
+    print_summary(result)
+
+
+def print_flow_help(path: Path, flow: Any, rows: list[tuple[str, str, str]]) -> None:
+    """The flow's docstring and its options as a table."""
+    table = Table(box=None, show_header=True, header_style="bold")
+    for column in ("option", "type", "default"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    out.print(f"Usage: fcnpipe run {path} [OPTIONS]\n\n{inspect.getdoc(flow.fn) or ''}\n")
+    out.print(table)
+
+
+def print_summary(result: Any) -> None:
+    """One line for a finished flow (its warnings first)."""
+    if not isinstance(result, dict):
+        out.print(f"done: {result}")
+        return
+    for note in result.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {note}", highlight=False)
+    if "tiles" in result:
+        out.print(
+            f"wrote {result['output']}: {result['tiles']} tiles "
+            f"({result['tiles_skipped']} skipped, all nodata), "
+            f"{result['megapixels']:.2f} Mpx in {result['seconds']:.1f} s "
+            f"({result['mpx_per_s'] or 0:.3f} Mpx/s); complete."
+        )
+    else:
+        out.print(", ".join(f"{k}: {v}" for k, v in result.items()))
 
 
 @weights_app.command("init")

@@ -60,9 +60,7 @@ class CamVid(SegmentationDataset):
         for number, line in enumerate(read_lines(listing), start=1):
             paths = line.split()
             if len(paths) != 2:
-                raise FcnpipeError(
-                    f"line {number} of {listing} should hold an image path and a label path."
-                )
+                raise FcnpipeError(f"line {number} of {listing} should hold an image path and a label path.")
             image, label = (root.joinpath(*PurePosixPath(p).parts[-2:]) for p in paths)
             keys.append(str(image))
             self._labels[str(image)] = label

@@ -18,9 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 
-def confusion(
-    gt: ArrayLike, pred: ArrayLike, num_classes: int, ignore_index: int = 255
-) -> NDArray[np.int64]:
+def confusion(gt: ArrayLike, pred: ArrayLike, num_classes: int, ignore_index: int = 255) -> NDArray[np.int64]:
     """Confusion histogram of one or many label maps (any equal shapes), rows = gt, columns = pred.
 
     Pixels whose ground truth is ``ignore_index`` or outside ``[0, num_classes)`` are dropped; a

@@ -128,8 +128,7 @@ class Ortho(SegmentationDataset):
         with rasterio.open(path) as src:
             if src.count < 3:
                 raise FcnpipeError(
-                    f"{path} has {src.count} band(s); ortho images need red, "
-                    "green and blue as bands 1-3."
+                    f"{path} has {src.count} band(s); ortho images need red, green and blue as bands 1-3."
                 )
             if src.dtypes[0] != "uint8":
                 raise FcnpipeError(

@@ -42,9 +42,7 @@ def open_dataset(spec: str, split: str) -> SegmentationDataset:
     if not sep or not path:
         raise FcnpipeError(f"dataset {spec!r} must read NAME:PATH, e.g. camvid:/data/camvid.")
     if name not in DATASETS:
-        raise FcnpipeError(
-            f"unknown dataset {name!r}; choose one of: {', '.join(available_datasets())}."
-        )
+        raise FcnpipeError(f"unknown dataset {name!r}; choose one of: {', '.join(available_datasets())}.")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FcnpipeError(f"the {name} folder {root} does not exist.")

@@ -1,0 +1,88 @@
+"""One scene -> one mosaic: plan, segment blocks of tiles as tasks, finish.
+
+Run it with ``fcnpipe run flows/segment_mosaic.py --input scene.tif``. Blocks run in this process
+by default, on a local Dask cluster with ``--workers N``, or on an existing scheduler with
+``--dask-address tcp://host:8786``; every worker reads its own windows and writes its own chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from flows.runtime import dask_task_runner, progress_bar
+from pipeline.config import load_segment_config, resolve_weights
+from pipeline.segment import BlockReport, Plan, finish, plan_scene, segment_block
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_task(input: Path, weights: Path, settings: Any, output: Path | None, overwrite: bool) -> Plan:
+    """Check the inputs and prepare the store."""
+    return plan_scene(input, weights, settings, output=output, overwrite=overwrite)
+
+
+@task(name="segment-block", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def segment_block_task(plan: Plan, index: int) -> BlockReport:
+    """Segment one block of tiles and record it (rerunning a block rewrites the same chunks)."""
+    return segment_block(plan, index)
+
+
+@task(name="finish", cache_policy=NO_CACHE)
+def finish_task(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, Any]:
+    """Mark the mosaic complete and summarise the run."""
+    return finish(plan, reports, seconds)
+
+
+@flow(name="segment-blocks")
+def segment_blocks(plan: Plan) -> list[BlockReport]:
+    """Run every remaining block on this flow's task runner, showing progress."""
+    futures = [segment_block_task.submit(plan, index) for index in plan.todo]
+    reports = []
+    with progress_bar(plan) as advance:
+        for future in as_completed(futures):
+            report = future.result()
+            reports.append(report)
+            advance(report)
+    return reports
+
+
+@flow(name="segment-mosaic")
+def segment_mosaic(
+    input: Path,
+    output: Path | None = None,
+    weights: Path | None = None,
+    config: Path | None = None,
+    tile_size: int | None = None,
+    halo: int | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    outputs: str | None = None,
+    bands: str | None = None,
+    value_range: str | None = None,
+    overwrite: bool = False,
+    workers: int = 0,
+    dask_address: str | None = None,
+) -> dict[str, Any]:
+    """Segment a raster into a georeferenced Zarr mosaic of labels (and probabilities / logits).
+
+    Options given here override the config file (``--config``, a YAML in configs/).
+    """
+    options = {"weights": weights, "tile_size": tile_size, "halo": halo, "batch_size": batch_size,
+               "device": device, "outputs": outputs, "bands": bands, "value_range": value_range}  # fmt: skip
+    cfg = load_segment_config(config, options)
+    start = time.perf_counter()
+    plan = plan_task(input, resolve_weights(cfg), cfg.settings(), output, overwrite)
+    for note in plan.warnings:
+        get_run_logger().warning(note)
+    runner: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=1)
+    if workers > 0 or dask_address:
+        runner = dask_task_runner(workers, dask_address)
+    reports = segment_blocks.with_options(task_runner=runner)(plan)
+    report = finish_task(plan, reports, time.perf_counter() - start)
+    return {"output": plan.output, "warnings": list(plan.warnings), **report}

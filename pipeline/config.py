@@ -1,0 +1,104 @@
+"""Typed job configs: YAML data validated into pydantic models (never executed), merged with options.
+
+Precedence: an option given on the command line, then the config file, then the defaults here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fcn import FcnpipeError
+from pipeline.segment import SegmentSettings
+
+DEFAULT_MODEL_NAME = "fcn8s-synthetic-ortho.pt"
+
+
+def default_model_path() -> Path:
+    """Where the default model lives: ``$FCNPIPE_HOME/models`` or ``~/.cache/fcnpipe/models``."""
+    home = os.environ.get("FCNPIPE_HOME")
+    base = Path(home) if home else Path.home() / ".cache" / "fcnpipe"
+    return base / "models" / DEFAULT_MODEL_NAME
+
+
+def split_list(value: Any) -> Any:
+    """Accept ``"a,b"`` as well as ``["a", "b"]`` for list-valued settings."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class SegmentConfig(BaseModel):
+    """The ``segment`` job: what configs/segment.yaml may hold."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights: Path | None = None
+    tile_size: int = Field(1024, gt=0)
+    halo: int | None = Field(None, ge=0)
+    chunk: Literal[256, 512, 1024] | int = 512
+    block: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1)
+    device: str = "auto"
+    precision: Literal["bf16", "fp32"] = "bf16"
+    prefetch: int = Field(4, ge=1)
+    outputs: tuple[Literal["labels", "probabilities", "logits"], ...] = ("labels",)
+    logits_dtype: Literal["float16", "float32"] = "float16"
+    bands: tuple[int, ...] | None = None
+    value_range: tuple[float, float] | None = None
+
+    _split = field_validator("outputs", "bands", "value_range", mode="before")(split_list)
+
+    def settings(self) -> SegmentSettings:
+        """The pipeline's settings from this config."""
+        return SegmentSettings(
+            tile_size=self.tile_size, halo=self.halo, chunk=self.chunk, block=self.block,
+            batch_size=self.batch_size, device=self.device, precision=self.precision,
+            prefetch=self.prefetch, outputs=self.outputs, logits_dtype=self.logits_dtype,
+            bands=self.bands, value_range=self.value_range,
+        )  # fmt: skip
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Pydantic's errors as one sentence: ``field: problem; field: problem``."""
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()]
+    return "; ".join(parts)
+
+
+def load_segment_config(path: Path | None, overrides: dict[str, Any]) -> SegmentConfig:
+    """Read a YAML config (if any) and apply the options given (``None`` means not given)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise FcnpipeError(f"config {path} does not exist.")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise FcnpipeError(f"config {path} is not valid YAML ({exc}).") from None
+        if not isinstance(loaded, dict):
+            raise FcnpipeError(f"config {path} must be a mapping of settings.")
+        data = loaded.get("segment", loaded)
+        if data.get("weights") is not None:  # relative to the config file
+            data["weights"] = path.parent / str(data["weights"])
+    data |= {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return SegmentConfig(**data)
+    except ValidationError as exc:
+        raise FcnpipeError(f"invalid segment settings: {describe_errors(exc)}.") from None
+
+
+def resolve_weights(config: SegmentConfig) -> Path:
+    """The checkpoint to use: the option or config, else the default model; never random."""
+    if config.weights is not None:
+        return config.weights
+    default = default_model_path()
+    if default.is_file():
+        return default
+    raise FcnpipeError(
+        f"no model weights given and no default model at {default}; pass --weights CKPT, set "
+        "weights in the config, or make the default model with `fcnpipe model default`."
+    )

@@ -1,0 +1,132 @@
+"""Load a flow file and turn ``--option value`` words into validated flow parameters.
+
+Kept free of Prefect imports: a flow is anything with ``.fn`` (the wrapped function) and ``.name``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, get_type_hints
+
+from pydantic import TypeAdapter, ValidationError
+
+from fcn import FcnpipeError
+
+
+@dataclass(frozen=True)
+class Param:
+    """One flow parameter as an option."""
+
+    name: str
+    annotation: Any
+    default: Any
+    required: bool
+
+    @property
+    def option(self) -> str:
+        """``--tile-size`` for ``tile_size``."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def is_flag(self) -> bool:
+        """Booleans are flags: ``--overwrite`` alone means true."""
+        return self.annotation is bool
+
+
+def import_flow_module(path: Path) -> ModuleType:
+    """Import a flow file; inside a package (e.g. ``flows/``) by its dotted name, so workers can too."""
+    if not path.is_file():
+        raise FcnpipeError(f"flow file {path} does not exist.")
+    path = path.resolve()
+    if (path.parent / "__init__.py").is_file():
+        root = str(path.parent.parent)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        return importlib.import_module(f"{path.parent.name}.{path.stem}")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise FcnpipeError(f"{path} is not a Python file.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def find_flow(module: ModuleType, is_flow: Any) -> Any:
+    """The module's flow: the one named like the file, else the only one defined there."""
+    flows = {
+        name: obj
+        for name, obj in vars(module).items()
+        if is_flow(obj) and obj.fn.__module__ == module.__name__
+    }
+    stem = module.__name__.rsplit(".", 1)[-1]
+    if stem in flows:
+        return flows[stem]
+    if len(flows) == 1:
+        return next(iter(flows.values()))
+    raise FcnpipeError(
+        f"{module.__file__} must define a flow named {stem} (found: {', '.join(flows) or 'none'})."
+    )
+
+
+def flow_params(fn: Any) -> list[Param]:
+    """The flow function's parameters, with resolved type hints."""
+    hints = get_type_hints(fn)
+    params = []
+    for p in inspect.signature(fn).parameters.values():
+        required = p.default is inspect.Parameter.empty
+        params.append(Param(p.name, hints.get(p.name, str), None if required else p.default, required))
+    return params
+
+
+def parse_options(words: list[str], params: list[Param]) -> dict[str, Any]:
+    """``["--tile-size", "512", "--overwrite"]`` -> ``{"tile_size": 512, "overwrite": True}``, validated."""
+    by_option = {p.option: p for p in params}
+    accepted = ", ".join(by_option)
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        option, eq, inline = word.partition("=")
+        param = by_option.get(option)
+        if param is None:
+            raise FcnpipeError(f"unknown option {word!r}; this flow accepts: {accepted}.")
+        if eq:
+            raw: str | None = inline
+        elif param.is_flag and (i + 1 == len(words) or words[i + 1].startswith("--")):
+            raw = "true"
+        elif i + 1 < len(words):
+            raw = words[i + 1]
+            i += 1
+        else:
+            raise FcnpipeError(f"option {option} needs a value.")
+        try:
+            values[param.name] = TypeAdapter(param.annotation).validate_python(raw)
+        except ValidationError:
+            raise FcnpipeError(f"{option} {raw!r} is not a valid {type_name(param.annotation)}.") from None
+        i += 1
+    missing = [p.option for p in params if p.required and p.name not in values]
+    if missing:
+        raise FcnpipeError(f"missing required option {', '.join(missing)}.")
+    return values
+
+
+def type_name(annotation: Any) -> str:
+    """A readable name for a parameter's type."""
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("pathlib.", "").replace("typing.", "").replace("NoneType", "None")
+
+
+def describe_params(params: list[Param]) -> list[tuple[str, str, str]]:
+    """(option, type, default) rows for ``--help``."""
+    rows = []
+    for p in params:
+        default = "required" if p.required else ("off" if p.is_flag and not p.default else repr(p.default))
+        rows.append((p.option, type_name(p.annotation), default))
+    return rows
