@@ -8,6 +8,7 @@ from torch import nn
 
 from fcn.errors import FcnpipeError
 from fcn.fcn import ATONCE_SCALES, FCN
+from fcn.pointwise import Pointwise
 
 Builder = Callable[..., nn.Module]
 
@@ -16,6 +17,8 @@ MODELS: dict[str, Builder] = {
     "fcn16s": lambda num_classes, **kw: FCN(num_classes, 16, **kw),
     "fcn8s": lambda num_classes, **kw: FCN(num_classes, 8, **kw),
     "fcn8s-atonce": lambda num_classes, **kw: FCN(num_classes, 8, skip_scales=ATONCE_SCALES, **kw),
+    # Not a segmentation network: a per-pixel stand-in for plumbing tests and I/O benchmarks.
+    "pointwise": Pointwise,
 }
 
 

@@ -123,8 +123,8 @@ def prepare(path: Path, spec: MosaicSpec, *, overwrite: bool) -> zarr.Group:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     try:
         group = create(path, spec)
-    except PermissionError:
-        raise FcnpipeError(f"cannot write {path}: permission denied.") from None
+    except OSError as exc:
+        raise FcnpipeError(f"cannot write {path}: {exc.strerror or exc}.") from None
     consolidate(group)
     return group
 

@@ -45,9 +45,7 @@ def test_gt_outside_the_class_range_is_dropped_like_void() -> None:
 def test_a_custom_ignore_index_inside_the_class_range_is_dropped() -> None:
     gt = np.array([0, 1, 2, 2])
     pred = np.array([0, 1, 0, 1])
-    np.testing.assert_array_equal(
-        confusion(gt, pred, 3, ignore_index=2), [[1, 0, 0], [0, 1, 0], [0, 0, 0]]
-    )
+    np.testing.assert_array_equal(confusion(gt, pred, 3, ignore_index=2), [[1, 0, 0], [0, 1, 0], [0, 0, 0]])
 
 
 def test_scores_match_the_hand_computation() -> None:

@@ -25,7 +25,7 @@ ARCHS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
 
 
 def test_registry_lists_the_four_architectures_and_rejects_others() -> None:
-    assert set(available_models()) == set(ARCHS)
+    assert set(available_models()) == {*ARCHS, "pointwise"}
     with pytest.raises(FcnpipeError) as info:
         build_model("fcn4s", 21)
     for name in ARCHS:

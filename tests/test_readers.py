@@ -151,9 +151,7 @@ VOC_VALUES = [0, 15, 255]
 def voc_root(tmp_path: Path) -> Path:
     for seed, stem in enumerate(["2007_000032", "2007_000033", "2007_000039"]):
         save_image(tmp_path / "JPEGImages" / f"{stem}.jpg", smooth_image(seed))
-        save_palette_png(
-            tmp_path / "SegmentationClass" / f"{stem}.png", label_map(VOC_VALUES, seed)
-        )
+        save_palette_png(tmp_path / "SegmentationClass" / f"{stem}.png", label_map(VOC_VALUES, seed))
     splits = tmp_path / "ImageSets" / "Segmentation"
     write_lines(splits / "train.txt", ["2007_000032", "2007_000033"])
     write_lines(splits / "val.txt", ["2007_000039"])
@@ -173,9 +171,7 @@ def test_voc_reads_palette_indices_with_255_void(voc_root: Path) -> None:
 
 
 @pytest.mark.parametrize("where", [".", "ImageSets/Segmentation"])
-def test_voc_seg11valid_is_found_at_the_root_or_with_the_other_lists(
-    voc_root: Path, where: str
-) -> None:
+def test_voc_seg11valid_is_found_at_the_root_or_with_the_other_lists(voc_root: Path, where: str) -> None:
     (voc_root / "seg11valid.txt").rename(voc_root / where / "seg11valid.txt")
     valid = open_dataset(f"voc:{voc_root}", "seg11valid")
     assert len(valid) == 1

@@ -1,0 +1,269 @@
+"""The pipeline without Prefect: exact stitching, georeferencing, masks, and bad input."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import xarray as xr
+import zarr
+from affine import Affine
+from torch import nn
+
+from fcn import FcnpipeError, load_checkpoint
+from pipeline.mosaic import read_state
+from pipeline.segment import SegmentSettings, plan_scene, run_local
+from tests.conftest import noise_image, write_tif
+
+EXACT = SegmentSettings(
+    tile_size=256, chunk=64, block=2, outputs=("labels", "logits"), logits_dtype="float32"
+)
+
+
+def whole_image_logits(checkpoint: Path, image: np.ndarray) -> torch.Tensor:
+    model, card = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        return model(card.normalization.apply(torch.from_numpy(image).float()[None]))[0]  # type: ignore[no-any-return]
+
+
+def stitched(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    group = zarr.open_group(str(path), mode="r")
+    return group["logits"][:], group["labels"][:]  # type: ignore[index, return-value]
+
+
+def check_exact(tmp_path: Path, checkpoint: Path, height: int, width: int, settings: SegmentSettings) -> None:
+    image = noise_image(height, width, seed=height)
+    scene = write_tif(tmp_path / "scene.tif", image)
+    plan = plan_scene(scene, checkpoint, settings)
+    assert plan.grid.halo >= 221  # the receptive field's radius, from the checkpoint
+    run_local(plan)
+    reference = whole_image_logits(checkpoint, image)
+    logits, labels = stitched(tmp_path / "scene.zarr")
+    span = float(reference.max() - reference.min())
+    assert span > 0
+    assert np.abs(logits - reference.numpy()).max() <= 1e-4 * span
+    assert np.array_equal(labels, reference.argmax(0).numpy())
+
+
+def test_stitched_logits_equal_one_whole_image_pass(tmp_path: Path, fcn8s_checkpoint: Path) -> None:
+    # 333 x 700 with 256-px cores: the right-hand tiles' reads are cut by the halo, not the image.
+    check_exact(tmp_path, fcn8s_checkpoint, 333, 700, EXACT)
+
+
+@pytest.mark.slow
+def test_stitched_logits_equal_one_whole_image_pass_700x913(tmp_path: Path, fcn8s_checkpoint: Path) -> None:
+    check_exact(tmp_path, fcn8s_checkpoint, 700, 913, replace(EXACT, tile_size=128))
+
+
+def test_a_halo_below_the_receptive_field_shows_seams(
+    tmp_path: Path, fcn8s_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = noise_image(96, 400, seed=5)
+    scene = write_tif(tmp_path / "scene.tif", image)
+    plan = plan_scene(scene, fcn8s_checkpoint, replace(EXACT, tile_size=64, halo=64))
+    assert any("below the receptive field" in w for w in plan.warnings)
+    run_local(plan)
+    reference = whole_image_logits(fcn8s_checkpoint, image).numpy()
+    logits, labels = stitched(tmp_path / "scene.zarr")
+    error = np.abs(logits - reference).max() / (reference.max() - reference.min())
+    mismatch = float((labels != reference.argmax(0)).mean())
+    with capsys.disabled():
+        print(
+            f"\nhalo 64 px (< receptive field): seam error {error:.2e} of the logit range, {mismatch:.1%} labels differ"
+        )
+    assert error > 1e-4
+
+
+def test_images_smaller_than_a_tile_and_1x1_work(tmp_path: Path, fcn8s_checkpoint: Path) -> None:
+    for h, w in ((1, 1), (37, 50)):
+        out = tmp_path / f"{h}x{w}"
+        out.mkdir()
+        check_exact(out, fcn8s_checkpoint, h, w, EXACT)
+
+
+def test_georeferencing_round_trips_through_xarray_and_rioxarray(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    # Plumbing only: the stand-in (a 1x1 convolution) is enough to write a mosaic.
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    image = noise_image(70, 90)
+    cases = {
+        "north-up": {"crs": "EPSG:32633", "transform": Affine(0.5, 0, 500000, 0, -0.5, 4500000)},
+        "rotated": {"crs": "EPSG:3857", "transform": Affine(0.4, 0.1, 1000, 0.1, -0.4, 2000)},
+    }
+    for name, profile in cases.items():
+        scene = write_tif(tmp_path / f"{name}.tif", image, nodata=0, **profile)
+        run_local(plan_scene(scene, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32)))
+        ds = xr.open_zarr(tmp_path / f"{name}.zarr", decode_coords="all")
+        with rasterio.open(scene) as src:
+            assert ds.labels.rio.crs == src.crs
+            assert ds.labels.rio.transform().almost_equals(src.transform)
+            assert ds.labels.rio.shape == (src.height, src.width)
+        assert ds.labels.rio.encoded_nodata == 255
+        raw = xr.open_zarr(tmp_path / f"{name}.zarr", decode_coords="all", mask_and_scale=False)
+        assert raw.labels.rio.nodata == 255 and raw.labels.dtype == np.uint8
+        assert ds.attrs["class_names"] == [f"class_{i}" for i in range(4)]
+
+
+def test_no_crs_works_warns_and_writes_no_crs(tmp_path: Path, pointwise_checkpoint: Path) -> None:
+    scene = write_tif(tmp_path / "plain.tif", noise_image(40, 40), crs=None, transform=Affine.identity())
+    plan = plan_scene(scene, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32))
+    assert any("no CRS" in w for w in plan.warnings)
+    run_local(plan)
+    ds = xr.open_zarr(tmp_path / "plain.zarr", decode_coords="all")
+    assert "crs_wkt" not in ds.spatial_ref.attrs and ds.labels.rio.crs is None
+
+
+class CountingForward:
+    """Counts the model's forward passes (images, not batches)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.images = 0
+        model.register_forward_hook(self.hook)
+
+    def hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        self.images += inputs[0].shape[0]
+
+
+def test_nodata_cores_are_skipped_and_masked_pixels_are_nodata(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    from pipeline.segment import cached_engine
+
+    image = noise_image(128, 192)
+    image[image == 0] = 1  # keep 0 for nodata
+    image[:, :64, :64] = 0  # one whole 64 x 64 core of nodata
+    image[:, 100:110, 150:170] = 0  # a masked patch inside a processed core
+    scene = write_tif(tmp_path / "masked.tif", image, nodata=0)
+    settings = SegmentSettings(tile_size=64, chunk=32, outputs=("labels", "probabilities", "logits"))
+    plan = plan_scene(scene, pointwise_checkpoint, settings)
+    engine = cached_engine(plan.weights, plan.weights_sha256, plan.settings.engine())
+    counter = CountingForward(engine.model)
+    report = run_local(plan)
+    assert counter.images == 6 - 1 and report["tiles_skipped"] == 1
+    group = zarr.open_group(str(tmp_path / "masked.zarr"), mode="r")
+    labels, probs, logits = group["labels"][:], group["probabilities"][:], group["logits"][:]  # type: ignore[index]
+    nodata = (image == 0).all(axis=0)
+    assert (labels[nodata] == 255).all() and (labels[~nodata] < 4).all()
+    assert (probs[:, nodata] == 255).all() and np.isnan(logits[:, nodata]).all()
+    # Probabilities are quantised to 0..254 and sum to ~1 where there is data.
+    total = probs[:, ~nodata].astype(int).sum(axis=0) / 254
+    assert np.abs(total - 1).max() < 4 / 254
+
+
+def test_bands_dtypes_and_scaling(tmp_path: Path, pointwise_checkpoint: Path) -> None:
+    rgbn = write_tif(tmp_path / "rgbn.tif", noise_image(40, 40, bands=4), photometric="minisblack")
+    with pytest.raises(FcnpipeError, match=r"has 4 bands but the model takes 3; choose them with --bands"):
+        plan_scene(rgbn, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32))
+    plan_scene(rgbn, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32, bands=(1, 2, 3)))
+    # RGBA: the alpha band is the mask, not a fourth channel.
+    rgba_image = noise_image(40, 40, bands=4)
+    rgba_image[3] = 255
+    rgba_image[3, :10] = 0
+    rgba = write_tif(tmp_path / "rgba.tif", rgba_image, photometric="rgb", alpha="yes")
+    run_local(plan_scene(rgba, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32)))
+    labels = zarr.open_group(str(tmp_path / "rgba.zarr"), mode="r")["labels"][:]  # type: ignore[index]
+    assert (labels[:10] == 255).all() and (labels[10:] < 4).all()
+    grey = write_tif(tmp_path / "grey.tif", noise_image(40, 40, bands=1))
+    with pytest.raises(FcnpipeError, match="has 1 bands"):
+        plan_scene(grey, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32))
+    plan_scene(grey, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32, bands=(1, 1, 1)))
+    with pytest.raises(FcnpipeError, match="band 5 does not exist"):
+        plan_scene(grey, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32, bands=(1, 1, 5)))
+    image8 = noise_image(40, 40)
+    wide = write_tif(tmp_path / "u16.tif", image8.astype(np.uint16) * 16)
+    with pytest.raises(
+        FcnpipeError, match=r"uint16 values; declare how they map to 0-255 with --value-range"
+    ):
+        plan_scene(wide, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32))
+    # uint16 = 16 x uint8, declared as 0..4080: the same labels as the uint8 image.
+    plan = plan_scene(
+        wide, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32, value_range=(0, 4080))
+    )
+    run_local(plan)
+    run_local(
+        plan_scene(
+            write_tif(tmp_path / "u8.tif", image8),
+            pointwise_checkpoint,
+            SegmentSettings(tile_size=64, chunk=32),
+        )
+    )
+    a = zarr.open_group(str(tmp_path / "u16.zarr"), mode="r")["labels"][:]  # type: ignore[index]
+    b = zarr.open_group(str(tmp_path / "u8.zarr"), mode="r")["labels"][:]  # type: ignore[index]
+    assert np.array_equal(a, b)
+    for dtype in ("int16", "float32"):
+        path = write_tif(tmp_path / f"{dtype}.tif", image8.astype(dtype))
+        with pytest.raises(FcnpipeError, match=f"{dtype} values"):
+            plan_scene(path, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32))
+
+
+def test_inputs_that_are_not_rasters_get_one_sentence(tmp_path: Path, pointwise_checkpoint: Path) -> None:
+    settings = SegmentSettings(tile_size=64, chunk=32)
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not an image\n")
+    empty_vrt = tmp_path / "empty.vrt"
+    empty_vrt.write_text('<VRTDataset rasterXSize="0" rasterYSize="0"></VRTDataset>')
+    cases = {
+        tmp_path / "missing.tif": "does not exist",
+        text: "is not a raster that GDAL can read",
+        empty_vrt: r"(not a raster that GDAL can read|holds no pixels)",
+    }
+    for path, message in cases.items():
+        with pytest.raises(FcnpipeError, match=message):
+            plan_scene(path, pointwise_checkpoint, settings)
+        assert not path.with_suffix(".zarr").exists()
+
+
+def test_settings_that_do_not_fit_the_model_are_refused(tmp_path: Path, fcn8s_checkpoint: Path) -> None:
+    scene = write_tif(tmp_path / "s.tif", noise_image(40, 40))
+    for settings, message in (
+        (SegmentSettings(tile_size=100), "multiple of 32"),
+        (SegmentSettings(tile_size=96, chunk=64), "multiple of the chunk"),
+        (SegmentSettings(outputs=("labels", "edges")), "--outputs takes"),
+    ):
+        with pytest.raises(FcnpipeError, match=message):
+            plan_scene(scene, fcn8s_checkpoint, settings)
+
+
+def test_existing_outputs_are_protected(
+    tmp_path: Path, pointwise_checkpoint: Path, fcn8s_checkpoint: Path
+) -> None:
+    scene = write_tif(tmp_path / "s.tif", noise_image(40, 40))
+    settings = SegmentSettings(tile_size=64, chunk=32)
+    run_local(plan_scene(scene, pointwise_checkpoint, settings))
+    out = tmp_path / "s.zarr"
+    before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+    with pytest.raises(FcnpipeError, match="already complete; pass --overwrite"):
+        plan_scene(scene, pointwise_checkpoint, settings)
+    with pytest.raises(FcnpipeError, match="another scene, model or configuration"):
+        plan_scene(scene, fcn8s_checkpoint, settings)
+    with pytest.raises(FcnpipeError, match="another scene, model or configuration"):
+        plan_scene(scene, pointwise_checkpoint, replace(settings, tile_size=32))
+    after = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+    assert before == after  # nothing was touched
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(FcnpipeError, match="not an fcnpipe mosaic"):
+        plan_scene(scene, pointwise_checkpoint, settings, output=other)
+    assert (other / "keep.txt").read_text() == "mine"
+    plan = plan_scene(scene, pointwise_checkpoint, replace(settings, tile_size=32), overwrite=True)
+    run_local(plan)
+    assert read_state(out)["complete"]  # type: ignore[index]
+
+
+def test_an_output_that_cannot_be_written_gets_one_sentence(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    scene = write_tif(tmp_path / "s.tif", noise_image(40, 40))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(FcnpipeError, match="cannot write"):
+        plan_scene(
+            scene, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32), output=blocker / "s.zarr"
+        )
