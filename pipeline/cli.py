@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,14 +51,23 @@ def user_errors() -> Iterator[None]:
         fail(f"{exc.strerror or exc} ({exc.filename or 'I/O error'}).")
 
 
-def quiet_prefect() -> None:
+@contextmanager
+def quiet_prefect() -> Iterator[None]:
     """Prefect settings for a terminal run: no analytics, and logs only when they matter.
 
-    Set before Prefect is imported; a value the user has set in the environment wins.
+    The environment is set for Prefect (and the processes it starts) before it is imported; a
+    value the user has set wins. The logger level covers a Prefect that is already imported.
     """
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    logger = logging.getLogger("prefect")
+    level = logger.level
+    logger.setLevel(os.environ["PREFECT_LOGGING_LEVEL"])
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @app.command(
@@ -77,8 +87,7 @@ def run(
     if flow_file is None or str(flow_file) in ("--help", "-h"):
         out.print(ctx.get_help())
         return
-    with user_errors():
-        quiet_prefect()
+    with user_errors(), quiet_prefect():
         from prefect import Flow
 
         module = import_flow_module(flow_file)
@@ -159,3 +168,7 @@ def weights_init(
         f"wrote {out_path}: {card.arch}, {card.num_classes} classes, init {card.provenance['init']}, "
         f"receptive field {rf.lo}..+{rf.hi} px, halo {card.halo} px"
     )
+
+
+if __name__ == "__main__":
+    app()

@@ -118,6 +118,8 @@ def prepare(path: Path, spec: MosaicSpec, *, overwrite: bool) -> zarr.Group:
             )
         if state.get("complete"):
             raise FcnpipeError(f"{path} is already complete; pass --overwrite to make it again.")
+        for partial in path.rglob("*.partial"):  # zarr's temporary files, left by a killed run
+            partial.unlink()
         return zarr.open_group(str(path), mode="r+")
     if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -1,0 +1,199 @@
+"""The segment flow on Prefect's real engine, through the real CLI: options, errors, resume after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.mosaic import MANIFEST, read_state
+from pipeline.segment import SegmentSettings, plan_scene, run_local
+from tests.conftest import noise_image, write_tif
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOW = str(ROOT / "flows" / "segment_mosaic.py")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def chunk_bytes(store: Path) -> dict[str, bytes]:
+    """Every data chunk of a mosaic, by path (metadata, which holds timings, left out)."""
+    return {
+        str(p.relative_to(store)): p.read_bytes()
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and p.name != "zarr.json" and "/c/" in f"/{p.relative_to(store)}"
+    }
+
+
+def test_flow_writes_a_complete_mosaic_with_the_options_given(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    # Plumbing: the stand-in model (a 1x1 convolution) keeps this fast.
+    scene = write_tif(tmp_path / "scene.tif", noise_image(100, 130))
+    args = ["run", FLOW, "--input", str(scene), "--weights", str(pointwise_checkpoint), "--tile-size", "64"]
+    result = runner.invoke(app, [*args, "--outputs", "labels,probabilities"])
+    assert result.exit_code == 0, result.output
+    assert "complete" in result.output and "6 tiles" in result.output
+    state = read_state(tmp_path / "scene.zarr")
+    assert state is not None and state["complete"] and state["report"]["tiles"] == 6
+    group = zarr.open_group(str(tmp_path / "scene.zarr"), mode="r")
+    assert set(group.array_keys()) >= {"labels", "probabilities"} and "logits" not in group
+    assert group["labels"].chunks == (64, 64)  # the chunk follows a tile smaller than 512
+
+
+def test_flow_output_equals_the_pipeline_run_directly(tmp_path: Path, pointwise_checkpoint: Path) -> None:
+    scene = write_tif(tmp_path / "scene.tif", noise_image(100, 130, seed=3))
+    run_local(
+        plan_scene(
+            scene, pointwise_checkpoint, SegmentSettings(tile_size=64), output=tmp_path / "direct.zarr"
+        )
+    )
+    args = ["--input", str(scene), "--weights", str(pointwise_checkpoint), "--tile-size", "64"]
+    result = runner.invoke(app, ["run", FLOW, *args, "--output", str(tmp_path / "flow.zarr")])
+    assert result.exit_code == 0, result.output
+    assert chunk_bytes(tmp_path / "flow.zarr") == chunk_bytes(tmp_path / "direct.zarr")
+
+
+def test_help_after_the_flow_file_lists_its_options() -> None:
+    result = runner.invoke(app, ["run", FLOW, "--help"])
+    assert result.exit_code == 0
+    for option in ("--input", "--output", "--weights", "--config", "--tile-size", "--halo", "--batch-size",
+                   "--device", "--outputs", "--bands", "--overwrite", "--workers", "--dask-address"):  # fmt: skip
+        assert option in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input", "{tmp}/missing.tif"], "does not exist"),
+        (
+            ["--input", "{scene}", "--tile-szie", "64"],
+            "unknown option '--tile-szie'; this flow accepts: --input",
+        ),
+        (["--input", "{scene}", "--tile-size", "big"], "--tile-size 'big' is not a valid int"),
+        (["--tile-size", "64"], "missing required option --input"),
+        (["--input", "{scene}", "--weights", "{tmp}/none.pt"], "checkpoint {tmp}/none.pt does not exist"),
+        (["--input", "{scene}", "--outputs", "labels,edges"], "outputs"),
+        (["--input", "{scene}", "--device", "cuda:7"], "no CUDA GPU"),
+        (["--input", "{scene}", "--config", "{tmp}/none.yaml"], "config {tmp}/none.yaml does not exist"),
+    ],
+)
+def test_bad_input_gets_one_sentence_and_exit_1(
+    tmp_path: Path, pointwise_checkpoint: Path, args: list[str], message: str
+) -> None:
+    scene = write_tif(tmp_path / "scene.tif", noise_image(40, 40))
+    words = [a.format(tmp=tmp_path, scene=scene) for a in args]
+    if "--weights" not in words:
+        words += ["--weights", str(pointwise_checkpoint)]
+    result = runner.invoke(app, ["run", FLOW, *words])
+    assert result.exit_code == 1, result.output
+    assert message.format(tmp=tmp_path) in " ".join(result.output.split())
+    assert "Traceback" not in result.output and result.output.count("error:") == 1
+    assert not (tmp_path / "scene.zarr").exists() or not read_state(tmp_path / "scene.zarr")["complete"]  # type: ignore[index]
+
+
+def test_config_file_is_data_and_options_override_it(tmp_path: Path, pointwise_checkpoint: Path) -> None:
+    scene = write_tif(tmp_path / "scene.tif", noise_image(70, 70))
+    config = tmp_path / "segment.yaml"
+    config.write_text(f"weights: {pointwise_checkpoint}\ntile_size: 32\noutputs: [labels, logits]\n")
+    result = runner.invoke(
+        app, ["run", FLOW, "--input", str(scene), "--config", str(config), "--tile-size", "64"]
+    )
+    assert result.exit_code == 0, result.output
+    group = zarr.open_group(str(tmp_path / "scene.zarr"), mode="r")
+    assert "logits" in group and read_state(tmp_path / "scene.zarr")["report"]["tiles"] == 4  # type: ignore[index]
+    config.write_text("tile_size: 64\nrm_rf: true\n")
+    result = runner.invoke(app, ["run", FLOW, "--input", str(scene), "--config", str(config), "--overwrite"])
+    assert result.exit_code == 1 and "rm_rf: Extra inputs are not permitted" in result.output
+
+
+def test_the_disk_filling_up_leaves_the_mosaic_incomplete(tmp_path: Path, pointwise_checkpoint: Path) -> None:
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        scene = write_tif(tmp_path / "scene.tif", noise_image(1024, 1024, seed=9))
+        args = ["--input", str(scene), "--weights", str(pointwise_checkpoint), "--tile-size", "128"]
+        result = runner.invoke(
+            app, ["run", FLOW, *args, "--outputs", "labels,logits", "--output", str(small / "s.zarr")]
+        )
+        assert result.exit_code == 1
+        assert "disk filled up" in result.output and "Traceback" not in result.output
+        state = read_state(small / "s.zarr")
+        assert state is not None and not state["complete"]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def fcnpipe(*args: str) -> subprocess.Popen[bytes]:
+    """Start the real CLI in its own process group, reporting to the test's Prefect server."""
+    from prefect.settings import get_current_settings
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_API_URL"] = str(get_current_settings().api.url)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def test_rerun_after_kill_9_resumes_and_gives_identical_bytes(tmp_path: Path, fcn8s_checkpoint: Path) -> None:
+    scene = write_tif(tmp_path / "scene.tif", noise_image(256, 320, seed=4))
+    # Small halo: this test is about bookkeeping, and a cheaper tile leaves time to kill mid-run.
+    common = ["--input", str(scene), "--weights", str(fcn8s_checkpoint), "--tile-size", "64", "--halo", "32"]
+    reference = plan_scene(scene, fcn8s_checkpoint, SegmentSettings(tile_size=64, halo=32, block=1),
+                           output=tmp_path / "reference.zarr")  # fmt: skip
+    assert reference.settings.block == 1
+    run_local(reference)
+
+    out = tmp_path / "killed.zarr"
+    config = tmp_path / "one-block.yaml"
+    config.write_text("block: 1\n")
+    args = ["run", FLOW, *common, "--config", str(config), "--output", str(out)]
+    proc = fcnpipe(*args)
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        manifest = out / MANIFEST / "c"
+        done = len(list(manifest.iterdir())) if manifest.is_dir() else 0
+        if done >= 3:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode() if proc.stdout else ""
+    state = read_state(out)
+    assert state is not None and not state["complete"]
+    total = len(reference.blocks)
+    done = len(list((out / MANIFEST / "c").iterdir()))
+    assert 3 <= done < total
+
+    rerun = fcnpipe(*args)
+    output = rerun.communicate(timeout=600)[0].decode()
+    assert rerun.returncode == 0, output
+    assert f"wrote {out}: {total - done} tiles" in " ".join(output.split())  # finished blocks skipped
+    assert not list(out.rglob("*.partial"))
+    assert read_state(out)["complete"]  # type: ignore[index]
+    assert chunk_bytes(out) == chunk_bytes(tmp_path / "reference.zarr")
+    labels = zarr.open_group(str(out), mode="r")["labels"][:]  # type: ignore[index]
+    assert np.array_equal(labels, zarr.open_group(str(tmp_path / "reference.zarr"), mode="r")["labels"][:])  # type: ignore[index]
