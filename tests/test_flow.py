@@ -74,8 +74,8 @@ def test_flow_output_equals_the_pipeline_run_directly(tmp_path: Path, pointwise_
 def test_help_after_the_flow_file_lists_its_options() -> None:
     result = runner.invoke(app, ["run", FLOW, "--help"])
     assert result.exit_code == 0
-    for option in ("--input", "--output", "--weights", "--config", "--tile-size", "--halo", "--batch-size",
-                   "--device", "--outputs", "--bands", "--overwrite", "--workers", "--dask-address"):  # fmt: skip
+    options = "input output weights config tile-size halo batch-size device outputs bands overwrite workers"
+    for option in [f"--{o}" for o in options.split()] + ["--dask-address"]:
         assert option in result.output
 
 

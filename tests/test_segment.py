@@ -73,7 +73,8 @@ def test_a_halo_below_the_receptive_field_shows_seams(
     mismatch = float((labels != reference.argmax(0)).mean())
     with capsys.disabled():
         print(
-            f"\nhalo 64 px (< receptive field): seam error {error:.2e} of the logit range, {mismatch:.1%} labels differ"
+            f"\nhalo 64 px (< receptive field): seam error {error:.2e} of the logit range, "
+            f"{mismatch:.1%} labels differ"
         )
     assert error > 1e-4
 
