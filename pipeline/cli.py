@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 weights_app = typer.Typer(help="Make and describe model checkpoints.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
+data_app = typer.Typer(help="Make and read the bundled benchmarks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -168,6 +170,43 @@ def weights_init(
         f"wrote {out_path}: {card.arch}, {card.num_classes} classes, init {card.provenance['init']}, "
         f"receptive field {rf.lo}..+{rf.hi} px, halo {card.halo} px"
     )
+
+
+@data_app.command("make")
+def data_make(
+    name: Annotated[str, typer.Argument(help="The benchmark to generate: synthetic-ortho.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write (images/, labels/, splits).")],
+    scenes: Annotated[int, typer.Option(help="Number of scenes (split 70/15/15).", min=1)] = 12,
+    size: Annotated[int, typer.Option(help="Scene side in pixels.", min=1)] = 512,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same bytes.")] = 0,
+) -> None:
+    """Generate a bundled benchmark (georeferenced GeoTIFF scenes with label rasters)."""
+    from pipeline.data.synthetic import make_benchmark
+
+    with user_errors():
+        if name != "synthetic-ortho":
+            raise FcnpipeError(f"unknown benchmark {name!r}; the one generated on demand is synthetic-ortho.")
+        root = make_benchmark(out_dir, scenes=scenes, size=size, seed=seed)
+    out.print(f"wrote {scenes} scenes of {size}x{size} px to {root} (read it as synthetic-ortho:{root})")
+
+
+@data_app.command("scene")
+def data_scene(
+    out_path: Annotated[Path, typer.Option("--out", help="GeoTIFF to write, e.g. scene.tif.")],
+    size: Annotated[int, typer.Option(help="Side in pixels.", min=1)] = 1024,
+    seed: Annotated[int, typer.Option(help="Seed of the scene.")] = 2026,
+    labels: Annotated[Path | None, typer.Option(help="Also write its label raster here.")] = None,
+) -> None:
+    """Write one synthetic orthophoto scene (0.5 m pixels, UTM 33N) to try the main job on."""
+    from pipeline.data.synthetic import generate_scene, write_scene
+
+    with user_errors():
+        image, label = generate_scene(size, seed)
+        label_path = labels or out_path.with_name(f".{out_path.stem}-labels.tif")
+        write_scene(out_path, label_path, image, label)
+        if labels is None:
+            label_path.unlink()
+    out.print(f"wrote {out_path}: {size}x{size} px synthetic scene (seed {seed})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,559 @@
+"""Training and evaluation: batches, the loss, training steps, scoring, and one resumable stage.
+
+A stage trains one network for a number of steps from a starting model (:func:`initial_model`:
+ImageNet VGG16, a checkpoint, or scratch), validates every so often, and keeps three files in its
+run folder: ``last.pt`` (everything needed to continue), ``best.pt`` (the weights with the best
+validation mean IU) and ``metrics.csv``. The paper's staged training is three stages in a row:
+FCN-32s from VGG16, FCN-16s from the trained FCN-32s, FCN-8s from the trained FCN-16s.
+
+Resuming from ``last.pt`` continues exactly: the checkpoint holds the weights, the optimiser's
+and schedule's states, the step and the torch random state (dropout); the data order needs no
+state at all, since the batch of every step is a pure function of the seed and the step.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.nn import functional as F
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from fcn import (
+    FcnpipeError,
+    ModelCard,
+    Normalization,
+    build_model,
+    describe,
+    init_from_parent,
+    load_checkpoint,
+    save_checkpoint,
+)
+from fcn.checkpoint import read_checkpoint
+from pipeline.data import ConfusionMatrix, SegmentationDataset, open_dataset
+from pipeline.recipes import Recipe, make_optimizer, make_scheduler, validated
+from pipeline.weights import starting_model
+
+log = logging.getLogger(__name__)
+
+STAGES = ("fcn32s", "fcn16s", "fcn8s")
+"""The paper's staged training: each network starts from the one before it."""
+
+SCRATCH_WARNING = (
+    "training from scratch: the FCN paper's results assume a VGG16 trained on ImageNet; "
+    "expect much lower scores, or pass vgg16:PATH."
+)
+METRIC_FIELDS = (
+    "step",
+    "epoch",
+    "train_loss",
+    "pixel_accuracy",
+    "mean_accuracy",
+    "mean_iu",
+    "fw_iu",
+    "seconds",
+)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""Float RGB images on the 0-255 scale (N, 3, H, W) and int64 label maps (N, H, W)."""
+
+
+class StageArgs(BaseModel):
+    """What one stage trains on and for how long; stored in its checkpoints and checked on resume."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str
+    """``NAME:PATH``, as for :func:`pipeline.data.open_dataset`."""
+    steps: int = Field(gt=0)
+    eval_every: int = Field(gt=0)
+    seed: int = Field(0, ge=0)
+    train_split: str = "train"
+    val_split: str = "val"
+    val_limit: int | None = Field(None, ge=1)
+    """Validate on the first ``val_limit`` images only."""
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def fill_colour(normalization: Normalization) -> tuple[float, float, float]:
+    """The RGB colour (0-255 scale) that normalises to zero: what padding shows the network."""
+    mean = tuple(m / normalization.scale for m in normalization.mean)
+    rgb = mean[::-1] if normalization.channel_order == "BGR" else mean
+    return (rgb[0], rgb[1], rgb[2])
+
+
+def epoch_draws(seed: int, epoch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sample order of one epoch and three uniform numbers per position (crop row, column, flip)."""
+    epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0])
+    gen = torch.Generator().manual_seed(epoch_seed)
+    return torch.randperm(size, generator=gen), torch.rand(size, 3, generator=gen, dtype=torch.float64)
+
+
+def pad_to(
+    image: torch.Tensor, label: torch.Tensor, size: int, fill: tuple[float, float, float], ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad bottom and right up to ``size``: the image with ``fill``, the label with ``ignore_index``."""
+    h, w = label.shape
+    if h >= size and w >= size:
+        return image, label
+    ph, pw = max(h, size), max(w, size)
+    padded = torch.tensor(fill, dtype=image.dtype).view(3, 1, 1).repeat(1, ph, pw)
+    padded[:, :h, :w] = image
+    padded_label = torch.full((ph, pw), ignore_index, dtype=label.dtype)
+    padded_label[:h, :w] = label
+    return padded, padded_label
+
+
+def random_crop(
+    image: torch.Tensor, label: torch.Tensor, size: int, where: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``size`` square at relative position ``where`` (two numbers in [0, 1)) of a big enough image."""
+    h, w = label.shape
+    top = min(int(where[0] * (h - size + 1)), h - size)
+    left = min(int(where[1] * (w - size + 1)), w - size)
+    return image[:, top : top + size, left : left + size], label[top : top + size, left : left + size]
+
+
+def training_sample(
+    dataset: SegmentationDataset,
+    index: int,
+    draws: torch.Tensor,
+    recipe: Recipe,
+    fill: tuple[float, float, float],
+) -> Batch:
+    """One augmented sample: the recipe's random crop (padded where the image is smaller) and flip."""
+    image, label = dataset[index]
+    x = torch.from_numpy(image).permute(2, 0, 1).float()
+    y = torch.from_numpy(label)
+    if recipe.crop is not None:
+        x, y = pad_to(x, y, recipe.crop, fill, dataset.ignore_index)
+        x, y = random_crop(x, y, recipe.crop, draws[:2])
+    if recipe.hflip and draws[2] < 0.5:
+        x, y = x.flip(-1), y.flip(-1)
+    return x, y
+
+
+def batches(
+    dataset: SegmentationDataset,
+    recipe: Recipe,
+    *,
+    seed: int,
+    fill: tuple[float, float, float],
+    start: int = 0,
+) -> Iterator[Batch]:
+    """The training batches of steps ``start``, ``start + 1``, ... without end.
+
+    Epochs are shuffled and crops and flips drawn from ``(seed, epoch)`` alone, so the batch of a
+    step does not depend on what ran before it: a resumed run sees exactly the same data.
+    """
+    if len(dataset) == 0:
+        raise FcnpipeError(f"the {dataset.split} split of {dataset.root} is empty: nothing to train on.")
+    position, epoch = start * recipe.batch_size, -1
+    order, draws = torch.empty(0, dtype=torch.int64), torch.empty(0)
+    while True:
+        items = []
+        for _ in range(recipe.batch_size):
+            new_epoch, index = divmod(position, len(dataset))
+            if new_epoch != epoch:
+                epoch = new_epoch
+                order, draws = epoch_draws(seed, epoch, len(dataset))
+            items.append(training_sample(dataset, int(order[index]), draws[index], recipe, fill))
+            position += 1
+        yield torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+# --- steps and scores ----------------------------------------------------------------------------
+
+
+def criterion(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
+    """Pixel-wise cross-entropy without the ``ignore_index`` pixels.
+
+    ``sum`` adds over the labelled pixels (the reference); ``mean`` divides that by their count
+    (zero, not NaN, when there are none).
+    """
+    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    if reduction == "sum":
+        return total
+    if reduction != "mean":
+        raise ValueError(f"reduction must be sum or mean, not {reduction!r}")
+    return total / (target != ignore_index).sum().clamp(min=1)
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast when asked for on a CUDA device; a no-op elsewhere."""
+    enabled = precision == "bf16" and device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def network_input(rgb: torch.Tensor, normalization: Normalization, device: torch.device) -> torch.Tensor:
+    """RGB on the 0-255 scale, moved to ``device`` and normalised (channels-last on CUDA)."""
+    x = normalization.apply(rgb.to(device, dtype=torch.float32, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def train_steps(
+    model: nn.Module,
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
+    batches: Iterator[Batch],
+    steps: int,
+    *,
+    device: torch.device,
+    normalization: Normalization,
+    ignore_index: int,
+    recipe: Recipe,
+) -> float:
+    """Run ``steps`` optimiser steps (the schedule stepped after each) and return their mean loss."""
+    model.train()
+    total = 0.0
+    for _ in range(steps):
+        images, labels = next(batches)
+        with autocast(device, recipe.precision):
+            logits = model(network_input(images, normalization, device))
+        loss = criterion(logits, labels.to(device), ignore_index, recipe.loss_reduction)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        scheduler.step()
+        total += float(loss.detach())
+    return total / steps
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    normalization: Normalization,
+    device: torch.device,
+    limit: int | None = None,
+    precision: str = "fp32",
+) -> ConfusionMatrix:
+    """Score whole images at their native size, one at a time like the reference; returns the confusion."""
+    matrix = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
+    was_training = model.training
+    model.eval()
+    try:
+        for index in range(len(dataset) if limit is None else min(limit, len(dataset))):
+            image, label = dataset[index]
+            rgb = torch.from_numpy(image).permute(2, 0, 1)[None]
+            with autocast(device, precision):
+                logits = model(network_input(rgb, normalization, device))
+            matrix.update(label, logits.argmax(1)[0].cpu().numpy())
+    finally:
+        model.train(was_training)
+    return matrix
+
+
+# --- starting points -----------------------------------------------------------------------------
+
+
+def initial_model(
+    init: str, arch: str, dataset: SegmentationDataset, *, seed: int = 0
+) -> tuple[nn.Module, ModelCard]:
+    """The model a stage starts from, with a card carrying the dataset's class names and palette.
+
+    ``init`` is ``vgg16[:PATH]`` or ``caffe-vgg16[:PATH]`` (ImageNet weights by net surgery; the
+    torch hub cache without a path), ``scratch`` (random, seeded; warns), or a checkpoint: of the
+    same architecture to continue from it, of another (FCN-32s for FCN-16s, FCN-16s for FCN-8s)
+    for the paper's staged initialisation.
+    """
+    kind, _, path = init.partition(":")
+    names = list(dataset.class_names)
+    if kind in ("vgg16", "caffe-vgg16"):
+        vgg16 = Path(path).expanduser() if path else None
+        model, card = starting_model(
+            arch, dataset.num_classes, vgg16=vgg16, caffe=kind == "caffe-vgg16", class_names=names
+        )
+    elif init == "scratch":
+        warnings.warn(SCRATCH_WARNING, UserWarning, stacklevel=2)
+        with torch.random.fork_rng(devices=[]):  # seeds torch's global generator: keep the caller's
+            model, card = starting_model(arch, dataset.num_classes, random_seed=seed, class_names=names)
+    else:
+        return from_checkpoint(Path(init).expanduser(), arch, dataset)
+    return model, replace(card, palette=tuple(dataset.palette))
+
+
+def from_checkpoint(path: Path, arch: str, dataset: SegmentationDataset) -> tuple[nn.Module, ModelCard]:
+    """``arch`` from a checkpoint: its weights if it is one, else every layer the two share."""
+    parent, card = load_checkpoint(path, num_classes=dataset.num_classes)
+    provenance = {"init": str(path), "parent": card.arch, "dataset": None, "steps": 0}
+    model = parent
+    if card.arch != arch:
+        model = build_model(arch, dataset.num_classes)
+        init_from_parent(model, parent)
+        card = describe(model, arch, normalization=card.normalization)
+    card = replace(
+        card, class_names=dataset.class_names, palette=tuple(dataset.palette), provenance=provenance
+    )
+    return model.train(), card
+
+
+# --- one stage -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """A stage in progress: what it trains and how far it got. ``last.pt`` holds all of it."""
+
+    model: nn.Module
+    optimizer: Optimizer
+    scheduler: LRScheduler
+    device: torch.device
+    step: int = 0
+    best_mean_iu: float = -math.inf
+    seconds: float = 0.0
+    scores: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    """The training loss of each step since the last validation."""
+
+    def extra(self, recipe: Recipe, args: StageArgs, samples: int) -> dict[str, Any]:
+        """The checkpoint entries beside the card and weights; plain data a weights-only load accepts."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "epoch": self.step * recipe.batch_size // samples,
+            "best_mean_iu": self.best_mean_iu,
+            "seconds": self.seconds,
+            "scores": self.scores,
+            "losses": self.losses,
+            "rng": rng_state(self.device),
+            "recipe": recipe.model_dump(),
+            "args": args.model_dump(),
+        }
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Continue from a checkpoint's entries (the inverse of :meth:`extra` plus the weights)."""
+        self.model.load_state_dict(payload["state_dict"])
+        pass
+        self.scheduler.load_state_dict(payload["scheduler"])
+        set_rng_state(payload["rng"], self.device)
+        self.step = int(payload["step"])
+        self.best_mean_iu = float(payload["best_mean_iu"])
+        self.seconds = float(payload["seconds"])
+        self.scores = {k: float(v) for k, v in payload["scores"].items()}
+        self.losses = [float(v) for v in payload["losses"]]
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The torch random state that dropout draws from: the CPU's, and the GPU's when training on one."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """Where a stage ended and what it left in its run folder."""
+
+    run_dir: Path
+    step: int
+    best_mean_iu: float
+    scores: dict[str, float]
+
+    @property
+    def best(self) -> Path:
+        """The checkpoint with the best validation mean IU."""
+        return self.run_dir / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        """The checkpoint to resume from."""
+        return self.run_dir / "last.pt"
+
+
+def stamped(card: ModelCard, state: TrainState, recipe: Recipe, args: StageArgs) -> ModelCard:
+    """The card with the stage's provenance: start, dataset, steps, recipe and validation scores."""
+    provenance = {
+        **card.provenance,
+        "dataset": args.dataset,
+        "steps": state.step,
+        "recipe": recipe.name,
+        "seed": args.seed,
+        "val_scores": state.scores,
+    }
+    return replace(card, provenance=provenance)
+
+
+def open_splits(args: StageArgs, card: ModelCard) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """The training and validation splits, checked against the model's class count."""
+    train_set, val_set = (
+        open_dataset(args.dataset, args.train_split),
+        open_dataset(args.dataset, args.val_split),
+    )
+    for split in (train_set, val_set):
+        if split.num_classes != card.num_classes:
+            raise FcnpipeError(
+                f"the {split.split} split of {args.dataset} has {split.num_classes} classes but the "
+                f"{card.arch} predicts {card.num_classes}; start from a model made for this dataset."
+            )
+    return train_set, val_set
+
+
+def start_or_resume(
+    run_dir: Path, state: TrainState, card: ModelCard, recipe: Recipe, args: StageArgs, resume: bool
+) -> None:
+    """Restore ``state`` from ``run_dir/last.pt`` when resuming, else start the folder afresh."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics_header(run_dir / "metrics.csv")
+        record = {"arch": card.arch, "init": card.provenance.get("init"), "args": args.model_dump()}
+        (run_dir / "stage.yaml").write_text(yaml.safe_dump(record | {"recipe": recipe.model_dump()}))
+        return
+    if not resume:
+        raise FcnpipeError(f"{run_dir} already holds a training run; resume it or choose another folder.")
+    payload = read_checkpoint(last)
+    stored = (payload["card"]["arch"], payload["recipe"], payload["args"])
+    if stored != (card.arch, recipe.model_dump(), args.model_dump()):
+        raise FcnpipeError(
+            f"{last} was made by another stage (architecture, recipe or arguments differ); a resume "
+            "continues the run as it was started, so start a new run folder to change them."
+        )
+    state.restore(payload)
+    trim_metrics(run_dir / "metrics.csv", state.step)
+    log.info("resuming %s at step %d", run_dir, state.step)
+
+
+def write_metrics_header(path: Path) -> None:
+    """Start ``metrics.csv`` with its header row."""
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerow(METRIC_FIELDS)
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop rows after ``step``: written by a run that stopped before saving them into last.pt."""
+    with path.open(newline="") as f:
+        rows = [row for row in csv.DictReader(f) if int(row["step"]) <= step]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def append_metrics(path: Path, row: dict[str, float]) -> None:
+    """Add one validation row to ``metrics.csv``."""
+    with path.open("a", newline="") as f:
+        csv.DictWriter(f, METRIC_FIELDS).writerow(row)
+
+
+def save_last(
+    run_dir: Path, state: TrainState, card: ModelCard, recipe: Recipe, args: StageArgs, samples: int
+) -> None:
+    """Write everything needed to continue to ``run_dir/last.pt``."""
+    extra = state.extra(recipe, args, samples)
+    save_checkpoint(run_dir / "last.pt", state.model, stamped(card, state, recipe, args), extra=extra)
+
+
+def validate(
+    run_dir: Path,
+    state: TrainState,
+    card: ModelCard,
+    recipe: Recipe,
+    args: StageArgs,
+    splits: tuple[SegmentationDataset, SegmentationDataset],
+    device: torch.device,
+) -> None:
+    """Score on the validation split, add a metrics row, and write best.pt when the mean IU improved."""
+    train_set, val_set = splits
+    train_loss, state.losses = sum(state.losses) / len(state.losses), []
+    matrix = evaluate(state.model, val_set, card.normalization, device, args.val_limit, recipe.precision)
+    state.scores = matrix.scores()
+    epoch = round(state.step * recipe.batch_size / len(train_set), 4)
+    row = {"step": state.step, "epoch": epoch, "train_loss": train_loss, **state.scores}
+    append_metrics(run_dir / "metrics.csv", row | {"seconds": round(state.seconds, 2)})
+    log.info("step %d: loss %.4g, val mean IU %.4f", state.step, train_loss, state.scores["mean_iu"])
+    if state.scores["mean_iu"] > state.best_mean_iu:
+        state.best_mean_iu = state.scores["mean_iu"]
+        final = stamped(card, state, recipe, args)
+        extra = {"step": state.step, "recipe": recipe.model_dump()}
+        save_checkpoint(run_dir / "best.pt", state.model, final, extra=extra)
+
+
+def train_stage(
+    model: nn.Module,
+    card: ModelCard,
+    recipe: Recipe,
+    args: StageArgs,
+    run_dir: Path,
+    *,
+    device: torch.device | None = None,
+    resume: bool = False,
+    until: int | None = None,
+) -> StageResult:
+    """Train ``model`` for ``args.steps`` steps, validating every ``args.eval_every`` and at the end.
+
+    ``resume`` continues from ``run_dir/last.pt`` when there is one (and starts afresh when there
+    is not); without it an existing run is an error. ``until`` pauses after that step with last.pt
+    saved, for a later resume. The torch random state is forked: the caller's is left as it was.
+    """
+    device = device or torch.device("cpu")
+    splits = open_splits(args, card)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe, card.arch)
+    state = TrainState(model, optimizer, make_scheduler(optimizer, recipe, args.steps), device)
+    stop = args.steps if until is None else min(until, args.steps)
+    with torch.random.fork_rng(devices=cuda_indices(device)):
+        torch.manual_seed(args.seed)
+        start_or_resume(run_dir, state, card, recipe, args, resume)
+        fill = fill_colour(card.normalization)
+        stream = batches(splits[0], recipe, seed=args.seed, fill=fill, start=state.step)
+        while state.step < stop:
+            started = time.perf_counter()
+            loss = train_steps(
+                model, optimizer, state.scheduler, stream, 1, device=device,
+                normalization=card.normalization, ignore_index=splits[0].ignore_index, recipe=recipe,
+            )  # fmt: skip
+            state.step += 1
+            state.losses.append(loss)
+            state.seconds += time.perf_counter() - started
+            due = state.step % args.eval_every == 0 or state.step == args.steps
+            if due:
+                validate(run_dir, state, card, recipe, args, splits, device)
+            if due or state.step == stop:
+                save_last(run_dir, state, card, recipe, args, len(splits[0]))
+    return StageResult(run_dir, state.step, state.best_mean_iu, state.scores)
+
+
+def cuda_indices(device: torch.device) -> list[int]:
+    """The CUDA device whose random state a stage forks (none on other devices)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def resume_stage(
+    run_dir: Path, *, device: torch.device | None = None, until: int | None = None
+) -> StageResult:
+    """Continue the stage in ``run_dir`` from its last.pt alone: model, recipe and arguments are in it."""
+    payload = read_checkpoint(run_dir / "last.pt")
+    card = ModelCard.from_dict(payload["card"])
+    recipe = validated(payload["recipe"], str(run_dir / "last.pt"))
+    args = StageArgs(**payload["args"])
+    model = build_model(card.arch, card.num_classes)
+    return train_stage(model, card, recipe, args, run_dir, device=device, resume=True, until=until)
