@@ -6,6 +6,11 @@ run folder: ``last.pt`` (everything needed to continue), ``best.pt`` (the weight
 validation mean IU) and ``metrics.csv``. The paper's staged training is three stages in a row:
 FCN-32s from VGG16, FCN-16s from the trained FCN-32s, FCN-8s from the trained FCN-16s.
 
+Batches: the modern recipe takes random square crops with horizontal flips; an image smaller
+than the crop is padded on the bottom and right, its label with the ignore value and its pixels
+with the normalisation's mean colour, which the network sees as zeros (like the padding of its
+own convolutions). The heavy recipe feeds whole images, one per step, at their native size.
+
 Resuming from ``last.pt`` continues exactly: the checkpoint holds the weights, the optimiser's
 and schedule's states, the step and the torch random state (dropout); the data order needs no
 state at all, since the batch of every step is a pure function of the seed and the step.
@@ -66,6 +71,9 @@ METRIC_FIELDS = (
     "fw_iu",
     "seconds",
 )
+"""Columns of ``metrics.csv``, one row per validation: ``epoch`` is fractional (samples seen over
+training images), ``train_loss`` the mean since the previous row, ``seconds`` the training time so
+far (validation not counted)."""
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 """Float RGB images on the 0-255 scale (N, 3, H, W) and int64 label maps (N, H, W)."""
@@ -340,7 +348,7 @@ class TrainState:
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint's entries (the inverse of :meth:`extra` plus the weights)."""
         self.model.load_state_dict(payload["state_dict"])
-        pass
+        self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         set_rng_state(payload["rng"], self.device)
         self.step = int(payload["step"])
