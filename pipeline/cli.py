@@ -51,6 +51,12 @@ def user_errors() -> Iterator[None]:
             fail("the disk filled up while writing; the output is not marked complete. "
                  "Free some space and run the same command again to resume.")  # fmt: skip
         fail(f"{exc.strerror or exc} ({exc.filename or 'I/O error'}).")
+    except (KeyboardInterrupt, typer.Exit):
+        raise
+    except Exception as exc:
+        if os.environ.get("FCNPIPE_DEBUG"):
+            raise
+        fail(f"{type(exc).__name__}: {exc} (set FCNPIPE_DEBUG=1 for the traceback).")
 
 
 @contextmanager
@@ -63,6 +69,8 @@ def quiet_prefect() -> Iterator[None]:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The embedded server can take longer than Prefect's 20 s to start on a small, busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     logger = logging.getLogger("prefect")
     level = logger.level
     logger.setLevel(os.environ["PREFECT_LOGGING_LEVEL"])

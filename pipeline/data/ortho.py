@@ -25,6 +25,7 @@ import numpy as np
 import rasterio
 from numpy.typing import NDArray
 
+from fcn.checkpoint import RGB
 from fcn.errors import FcnpipeError
 from pipeline.data.base import VOID, ImageArray, LabelArray, SegmentationDataset
 from pipeline.data.files import read_lines
@@ -121,6 +122,19 @@ class Ortho(SegmentationDataset):
             if valid.size:
                 top = max(top, int(valid.max()))
         return tuple(f"class {i}" for i in range(top + 1))
+
+    @property
+    def palette(self) -> list[RGB]:
+        """Colours from ``classes.json`` when it has a palette, else the VOC colour map."""
+        path = self.root / "classes.json"
+        data = json.loads(path.read_text()) if path.is_file() else None
+        if isinstance(data, dict) and len(data.get("palette", [])) == self.num_classes:
+            return [(int(c[0]), int(c[1]), int(c[2])) for c in data["palette"]]
+        return super().palette
+
+    def image_path(self, key: str) -> Path:
+        """The GeoTIFF of sample ``key``, for readers that tile it themselves."""
+        return self._images[key]
 
     def load_image(self, key: str) -> ImageArray:
         """Read bands 1-3 of ``images/<key>.tif`` as H x W x 3."""

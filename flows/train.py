@@ -1,0 +1,122 @@
+"""Fine-tune FCNs the reference's way: FCN-32s, then FCN-16s from it, then FCN-8s from that.
+
+Each stage is a task with its own run folder (``OUT/fcn32s``, ...): metrics.csv, best.pt (by
+validation mean IU) and last.pt (everything a resume needs). ``--resume OUT/fcn16s/last.pt``
+continues that stage exactly and then the stages after it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from fcn import FcnpipeError, ModelCard
+from fcn.checkpoint import read_checkpoint
+from pipeline.data import open_dataset
+from pipeline.engine import pick_device
+from pipeline.recipes import load_recipe
+from pipeline.train import STAGES, StageArgs, StageResult, initial_model, resume_stage, train_stage
+
+
+def stages_for(arch: str, staged: bool) -> list[str]:
+    """The chain of stages that ends in ``arch``."""
+    if arch in STAGES and staged:
+        return list(STAGES[: STAGES.index(arch) + 1])
+    return [arch]
+
+
+def metrics_table(run_dir: Path) -> str:
+    """A stage's metrics.csv as a markdown table."""
+    rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines() if line]
+    if not rows:
+        return ""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+
+@task(name="train-stage", cache_policy=NO_CACHE)
+def train_stage_task(
+    arch: str, init: str, recipe_name: str, args: StageArgs, run_dir: Path, device: str
+) -> StageResult:
+    """Train one stage from ``init`` (ImageNet VGG16, scratch or the previous stage's best.pt)."""
+    dataset = open_dataset(args.dataset, args.train_split)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        model, card = initial_model(init, arch, dataset, seed=args.seed)
+    for warning in caught:
+        get_run_logger().warning(str(warning.message))
+    result = train_stage(model, card, load_recipe(recipe_name), args, run_dir, device=pick_device(device))
+    create_markdown_artifact(metrics_table(run_dir), key=f"{arch}-metrics", description=f"{arch} training")
+    return result
+
+
+@task(name="resume-stage", cache_policy=NO_CACHE)
+def resume_stage_task(last: Path, device: str) -> StageResult:
+    """Continue a stage exactly from its last.pt."""
+    result = resume_stage(last.parent, device=pick_device(device))
+    arch = ModelCard.from_dict(read_checkpoint(last)["card"]).arch
+    create_markdown_artifact(
+        metrics_table(last.parent), key=f"{arch}-metrics", description=f"{arch} training"
+    )
+    return result
+
+
+@flow(name="train")
+def train(
+    dataset: str,
+    out: Path = Path("runs/train"),
+    arch: str = "fcn8s",
+    init: str = "vgg16",
+    recipe: str = "modern",
+    max_steps: int | None = None,
+    epochs: int | None = None,
+    eval_every: int | None = None,
+    staged: bool = True,
+    resume: Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    val_limit: int | None = None,
+) -> dict[str, Any]:
+    """Train ARCH on DATASET (NAME:PATH, e.g. synthetic-ortho:data/synthetic or camvid:CamVid).
+
+    FCN-16s and FCN-8s are trained in stages from FCN-32s unless --staged false. INIT is
+    vgg16[:PATH] (ImageNet, torchvision layout), caffe-vgg16[:PATH], a checkpoint, or scratch.
+    Give the length per stage as --max-steps or --epochs.
+    """
+    chain = stages_for(arch, staged)
+    resumed_arch = None
+    if resume is not None:
+        resumed_arch = ModelCard.from_dict(read_checkpoint(resume)["card"]).arch
+        if resumed_arch not in chain:
+            raise FcnpipeError(
+                f"{resume} is a {resumed_arch} stage, which is not part of {' -> '.join(chain)}."
+            )
+    train_size = len(open_dataset(dataset, "train"))
+    batch = load_recipe(recipe).batch_size
+    if (max_steps is None) == (epochs is None):
+        raise FcnpipeError("give the length of each stage with either --max-steps or --epochs.")
+    steps = max_steps if max_steps is not None else epochs * math.ceil(train_size / batch)  # type: ignore[operator]
+    args = StageArgs(
+        dataset=dataset, steps=steps, eval_every=eval_every or max(1, math.ceil(train_size / batch)),
+        seed=seed, val_limit=val_limit,
+    )  # fmt: skip
+    results: dict[str, Any] = {}
+    previous = init
+    for stage in chain:
+        run_dir = out / stage
+        if resumed_arch is not None and chain.index(stage) < chain.index(resumed_arch):
+            previous = str(run_dir / "best.pt")  # finished before the resumed stage
+            continue
+        if resume is not None and stage == resumed_arch:
+            result = resume_stage_task(resume, device)
+        else:
+            result = train_stage_task(stage, previous, recipe, args, run_dir, device)
+        results[stage] = {"best": str(result.best), "mean_iu": result.best_mean_iu, **result.scores}
+        previous = str(result.best)
+    return {"out": str(out), "stages": results}
