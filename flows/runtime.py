@@ -1,17 +1,82 @@
-"""What the flows share: the Dask task runner and the progress bar."""
+"""What the flows share: the Prefect session of a terminal run, the Dask task runner, progress bars.
+
+Prefect reads its settings when it is imported, so the environment below is set on importing this
+module; a value the user has set wins.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prefect.task_runners import TaskRunner
-from prefect_dask.task_runners import DaskTaskRunner
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+QUIET_ENV = {
+    "PREFECT_LOGGING_LEVEL": "CRITICAL",  # the CLI prints its own progress, summary and errors
+    "DO_NOT_TRACK": "1",  # client analytics
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the server's telemetry heartbeat
+    "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+    # The embedded server can take longer than Prefect's 20 s to start on a small, busy machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "DASK_LOGGING__DISTRIBUTED": "warning",
+}
+for _key, _value in QUIET_ENV.items():
+    os.environ.setdefault(_key, _value)
 
-from pipeline.segment import BlockReport, Plan
+from prefect import Flow  # noqa: E402  (after the environment it reads)
+from prefect.context import refresh_global_settings_context  # noqa: E402
+from prefect.settings import get_current_settings  # noqa: E402
+from prefect.task_runners import TaskRunner  # noqa: E402
+from prefect_dask.task_runners import DaskTaskRunner  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from pipeline.segment import BlockReport, Plan  # noqa: E402
+
+__all__ = ["Flow", "dask_task_runner", "ensure_api", "prefect_session", "progress_bar"]
+
+
+def ensure_api() -> str:
+    """The URL of the one Prefect API every process of a run reports to, starting the embedded one.
+
+    Prefect starts its embedded server lazily and keeps the URL to itself, so Dask worker
+    processes would each start their own (and contend for its SQLite file). Starting it here and
+    exporting the URL, before any cluster starts, makes workers report to this one; a worker that
+    somehow lacks the URL fails instead of starting another server.
+    """
+    url = get_current_settings().api.url
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+        return url
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance Prefect's client would start; stopped at exit
+    server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
+    refresh_global_settings_context()
+    return str(server.api_url)
+
+
+@contextmanager
+def prefect_session() -> Iterator[str]:
+    """A terminal run: one API for all processes, Prefect's own console logs kept quiet."""
+    url = ensure_api()
+    logger = logging.getLogger("prefect")
+    level = logger.level
+    logger.setLevel(os.environ["PREFECT_LOGGING_LEVEL"])  # also when Prefect was imported before us
+    try:
+        yield url
+    finally:
+        logger.setLevel(level)
 
 
 def dask_task_runner(workers: int, address: str | None) -> TaskRunner[Any]:
@@ -28,7 +93,7 @@ def dask_task_runner(workers: int, address: str | None) -> TaskRunner[Any]:
             "threads_per_worker": 1,
             "processes": True,
             "host": "127.0.0.1",
-            "dashboard_address": None,
+            "dashboard_address": "127.0.0.1:0",  # None still binds 8787; keep it on loopback
         },
     )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import inspect
-import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,27 +58,6 @@ def user_errors() -> Iterator[None]:
         fail(f"{type(exc).__name__}: {exc} (set FCNPIPE_DEBUG=1 for the traceback).")
 
 
-@contextmanager
-def quiet_prefect() -> Iterator[None]:
-    """Prefect settings for a terminal run: no analytics, and logs only when they matter.
-
-    The environment is set for Prefect (and the processes it starts) before it is imported; a
-    value the user has set wins. The logger level covers a Prefect that is already imported.
-    """
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    # The embedded server can take longer than Prefect's 20 s to start on a small, busy machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    logger = logging.getLogger("prefect")
-    level = logger.level
-    logger.setLevel(os.environ["PREFECT_LOGGING_LEVEL"])
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 @app.command(
     "run",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
@@ -97,8 +75,8 @@ def run(
     if flow_file is None or str(flow_file) in ("--help", "-h"):
         out.print(ctx.get_help())
         return
-    with user_errors(), quiet_prefect():
-        from prefect import Flow
+    with user_errors():
+        from flows.runtime import Flow, prefect_session
 
         module = import_flow_module(flow_file)
         flow = find_flow(module, lambda obj: isinstance(obj, Flow))
@@ -106,7 +84,9 @@ def run(
         if "--help" in ctx.args or "-h" in ctx.args:
             print_flow_help(flow_file, flow, describe_params(params))
             return
-        result = flow(**parse_options(list(ctx.args), params))
+        values = parse_options(list(ctx.args), params)
+        with prefect_session():
+            result = flow(**values)
     print_summary(result)
 
 

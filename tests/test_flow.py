@@ -197,3 +197,68 @@ def test_rerun_after_kill_9_resumes_and_gives_identical_bytes(tmp_path: Path, fc
     assert chunk_bytes(out) == chunk_bytes(tmp_path / "reference.zarr")
     labels = zarr.open_group(str(out), mode="r")["labels"][:]  # type: ignore[index]
     assert np.array_equal(labels, zarr.open_group(str(tmp_path / "reference.zarr"), mode="r")["labels"][:])  # type: ignore[index]
+
+
+def block_task_runs() -> list[str]:
+    """States of the task runs of the newest segment-blocks flow run, as the API recorded them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["segment-blocks"])),
+            sort=FlowRunSort.START_TIME_DESC, limit=1,
+        )  # fmt: skip
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[0].id])))
+    return [t.state.type.value for t in tasks if t.state is not None]
+
+
+def test_dask_workers_write_the_same_bytes_and_report_to_one_api(
+    tmp_path: Path, pointwise_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Plumbing: the stand-in model; 2 worker processes of a real distributed.LocalCluster.
+    from distributed import Client, LocalCluster
+    from prefect.settings import get_current_settings
+
+    scene = write_tif(tmp_path / "scene.tif", noise_image(150, 200, seed=8))
+    config = tmp_path / "one-block.yaml"
+    config.write_text("block: 1\nchunk: 32\n")
+    common = [
+        "--input",
+        str(scene),
+        "--weights",
+        str(pointwise_checkpoint),
+        "--tile-size",
+        "32",
+        "--config",
+        str(config),
+    ]
+    run_local(plan_scene(scene, pointwise_checkpoint, SegmentSettings(tile_size=32, chunk=32, block=1),
+                         output=tmp_path / "direct.zarr"))  # fmt: skip
+
+    # The real CLI in its own process: everything it and its workers print is here.
+    proc = fcnpipe("run", FLOW, *common, "--workers", "2", "--output", str(tmp_path / "local.zarr"))
+    output = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == 0, output
+    for bad in ("Traceback", "ERROR", "error", "database is locked", "temporary server"):
+        assert bad not in output, output
+    states = block_task_runs()
+    assert len(states) == 5 * 7 and set(states) == {"COMPLETED"}  # one task per block, all recorded
+    assert chunk_bytes(tmp_path / "local.zarr") == chunk_bytes(tmp_path / "direct.zarr")
+
+    # An existing scheduler; its workers know the API from their environment.
+    monkeypatch.setenv("PREFECT_API_URL", str(get_current_settings().api.url))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster):  # fmt: skip
+        args = [
+            *common,
+            "--dask-address",
+            cluster.scheduler_address,
+            "--output",
+            str(tmp_path / "remote.zarr"),
+        ]
+        result = runner.invoke(app, ["run", FLOW, *args])
+        assert result.exit_code == 0, result.output
+    assert len(block_task_runs()) == 5 * 7
+    assert chunk_bytes(tmp_path / "remote.zarr") == chunk_bytes(tmp_path / "direct.zarr")
