@@ -15,9 +15,11 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from rich.console import Console
 
 from flows.runtime import dask_task_runner, progress_bar
-from pipeline.config import load_segment_config, resolve_weights
+from flows.train import DEFAULT_STEPS, default_model
+from pipeline.config import default_model_path, load_segment_config
 from pipeline.segment import BlockReport, Plan, finish, plan_scene, segment_block
 
 
@@ -52,6 +54,20 @@ def segment_blocks(plan: Plan) -> list[BlockReport]:
     return reports
 
 
+def default_weights(device: str) -> Path:
+    """The default model, trained here on first use (announced, with its cost) when it is missing."""
+    path = default_model_path()
+    if not path.is_file():
+        Console(stderr=True).print(
+            f"[yellow]no --weights given and no default model at {path}:[/] training it once now "
+            f"(FCN-8s from scratch on the synthetic orthophoto benchmark, {DEFAULT_STEPS} steps; "
+            "about 30 minutes on a 2-core CPU, a minute or two on a GPU).",
+            highlight=False,
+        )
+        default_model(path, device=device)
+    return path
+
+
 @flow(name="segment-mosaic")
 def segment_mosaic(
     input: Path,
@@ -77,7 +93,8 @@ def segment_mosaic(
                "device": device, "outputs": outputs, "bands": bands, "value_range": value_range}  # fmt: skip
     cfg = load_segment_config(config, options)
     start = time.perf_counter()
-    plan = plan_task(input, resolve_weights(cfg), cfg.settings(), output, overwrite)
+    weights_path = cfg.weights or default_weights(device or cfg.device)
+    plan = plan_task(input, weights_path, cfg.settings(), output, overwrite)
     for note in plan.warnings:
         get_run_logger().warning(note)
     runner: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=1)

@@ -8,6 +8,7 @@ continues that stage exactly and then the stages after it.
 from __future__ import annotations
 
 import math
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,25 @@ def train(
         results[stage] = {"best": str(result.best), "mean_iu": result.best_mean_iu, **result.scores}
         previous = str(result.best)
     return {"out": str(out), "stages": results}
+
+
+DEFAULT_SCENES, DEFAULT_SIZE, DEFAULT_STEPS = 12, 256, 300
+
+
+@flow(name="default-model")
+def default_model(path: Path, steps: int = DEFAULT_STEPS, device: str = "auto") -> Path:
+    """Train fcnpipe's default model once: FCN-8s from scratch on the synthetic orthophoto benchmark.
+
+    The benchmark is generated beside the model (deterministic, no download); the best checkpoint
+    by validation mean IU is copied to ``path``.
+    """
+    from pipeline.data.synthetic import make_benchmark
+
+    work = path.parent / "default-model"
+    data = make_benchmark(work / "synthetic-ortho", scenes=DEFAULT_SCENES, size=DEFAULT_SIZE, seed=0)
+    args = StageArgs(dataset=f"synthetic-ortho:{data}", steps=steps, eval_every=max(1, steps // 4))
+    result = train_stage_task("fcn8s", "scratch", "default", args, work / f"run-{steps}", device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result.best, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return path

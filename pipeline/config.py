@@ -89,16 +89,3 @@ def load_segment_config(path: Path | None, overrides: dict[str, Any]) -> Segment
         return SegmentConfig(**data)
     except ValidationError as exc:
         raise FcnpipeError(f"invalid segment settings: {describe_errors(exc)}.") from None
-
-
-def resolve_weights(config: SegmentConfig) -> Path:
-    """The checkpoint to use: the option or config, else the default model; never random."""
-    if config.weights is not None:
-        return config.weights
-    default = default_model_path()
-    if default.is_file():
-        return default
-    raise FcnpipeError(
-        f"no model weights given and no default model at {default}; pass --weights CKPT, set "
-        "weights in the config, or make the default model with `fcnpipe model default`."
-    )

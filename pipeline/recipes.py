@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from fcn.errors import FcnpipeError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-BUILTIN_RECIPES = ("heavy", "modern")
+BUILTIN_RECIPES = ("heavy", "modern", "default")
 
 
 class Recipe(BaseModel):

@@ -262,3 +262,19 @@ def test_dask_workers_write_the_same_bytes_and_report_to_one_api(
         assert result.exit_code == 0, result.output
     assert len(block_task_runs()) == 5 * 7
     assert chunk_bytes(tmp_path / "remote.zarr") == chunk_bytes(tmp_path / "direct.zarr")
+
+
+def test_the_default_model_is_used_when_no_weights_are_given(
+    tmp_path: Path, pointwise_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Plumbing: the stand-in sits where the default model lives ($FCNPIPE_HOME/models/).
+    from pipeline.config import default_model_path
+
+    monkeypatch.setenv("FCNPIPE_HOME", str(tmp_path / "home"))
+    default = default_model_path()
+    default.parent.mkdir(parents=True)
+    default.write_bytes(pointwise_checkpoint.read_bytes())
+    scene = write_tif(tmp_path / "scene.tif", noise_image(40, 50))
+    result = runner.invoke(app, ["run", FLOW, "--input", str(scene), "--tile-size", "64"])
+    assert result.exit_code == 0, result.output
+    assert read_state(tmp_path / "scene.zarr")["model"]["arch"] == "pointwise"  # type: ignore[index]

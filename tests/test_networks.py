@@ -32,7 +32,8 @@ def test_registry_lists_the_four_architectures_and_rejects_others() -> None:
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+# fcn8s-atonce has fcn8s's layers exactly (only the skip inputs are scaled): the same geometry.
+@pytest.mark.parametrize("arch", ["fcn32s", "fcn16s", "fcn8s"])
 def test_output_size_equals_input_size_for_every_size_up_to_64(arch: str) -> None:
     # Output size depends on kernels, strides, paddings and crops only, which the one-channel
     # replica keeps; it makes 4096 forward passes affordable.
@@ -48,7 +49,7 @@ def test_output_size_equals_input_size_for_random_sizes_up_to_1000(arch: str) ->
     replica = one_channel_replica(build_model(arch, 3)).float()
     rng = random.Random(arch)
     with torch.no_grad():
-        for _ in range(60):
+        for _ in range(30):
             h, w = rng.randint(1, 1000), rng.randint(1, 1000)
             assert replica(torch.zeros(1, 1, h, w)).shape[-2:] == (h, w), (h, w)
 
