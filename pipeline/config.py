@@ -9,11 +9,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fcn import FcnpipeError
 from pipeline.segment import SegmentSettings
+from pipeline.yamlfile import describe_errors, read_mapping
 
 DEFAULT_MODEL_NAME = "fcn8s-synthetic-ortho.pt"
 
@@ -63,24 +63,11 @@ class SegmentConfig(BaseModel):
         )  # fmt: skip
 
 
-def describe_errors(exc: ValidationError) -> str:
-    """Pydantic's errors as one sentence: ``field: problem; field: problem``."""
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()]
-    return "; ".join(parts)
-
-
 def load_segment_config(path: Path | None, overrides: dict[str, Any]) -> SegmentConfig:
     """Read a YAML config (if any) and apply the options given (``None`` means not given)."""
     data: dict[str, Any] = {}
     if path is not None:
-        if not path.is_file():
-            raise FcnpipeError(f"config {path} does not exist.")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise FcnpipeError(f"config {path} is not valid YAML ({exc}).") from None
-        if not isinstance(loaded, dict):
-            raise FcnpipeError(f"config {path} must be a mapping of settings.")
+        loaded = read_mapping(path, "config")
         data = loaded.get("segment", loaded)
         if data.get("weights") is not None:  # relative to the config file
             data["weights"] = path.parent / str(data["weights"])

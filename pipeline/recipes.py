@@ -13,13 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from fcn.errors import FcnpipeError
+from pipeline.yamlfile import describe_errors, read_mapping
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 BUILTIN_RECIPES = ("heavy", "modern", "default")
@@ -65,11 +65,6 @@ class Recipe(BaseModel):
         return validated({**self.model_dump(), **changes}, "the recipe changes")
 
 
-def describe_errors(exc: ValidationError) -> str:
-    """Pydantic's errors as one sentence: ``field: problem; field: problem``."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors())
-
-
 def validated(data: dict[str, Any], source: str) -> Recipe:
     """Validate plain data into a recipe, or raise a sentence naming ``source`` and what is wrong."""
     try:
@@ -93,12 +88,7 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
             f"training recipe {path} does not exist; give a YAML file or one of: "
             f"{', '.join(BUILTIN_RECIPES)}."
         )
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise FcnpipeError(f"training recipe {path} is not valid YAML ({exc}).") from None
-    if not isinstance(data, dict):
-        raise FcnpipeError(f"training recipe {path} must be a mapping of settings.")
+    data = read_mapping(path, "training recipe")
     data.setdefault("name", path.stem.removeprefix("train-"))
     return validated(data, str(path))
 
