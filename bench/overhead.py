@@ -1,6 +1,7 @@
 """Pipeline overhead: the whole engine on a scene against the bare model forward over the same tiles.
 
-Both are timed in the same process, alternately, so that a noisy machine slows both alike:
+Both are timed in the same process, alternately (a b, b a, a b, ...), so that a noisy machine slows
+both alike:
 
 (a) ``run_local(plan)``: reads (prefetched), normalisation, inference, crop and argmax on the device,
     Zarr writes and the manifest, i.e. everything a block does;
@@ -142,10 +143,14 @@ def main() -> None:
         bare_forward(engine, inputs[:1])  # warm-up: the first call of a shape sets up kernels
 
         pipeline_s, bare_s = [], []
-        for _ in range(args.repeats):
+        for i in range(args.repeats):
             current = plan()
+            # a b, b a, a b, ...: neither side always runs first, on a machine that was just busy
+            if i % 2:
+                bare_s.append(timed(lambda: bare_forward(engine, inputs)))
             pipeline_s.append(timed(functools.partial(run_local, current)))
-            bare_s.append(timed(lambda: bare_forward(engine, inputs)))
+            if not i % 2:
+                bare_s.append(timed(lambda: bare_forward(engine, inputs)))
 
     report(args, first, engine, batches, pipeline_s, bare_s, setup_s, plan_s, cold_s)
 

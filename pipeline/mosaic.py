@@ -108,7 +108,7 @@ def prepare(path: Path, spec: MosaicSpec, *, overwrite: bool) -> zarr.Group:
     """Create the store, or reopen it to resume; refuse to touch a store made by something else."""
     state = read_state(path)
     empty_dir = path.is_dir() and not any(path.iterdir())
-    if state is None and path.exists() and not empty_dir and not overwrite:
+    if state is None and path.exists() and not empty_dir:  # never delete what fcnpipe did not make
         raise FcnpipeError(f"{path} exists and is not an fcnpipe mosaic; choose another --output.")
     if state is not None and not overwrite:
         if state.get("fingerprint") != spec.fingerprint():

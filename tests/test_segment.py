@@ -250,8 +250,9 @@ def test_existing_outputs_are_protected(
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    with pytest.raises(FcnpipeError, match="not an fcnpipe mosaic"):
-        plan_scene(scene, pointwise_checkpoint, settings, output=other)
+    for overwrite in (False, True):
+        with pytest.raises(FcnpipeError, match="not an fcnpipe mosaic"):
+            plan_scene(scene, pointwise_checkpoint, settings, output=other, overwrite=overwrite)
     assert (other / "keep.txt").read_text() == "mine"
     plan = plan_scene(scene, pointwise_checkpoint, replace(settings, tile_size=32), overwrite=True)
     run_local(plan)
