@@ -13,7 +13,7 @@ The ratio (a)/(b) is the pipeline's overhead around the network (target: at most
 loading the model are one-off costs, reported separately and excluded from both.
 
     uv run python bench/overhead.py                      # CPU default: 1024^2 scene, tiles of 512
-    uv run python bench/overhead.py --size 8192 --tile-size 1024 --device cuda --precision bf16
+    uv run python bench/overhead.py --size 9216 --tile-size 1024 --device cuda --precision bf16
 """
 
 from __future__ import annotations

@@ -25,11 +25,12 @@ class Normalization:
             raise ValueError(f"channel_order must be RGB or BGR, not {self.channel_order!r}")
 
     def apply(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Normalise (N, 3, H, W) RGB values on the 0-255 scale into network input."""
+        """Normalise (N, 3, H, W) RGB values on the 0-255 scale into (new) float network input."""
         x = rgb.flip(1) if self.channel_order == "BGR" else rgb
+        x = x if x.is_floating_point() else x.float()
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x * self.scale - mean) / std
+        return x.mul(self.scale).sub_(mean).div_(std)  # one new tensor, then in place
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for a checkpoint."""

@@ -91,7 +91,7 @@ class Loaded:
     """A tile read from disk: its pixels (None when the core holds no data) and the core's mask."""
 
     tile: Tile
-    pixels: NDArray[np.float32] | None
+    pixels: NDArray[Any] | None
     valid: NDArray[np.bool_]
 
 
@@ -112,13 +112,18 @@ class Engine:
         self.autocast = self.cuda and settings.precision == "bf16"
 
     @torch.inference_mode()
-    def logits(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Float32 logits (N, C, H, W) for RGB pixels on the 0-255 scale, already on the device."""
+    def logits(self, rgb: torch.Tensor, crop: tuple[slice, slice] | None = None) -> torch.Tensor:
+        """Float32 logits (N, C, H, W) for RGB pixels on the 0-255 scale, already on the device.
+
+        ``crop`` keeps only a window of the output, before it is widened to float32.
+        """
         x = self.normalization.apply(rgb)
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out: torch.Tensor = self.model(x)
+        if crop is not None:
+            out = out[:, :, crop[0], crop[1]]
         return out.float()
 
     def load(self, reader: RasterReader, tile: Tile) -> Loaded:
@@ -162,9 +167,7 @@ class Engine:
         stacked = torch.from_numpy(np.stack([b.pixels for b in batch]))  # type: ignore[misc]
         if self.cuda:
             stacked = stacked.pin_memory()
-        logits = self.logits(stacked.to(self.device, non_blocking=True))
-        rows, cols = batch[0].tile.crop()
-        logits = logits[:, :, rows, cols]
+        logits = self.logits(stacked.to(self.device, non_blocking=True), batch[0].tile.crop())
         labels = logits.argmax(1).to(torch.int32).cpu().numpy().astype(label_dtype(self.num_classes))
         probs = logits_out = None
         if "probabilities" in self.settings.outputs:
