@@ -197,5 +197,24 @@ def data_scene(
     out.print(f"wrote {out_path}: {size}x{size} px synthetic scene (seed {seed})")
 
 
+@app.command("inspect")
+def inspect_mosaic(
+    mosaic: Annotated[Path, typer.Argument(help="A mosaic written by the segment flow.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Describe a mosaic: size, chunks, CRS, classes, arrays, completeness, provenance."""
+    import json
+
+    from pipeline.inspect import describe_mosaic, summary_lines
+
+    with user_errors():
+        info = describe_mosaic(mosaic)
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        for line in summary_lines(info):
+            out.print(line, highlight=False)
+
+
 if __name__ == "__main__":
     app()

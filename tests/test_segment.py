@@ -269,3 +269,29 @@ def test_an_output_that_cannot_be_written_gets_one_sentence(
         plan_scene(
             scene, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32), output=blocker / "s.zarr"
         )
+
+
+def test_inspect_describes_complete_and_interrupted_mosaics(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.segment import segment_block
+
+    scene = write_tif(tmp_path / "s.tif", noise_image(100, 130))
+    plan = plan_scene(scene, pointwise_checkpoint, SegmentSettings(tile_size=32, chunk=32, block=2))
+    segment_block(plan, plan.todo[0])  # one block of six, then "killed"
+    runner = CliRunner()
+    result = runner.invoke(app, ["inspect", str(tmp_path / "s.zarr"), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert not info["complete"] and (info["blocks_done"], info["blocks_total"]) == (1, 6)
+    assert info["shape"] == [100, 130] and info["crs"] == "EPSG:32633" and info["resolution"] == [0.5, 0.5]
+    run_local(plan_scene(scene, pointwise_checkpoint, SegmentSettings(tile_size=32, chunk=32, block=2)))
+    text = runner.invoke(app, ["inspect", str(tmp_path / "s.zarr")]).output
+    assert "complete (6 of 6 blocks done)" in text and "incomplete" not in text
+    missing = runner.invoke(app, ["inspect", str(tmp_path / "nothing.zarr")])
+    assert missing.exit_code == 1 and "is not an fcnpipe mosaic" in missing.output

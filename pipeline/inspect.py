@@ -1,0 +1,64 @@
+"""What a mosaic holds, for people and scripts: ``fcnpipe inspect MOSAIC.zarr``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import zarr
+from rasterio.crs import CRS
+
+from fcn import FcnpipeError
+from pipeline.mosaic import OUTPUTS, blocks_done, read_state
+
+
+def describe_mosaic(path: Path) -> dict[str, Any]:
+    """Shape, chunks, georeferencing, classes, arrays, completeness and provenance of a mosaic."""
+    state = read_state(path)
+    if state is None:
+        raise FcnpipeError(f"{path} is not an fcnpipe mosaic.")
+    group = zarr.open_group(str(path), mode="r")
+    labels = group["labels"]
+    assert isinstance(labels, zarr.Array)
+    ref = dict(group["spatial_ref"].attrs)
+    c, a, b, f, d, e = (float(v) for v in str(ref["GeoTransform"]).split())
+    crs = CRS.from_wkt(ref["crs_wkt"]) if "crs_wkt" in ref else None
+    done = blocks_done(group)
+    model = state["model"]
+    return {
+        "path": str(path),
+        "complete": bool(state.get("complete")),
+        "blocks_done": int(done.sum()),
+        "blocks_total": int(done.size),
+        "shape": list(labels.shape),
+        "chunks": list(labels.chunks),
+        "arrays": [name for name in OUTPUTS if name in group],
+        "crs": crs.to_string() if crs else None,
+        "transform": [a, b, c, d, e, f],
+        "resolution": [math.hypot(a, d), math.hypot(b, e)],
+        "classes": [str(n) for n in state["model"]["class_names"]],
+        "source": state.get("source"),
+        "model": {"arch": model["arch"], "sha256": model["sha256"], "provenance": model.get("provenance")},
+        "settings": state.get("settings"),
+        "fingerprint": state.get("fingerprint"),
+        "report": state.get("report"),
+    }
+
+
+def summary_lines(info: dict[str, Any]) -> list[str]:
+    """The description as a few readable lines."""
+    status = "complete" if info["complete"] else "incomplete"
+    h, w = info["shape"]
+    lines = [
+        f"{info['path']}: {status} ({info['blocks_done']} of {info['blocks_total']} blocks done)",
+        f"size {w} x {h} px, chunks {info['chunks'][1]} x {info['chunks'][0]}, "
+        f"arrays {', '.join(info['arrays'])}",
+        f"crs {info['crs'] or 'none'}, resolution {info['resolution'][0]:g} x {info['resolution'][1]:g}",
+        f"classes ({len(info['classes'])}): {', '.join(info['classes'])}",
+        f"model {info['model']['arch']} (sha256 {info['model']['sha256'][:12]}), source {info['source']}",
+    ]
+    if info["report"]:
+        r = info["report"]
+        lines.append(f"last run: {r['tiles']} tiles ({r['tiles_skipped']} skipped), {r['seconds']} s")
+    return lines
