@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -102,4 +103,5 @@ def segment_mosaic(
         runner = dask_task_runner(workers, dask_address)
     reports = segment_blocks.with_options(task_runner=runner)(plan)
     report = finish_task(plan, reports, time.perf_counter() - start)
+    create_markdown_artifact(report.pop("markdown"), key="segment-report", description=plan.output)
     return {"output": plan.output, "warnings": list(plan.warnings), **report}

@@ -26,12 +26,14 @@ from pipeline.mosaic import (
     MosaicSpec,
     blocks_done,
     file_sha256,
+    label_nodata,
     mark_block_done,
     mark_complete,
     prepare,
     write_core,
 )
 from pipeline.raster import RasterInfo, RasterReader, inspect_raster
+from pipeline.report import class_pixels, markdown_report, pixel_area, preview
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +206,7 @@ def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, 
     group = zarr.open_group(plan.output, mode="r+")
     tiles = sum(r.tiles for r in reports)
     pixels = sum(r.pixels for r in reports)
-    report = {
+    report: dict[str, Any] = {
         "blocks_run": len(reports),
         "tiles": tiles,
         "tiles_skipped": sum(r.skipped for r in reports),
@@ -212,8 +214,24 @@ def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, 
         "seconds": round(seconds, 3),
         "mpx_per_s": round(pixels / 1e6 / seconds, 4) if seconds > 0 else None,
     }
+    labels = group["labels"]
+    assert isinstance(labels, zarr.Array)
+    counts = class_pixels(labels, plan.card.num_classes)
+    area = pixel_area(plan.input)
+    report["class_pixels"] = dict(zip(plan.card.class_names, counts.tolist(), strict=True))
+    if area is not None:
+        report["class_area_m2"] = {name: n * area for name, n in report["class_pixels"].items()}
+    path = preview_path(plan)
+    preview(labels, plan.input, plan.card, label_nodata(plan.card.num_classes)).save(path)
+    report["preview"] = str(path)
     mark_complete(group, report)
-    return report
+    return {**report, "markdown": markdown_report(plan.input, plan.card, report, counts)}
+
+
+def preview_path(plan: Plan) -> Path:
+    """``scene.preview.png`` beside ``scene.zarr``."""
+    out = Path(plan.output)
+    return out.with_name(f"{out.stem}.preview.png")
 
 
 def run_local(plan: Plan) -> dict[str, Any]:

@@ -278,3 +278,28 @@ def test_the_default_model_is_used_when_no_weights_are_given(
     result = runner.invoke(app, ["run", FLOW, "--input", str(scene), "--tile-size", "64"])
     assert result.exit_code == 0, result.output
     assert read_state(tmp_path / "scene.zarr")["model"]["arch"] == "pointwise"  # type: ignore[index]
+
+
+def test_flow_writes_a_preview_and_a_report_with_class_areas(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    from PIL import Image
+    from prefect.client.orchestration import get_client
+
+    image = noise_image(90, 120, seed=6)
+    image[image == 0] = 1
+    image[:, :20, :] = 0  # a nodata strip: not part of the valid area
+    scene = write_tif(tmp_path / "scene.tif", image, nodata=0)
+    args = ["run", FLOW, "--input", str(scene), "--weights", str(pointwise_checkpoint), "--tile-size", "32"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = read_state(tmp_path / "scene.zarr")["report"]  # type: ignore[index]
+    valid = int((image != 0).any(axis=0).sum())
+    assert sum(report["class_pixels"].values()) == valid
+    assert sum(report["class_area_m2"].values()) == pytest.approx(valid * 0.25)  # 0.5 m pixels
+    preview = Image.open(report["preview"])
+    assert preview.height == 90 and preview.width > 120  # the scene plus a legend
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts(limit=50)
+    markdown = [a for a in artifact if a.key == "segment-report"]
+    assert markdown and "area (m²)" in str(markdown[0].data)
