@@ -40,7 +40,7 @@ class SegmentConfig(BaseModel):
     weights: Path | None = None
     tile_size: int = Field(1024, gt=0)
     halo: int | None = Field(None, ge=0)
-    chunk: Literal[256, 512, 1024] | int = 512
+    chunk: int = Field(512, gt=0)
     block: int = Field(4, ge=1)
     batch_size: int = Field(4, ge=1)
     device: str = "auto"

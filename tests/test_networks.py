@@ -105,13 +105,18 @@ def test_bilinear_kernel_is_separable_triangle() -> None:
     assert torch.allclose(k, k.T)
 
 
-def test_convolutionalized_vgg16_equals_the_classifier_at_224(vgg16_state: dict) -> None:
+@pytest.fixture(scope="module")
+def classifier_pair(vgg16_state: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """torchvision's VGG16 classifier and its convolutionalised twin, from the same weights."""
     import torchvision
 
     classifier = torchvision.models.vgg16()
     classifier.load_state_dict(vgg16_state)
-    classifier.eval()
-    conv = convolutionalize(vgg16_state).eval()
+    return classifier.eval(), convolutionalize(vgg16_state).eval()
+
+
+def test_convolutionalized_vgg16_equals_the_classifier_at_224(classifier_pair: tuple) -> None:
+    classifier, conv = classifier_pair
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         expected = classifier(x)
@@ -120,13 +125,8 @@ def test_convolutionalized_vgg16_equals_the_classifier_at_224(vgg16_state: dict)
     assert torch.allclose(scores[:, :, 0, 0], expected, atol=1e-5, rtol=1e-4)
 
 
-def test_convolutionalized_vgg16_sweeps_the_classifier_over_pool5(vgg16_state: dict) -> None:
-    import torchvision
-
-    classifier = torchvision.models.vgg16()
-    classifier.load_state_dict(vgg16_state)
-    classifier.eval()
-    conv = convolutionalize(vgg16_state).eval()
+def test_convolutionalized_vgg16_sweeps_the_classifier_over_pool5(classifier_pair: tuple) -> None:
+    classifier, conv = classifier_pair
     x = torch.randn(1, 3, 288, 320)
     with torch.no_grad():
         scores = conv(x)
