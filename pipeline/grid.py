@@ -141,3 +141,12 @@ def chunks_of(window: Window, chunk: int) -> list[tuple[int, int]]:
         for r in range(window.row // chunk, (window.row + window.height - 1) // chunk + 1)
         for c in range(window.col // chunk, (window.col + window.width - 1) // chunk + 1)
     ]
+
+
+def windows(height: int, width: int, size: int) -> list[Window]:
+    """The ``size`` × ``size`` windows (clipped at the edge) that tile a ``height`` × ``width`` image."""
+    return [
+        Window(r, c, min(size, height - r), min(size, width - c))
+        for r in range(0, height, size)
+        for c in range(0, width, size)
+    ]

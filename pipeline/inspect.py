@@ -10,7 +10,7 @@ import zarr
 from rasterio.crs import CRS
 
 from fcn import FcnpipeError
-from pipeline.mosaic import OUTPUTS, blocks_done, read_state
+from pipeline.mosaic import OUTPUTS, blocks_done, parse_geotransform, read_state
 
 
 def describe_mosaic(path: Path) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def describe_mosaic(path: Path) -> dict[str, Any]:
     labels = group["labels"]
     assert isinstance(labels, zarr.Array)
     ref = dict(group["spatial_ref"].attrs)
-    c, a, b, f, d, e = (float(v) for v in str(ref["GeoTransform"]).split())
+    a, b, c, d, e, f = parse_geotransform(str(ref["GeoTransform"]))
     crs = CRS.from_wkt(ref["crs_wkt"]) if "crs_wkt" in ref else None
     done = blocks_done(group)
     model = state["model"]
@@ -34,6 +34,7 @@ def describe_mosaic(path: Path) -> dict[str, Any]:
         "shape": list(labels.shape),
         "chunks": list(labels.chunks),
         "arrays": [name for name in OUTPUTS if name in group],
+        "overviews": overview_shapes(dict(group.attrs)),
         "crs": crs.to_string() if crs else None,
         "transform": [a, b, c, d, e, f],
         "resolution": [math.hypot(a, d), math.hypot(b, e)],
@@ -46,6 +47,12 @@ def describe_mosaic(path: Path) -> dict[str, Any]:
     }
 
 
+def overview_shapes(attrs: dict[str, Any]) -> list[list[int]]:
+    """Shapes of the pyramid levels below full resolution, from the ``multiscales`` layout."""
+    layout = (attrs.get("multiscales") or {}).get("layout", [])
+    return [list(entry["proj:shape"]) for entry in layout[1:]]
+
+
 def summary_lines(info: dict[str, Any]) -> list[str]:
     """The description as a few readable lines."""
     status = "complete" if info["complete"] else "incomplete"
@@ -54,6 +61,7 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
         f"{info['path']}: {status} ({info['blocks_done']} of {info['blocks_total']} blocks done)",
         f"size {w} x {h} px, chunks {info['chunks'][1]} x {info['chunks'][0]}, "
         f"arrays {', '.join(info['arrays'])}",
+        "overviews " + (", ".join(f"{w} x {h}" for h, w in info["overviews"]) or "none"),
         f"crs {info['crs'] or 'none'}, resolution {info['resolution'][0]:g} x {info['resolution'][1]:g}",
         f"classes ({len(info['classes'])}): {', '.join(info['classes'])}",
         f"model {info['model']['arch']} (sha256 {info['model']['sha256'][:12]}), source {info['source']}",

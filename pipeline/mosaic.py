@@ -92,6 +92,12 @@ def gdal_geotransform(transform: tuple[float, ...]) -> str:
     return " ".join(repr(float(v)) for v in (c, a, b, f, d, e))
 
 
+def parse_geotransform(text: str) -> tuple[float, float, float, float, float, float]:
+    """GDAL's GeoTransform string (c a b f d e) back to an affine (a, b, c, d, e, f)."""
+    c, a, b, f, d, e = (float(v) for v in text.split())
+    return a, b, c, d, e, f
+
+
 def read_state(path: Path) -> dict[str, Any] | None:
     """The ``fcnpipe`` attributes of an existing mosaic, or None when ``path`` holds none."""
     if not (path / "zarr.json").is_file():

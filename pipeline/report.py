@@ -40,10 +40,19 @@ def pixel_area(info: RasterInfo) -> float | None:
 
 
 def preview(
-    labels: zarr.Array[Any], info: RasterInfo, card: ModelCard, nodata: int, longest: int = 1024
+    levels: list[zarr.Array[Any]], info: RasterInfo, card: ModelCard, nodata: int, longest: int = 1024
 ) -> Image.Image:
-    """Labels in the palette blended over the input, both downsampled to ``longest`` px, with a legend."""
-    step = max(1, math.ceil(max(info.height, info.width) / longest))
+    """Labels in the palette blended over the input, both downsampled to ``longest`` px, with a legend.
+
+    ``levels`` are the labels from full resolution down (the mosaic's pyramid): the preview reads
+    the smallest level still at least ``longest`` px on its longer side, so it stays cheap on a
+    gigapixel mosaic and shows mode-downsampled classes rather than every n-th pixel.
+    """
+    labels = levels[0]
+    for level in levels[1:]:
+        if max(level.shape) >= longest:
+            labels = level
+    step = max(1, math.ceil(max(labels.shape) / longest))
     small = np.asarray(labels[::step, ::step])
     h, w = small.shape
     with rasterio.open(info.path) as src:

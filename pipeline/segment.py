@@ -32,6 +32,7 @@ from pipeline.mosaic import (
     prepare,
     write_core,
 )
+from pipeline.pyramid import build_pyramid
 from pipeline.raster import RasterInfo, RasterReader, inspect_raster
 from pipeline.report import class_pixels, markdown_report, pixel_area, preview
 
@@ -221,8 +222,11 @@ def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, 
     report["class_pixels"] = dict(zip(plan.card.class_names, counts.tolist(), strict=True))
     if area is not None:
         report["class_area_m2"] = {name: n * area for name, n in report["class_pixels"].items()}
+    report["overviews"] = [list(shape) for shape in build_pyramid(group)]
+    group = zarr.open_group(plan.output, mode="r+")  # the pyramid changed the root's metadata
     path = preview_path(plan)
-    preview(labels, plan.input, plan.card, label_nodata(plan.card.num_classes)).save(path)
+    levels = [labels, *(group[f"overviews/{k}/labels"] for k in range(1, len(report["overviews"]) + 1))]
+    preview(levels, plan.input, plan.card, label_nodata(plan.card.num_classes)).save(path)  # type: ignore[arg-type]
     report["preview"] = str(path)
     mark_complete(group, report)
     return {**report, "markdown": markdown_report(plan.input, plan.card, report, counts)}

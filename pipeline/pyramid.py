@@ -1,0 +1,197 @@
+"""Overviews inside the mosaic: levels by 2, mode for labels, mean for probabilities.
+
+Each level ``k`` is a group ``overviews/k`` that xarray and rioxarray open like the root
+(``xr.open_zarr(path, group="overviews/1", decode_coords="all")``): ``labels``, ``probabilities``
+when the mosaic has them, pixel-centre ``x``/``y`` and a ``spatial_ref`` whose GeoTransform is the
+root's with the pixel size doubled per level. Levels halve until one chunk holds the whole level.
+Logits get no overviews (an average of logits is neither a logit nor a probability).
+
+The root group describes the pyramid in the zarr-conventions ``multiscales`` convention (v0.1.0,
+the one GeoZarr builds on), as an array-based layout of the labels: ``labels`` →
+``overviews/1/labels`` → ``overviews/2/labels`` …, each entry with its relative ``transform``, its
+``resampling_method`` and, for GIS readers, the absolute ``proj:shape`` and ``proj:transform``.
+
+Each level is computed from the one before, one output chunk at a time (a 2c × 2c read for a c × c
+write), so memory stays at a few chunks whatever the size of the scene.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import zarr
+from numpy.typing import NDArray
+from zarr.codecs import ZstdCodec
+
+from pipeline.grid import windows
+from pipeline.mosaic import PROBABILITY_NODATA, consolidate, gdal_geotransform, parse_geotransform
+
+MULTISCALES_CONVENTION = {
+    "uuid": "d35379db-88df-4056-af3a-620245f8e347",
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v0.1.0/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v0.1.0/README.md",
+    "name": "multiscales",
+    "description": "Multiscale layout of zarr datasets",
+}
+RESAMPLING = {"labels": "mode", "probabilities": "average"}
+
+
+def level_shapes(height: int, width: int, chunk: int) -> list[tuple[int, int]]:
+    """Shapes of the overview levels: halve (rounding up) until one chunk holds the level."""
+    shapes = []
+    while max(height, width) > chunk:
+        height, width = -(-height // 2), -(-width // 2)
+        shapes.append((height, width))
+    return shapes
+
+
+def pad_even(values: NDArray[Any], fill: float) -> NDArray[Any]:
+    """Pad the last two axes to even lengths with ``fill``."""
+    h, w = values.shape[-2:]
+    if h % 2 == 0 and w % 2 == 0:
+        return values
+    padded = np.full((*values.shape[:-2], h + h % 2, w + w % 2), fill, dtype=values.dtype)
+    padded[..., :h, :w] = values
+    return padded
+
+
+def quarters(values: NDArray[Any]) -> list[NDArray[Any]]:
+    """The four pixels of every 2 × 2 window, in scan order (top-left, top-right, ...)."""
+    return [values[..., r::2, c::2] for r in (0, 1) for c in (0, 1)]
+
+
+def mode2(labels: NDArray[Any], nodata: int) -> NDArray[Any]:
+    """2 × 2 mode of a label image, nodata ignored; ties go to the first pixel in scan order.
+
+    A window with no valid pixel is nodata. An odd last row or column forms windows of its own.
+    """
+    q = quarters(pad_even(labels, nodata))
+    valid = [v != nodata for v in q]
+    counts = np.stack([sum((p == o) & vo for o, vo in zip(q, valid, strict=True)) * vp
+                       for p, vp in zip(q, valid, strict=True)])  # fmt: skip
+    out = np.choose(counts.argmax(axis=0), q)
+    out[counts.max(axis=0) == 0] = nodata
+    return np.asarray(out, dtype=labels.dtype)
+
+
+def mean2(probabilities: NDArray[np.uint8], nodata: int = PROBABILITY_NODATA) -> NDArray[np.uint8]:
+    """2 × 2 mean of quantised probabilities (class, y, x), nodata ignored, rounded half up."""
+    q = quarters(pad_even(probabilities, nodata))
+    valid = [(v != nodata).astype(np.uint32) for v in q]
+    total = sum(v.astype(np.uint32) * m for v, m in zip(q, valid, strict=True))
+    count = sum(valid)
+    out = np.full(total.shape, nodata, dtype=np.uint8)
+    has = count > 0
+    out[has] = (2 * total[has] + count[has]) // (2 * count[has])
+    return out
+
+
+def downsample(name: str, values: NDArray[Any], nodata: int) -> NDArray[Any]:
+    """One level down for the array ``name``: mode for labels, mean for probabilities."""
+    return mode2(values, nodata) if name == "labels" else mean2(values, nodata)
+
+
+def build_pyramid(group: zarr.Group) -> list[tuple[int, int]]:
+    """(Re)write every overview level of a mosaic from its full-resolution arrays; return their shapes.
+
+    Idempotent: a rerun after an interruption rewrites the levels from scratch. Works on its own
+    handle of the store (consolidated metadata would hide half-written levels) and consolidates the
+    metadata again at the end; handles opened before see the old metadata.
+    """
+    group = zarr.open_group(store=group.store, mode="r+", use_consolidated=False)
+    labels = group["labels"]
+    assert isinstance(labels, zarr.Array)
+    height, width = labels.shape[-2:]
+    chunk = int(labels.chunks[-1])
+    names = [n for n in RESAMPLING if n in group]
+    root_transform = parse_geotransform(str(group["spatial_ref"].attrs["GeoTransform"]))
+    shapes = level_shapes(height, width, chunk)
+    if "overviews" in group:
+        del group["overviews"]
+    overviews = group.create_group("overviews")
+    source: zarr.Group = group
+    for level, shape in enumerate(shapes, start=1):
+        target = overviews.create_group(str(level))
+        transform = scaled(root_transform, 2**level)
+        write_level_coordinates(target, group, shape, transform)
+        for name in names:
+            src = source[name]
+            assert isinstance(src, zarr.Array)
+            dst = target.create_array(
+                name, shape=(*src.shape[:-2], *shape), chunks=(*src.shape[:-2], chunk, chunk),
+                dtype=src.dtype, fill_value=src.fill_value, compressors=ZstdCodec(level=3),
+                dimension_names=src.metadata.dimension_names,  # type: ignore[union-attr]
+                attributes={**dict(src.attrs), "resampling_method": RESAMPLING[name]},
+            )  # fmt: skip
+            nodata = int(src.fill_value)
+            for window in windows(shape[0], shape[1], chunk):
+                rows, cols = window.slices()
+                read = (slice(2 * rows.start, 2 * rows.stop), slice(2 * cols.start, 2 * cols.stop))
+                block = np.asarray(src[(..., *read)])
+                dst[(..., rows, cols)] = downsample(name, block, nodata)
+        source = target
+    group.attrs.update(multiscales_attrs(height, width, root_transform, shapes))
+    consolidate(group)
+    return shapes
+
+
+def scaled(transform: tuple[float, ...], factor: int) -> tuple[float, ...]:
+    """The affine of a level whose pixels are ``factor`` times larger (same origin)."""
+    a, b, c, d, e, f = transform[:6]
+    return (a * factor, b * factor, c, d * factor, e * factor, f)
+
+
+def write_level_coordinates(
+    target: zarr.Group, root: zarr.Group, shape: tuple[int, int], transform: tuple[float, ...]
+) -> None:
+    """x/y pixel centres, the class coordinate and a ``spatial_ref`` for one level."""
+    a, b, c, d, e, f = transform
+    cols, rows = np.arange(shape[1]) + 0.5, np.arange(shape[0]) + 0.5
+    for name, values in {"x": a * cols + b * 0.5 + c, "y": d * 0.5 + e * rows + f}.items():
+        arr = target.create_array(name, shape=values.shape, dtype="float64", fill_value=0.0,
+                                  dimension_names=(name,), attributes={"axis": name.upper()})  # fmt: skip
+        arr[:] = values
+    classes = root["class"]
+    assert isinstance(classes, zarr.Array)
+    arr = target.create_array("class", shape=classes.shape, dtype=classes.dtype, fill_value=0,
+                              dimension_names=("class",))  # fmt: skip
+    arr[:] = classes[:]
+    attrs = {**dict(root["spatial_ref"].attrs), "GeoTransform": gdal_geotransform(transform)}
+    ref = target.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0, dimension_names=(),
+                              attributes=attrs)  # fmt: skip
+    ref[()] = 0
+
+
+def multiscales_attrs(
+    height: int, width: int, transform: tuple[float, ...], shapes: list[tuple[int, int]]
+) -> dict[str, Any]:
+    """Root attributes describing the pyramid of ``labels`` (zarr-conventions multiscales v0.1.0)."""
+
+    def entry(asset: str, level: int, shape: tuple[int, int]) -> dict[str, Any]:
+        a, b, c, d, e, f = scaled(transform, 2**level)
+        return {"asset": asset, "proj:shape": list(shape), "proj:transform": [a, b, c, d, e, f]}
+
+    identity = {"scale": [1.0, 1.0], "translation": [0.0, 0.0]}
+    layout = [{**entry("labels", 0, (height, width)), "transform": identity}]
+    previous = "labels"
+    for level, shape in enumerate(shapes, start=1):
+        asset = f"overviews/{level}/labels"
+        layout.append({
+            **entry(asset, level, shape),
+            "derived_from": previous,
+            "transform": {"scale": [2.0, 2.0], "translation": [0.0, 0.0]},
+            "resampling_method": "mode",
+        })  # fmt: skip
+        previous = asset
+    return {
+        "zarr_conventions": [MULTISCALES_CONVENTION],
+        "multiscales": {"layout": layout, "resampling_method": "mode"},
+    }
+
+
+def read_level(group: zarr.Group, level: int, name: str = "labels") -> NDArray[Any]:
+    """The whole of one level's array (level 0 is the full resolution); for tests and small scenes."""
+    node = group[name] if level == 0 else group[f"overviews/{level}/{name}"]
+    assert isinstance(node, zarr.Array)
+    return np.asarray(node[...])
