@@ -216,5 +216,40 @@ def inspect_mosaic(
             out.print(line, highlight=False)
 
 
+@app.command("export")
+def export(
+    mosaic: Annotated[Path, typer.Argument(help="A complete mosaic written by the segment flow.")],
+    cog: Annotated[Path | None, typer.Option(help="Write a Cloud-Optimized GeoTIFF here.")] = None,
+    vector: Annotated[
+        Path | None, typer.Option(help="Write polygons of the label regions (GeoPackage).")
+    ] = None,
+    what: Annotated[str, typer.Option(help="For --cog: labels or probabilities.")] = "labels",
+    class_name: Annotated[
+        str | None,
+        typer.Option("--class", help="One class only: a 0/1 mask, its probability or its polygons."),
+    ] = None,
+    min_area: Annotated[
+        float, typer.Option(help="For --vector: drop polygons smaller than this (CRS units², m² in UTM).")
+    ] = 0.0,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+) -> None:
+    """Export a mosaic as a COG (labels with colours, or probabilities) and/or polygons."""
+    from pipeline.export import export_cog, export_vector
+
+    if cog is None and vector is None:
+        fail("say what to write: --cog OUT.tif, --vector OUT.gpkg, or both.")
+    with user_errors():
+        if cog is not None:
+            made = export_cog(mosaic, cog, what=what, class_name=class_name, overwrite=overwrite)
+            levels = ", ".join(f"1/{f}" for f in made.overviews) or "none"
+            out.print(f"wrote {made.path}: {made.width} x {made.height} px, {made.bands} band(s), "
+                      f"overviews {levels}; a valid COG.", highlight=False)  # fmt: skip
+        if vector is not None:
+            shapes = export_vector(
+                mosaic, vector, class_name=class_name, min_area=min_area, overwrite=overwrite
+            )
+            out.print(f"wrote {shapes.path}: {shapes.polygons} polygons.", highlight=False)
+
+
 if __name__ == "__main__":
     app()

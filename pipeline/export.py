@@ -1,0 +1,348 @@
+"""From a finished mosaic to files GIS tools open: a Cloud-Optimized GeoTIFF and polygons.
+
+Both read the mosaic one window at a time, so a gigapixel mosaic never has to fit in memory, and
+both write beside the output under a temporary name that becomes the output only once it is whole.
+
+- COG: the windows go into a tiled GeoTIFF, which GDAL's COG driver copies into the COG layout
+  with its overviews (mode for labels, average for probabilities; nodata ignored), zstd; the
+  result is checked with rio-cogeo's validator before it takes the output's name.
+- Vectors: ``rasterio.features.shapes`` polygonises each block in pixel coordinates (exact
+  integers); polygons inside a block are written at once, pieces that touch a block edge are kept
+  and merged per class at the end (``shapely.unary_union``), so a region is one polygon whatever
+  the blocks. Only the edge pieces wait in memory. Written to a GeoPackage with pyogrio.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.features
+import rasterio.shutil
+import shapely
+import shapely.affinity
+import shapely.geometry
+import zarr
+from affine import Affine
+from numpy.typing import NDArray
+from pyogrio.raw import write as write_layer
+from rio_cogeo.cogeo import cog_validate
+
+from fcn import FcnpipeError
+from pipeline.grid import Window, windows
+from pipeline.mosaic import PROBABILITY_NODATA, PROBABILITY_SCALE, parse_geotransform, read_state
+
+BLOCK = 2048  # pixels per side of the windows read from the mosaic
+
+
+@dataclass(frozen=True)
+class Mosaic:
+    """A complete mosaic, opened for reading."""
+
+    path: Path
+    group: zarr.Group
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    transform: Affine
+    crs_wkt: str | None
+
+    @property
+    def labels(self) -> zarr.Array[Any]:
+        """The full-resolution label array."""
+        node = self.group["labels"]
+        assert isinstance(node, zarr.Array)
+        return node
+
+    @property
+    def nodata(self) -> int:
+        """The label value of pixels with no data."""
+        return int(self.labels.fill_value)
+
+    def class_index(self, name: str) -> int:
+        """The index of a class by name, or one clear sentence listing the names."""
+        if name not in self.class_names:
+            names = ", ".join(self.class_names)
+            raise FcnpipeError(f"{self.path} has no class {name!r}; its classes are {names}.")
+        return self.class_names.index(name)
+
+
+def open_mosaic(path: Path) -> Mosaic:
+    """Open a mosaic for export; refuse one that is not a mosaic or not complete."""
+    state = read_state(path)
+    if state is None:
+        raise FcnpipeError(f"{path} is not an fcnpipe mosaic.")
+    if not state.get("complete"):
+        raise FcnpipeError(
+            f"{path} is not complete; finish the run (run the same command again) before exporting."
+        )
+    group = zarr.open_group(str(path), mode="r")
+    ref = dict(group["spatial_ref"].attrs)
+    attrs: dict[str, Any] = dict(group.attrs)
+    palette = tuple((int(p[0]), int(p[1]), int(p[2])) for p in attrs["palette"])
+    crs_wkt = ref.get("crs_wkt")
+    return Mosaic(
+        path,
+        group,
+        tuple(str(n) for n in attrs["class_names"]),
+        palette,
+        Affine(*parse_geotransform(str(ref["GeoTransform"]))),
+        str(crs_wkt) if crs_wkt else None,
+    )
+
+
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    """An existing output is replaced only with ``overwrite``; its folder must exist."""
+    if out.exists() and not overwrite:
+        raise FcnpipeError(f"{out} exists; pass --overwrite to replace it.")
+    if not out.parent.is_dir():
+        raise FcnpipeError(f"the folder {out.parent} does not exist.")
+
+
+def temporary(out: Path) -> Path:
+    """A name beside ``out`` for the file being written."""
+    return out.with_name(f".{out.name}.partial{out.suffix}")
+
+
+# --- COG ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CogReport:
+    """What an export wrote."""
+
+    path: Path
+    bands: int
+    width: int
+    height: int
+    overviews: list[int]
+
+
+def export_cog(
+    mosaic_path: Path,
+    out: Path,
+    *,
+    what: str = "labels",
+    class_name: str | None = None,
+    overwrite: bool = False,
+    blocksize: int = 512,
+) -> CogReport:
+    """Write labels (or probabilities) of a complete mosaic as a validated Cloud-Optimized GeoTIFF.
+
+    Labels carry a colour table from the palette and the class names; ``class_name`` turns them
+    into a 0/1 mask of that class. Probabilities are uint8 (p = value / 254, as a band scale),
+    one band per class, or only ``class_name``'s. GDAL adds overviews by 2 until one
+    ``blocksize`` tile holds the image.
+    """
+    if what not in ("labels", "probabilities"):
+        raise FcnpipeError(f"--what must be labels or probabilities, not {what!r}.")
+    mosaic = open_mosaic(mosaic_path)
+    if what not in mosaic.group:
+        raise FcnpipeError(f"{mosaic_path} has no {what}; segment with --outputs labels,{what} to have them.")
+    refuse_existing(out, overwrite)
+    index = None if class_name is None else mosaic.class_index(class_name)
+    layer = cog_layer(mosaic, what, index)
+    staging, partial = temporary(out.with_suffix(".staging.tif")), temporary(out)
+    try:
+        write_staging(mosaic, layer, staging)
+        rasterio.shutil.copy(
+            staging, partial, driver="COG", COMPRESS="ZSTD", BLOCKSIZE=blocksize, BIGTIFF="IF_SAFER",
+            OVERVIEWS="IGNORE_EXISTING", OVERVIEW_RESAMPLING=layer.resampling, NUM_THREADS="ALL_CPUS",
+        )  # fmt: skip
+        valid, errors, _ = cog_validate(partial, quiet=True)
+        if not valid:
+            raise FcnpipeError(f"GDAL wrote a GeoTIFF that does not validate as a COG: {'; '.join(errors)}.")
+        partial.replace(out)
+    except OSError as exc:
+        raise FcnpipeError(f"cannot write {out}: {exc.strerror or exc}.") from None
+    finally:
+        staging.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+    with rasterio.open(out) as cog:
+        return CogReport(out, cog.count, cog.width, cog.height, cog.overviews(1))
+
+
+@dataclass(frozen=True)
+class CogLayer:
+    """What goes into the GeoTIFF: bands, dtype, nodata, colours, names and how to read a window."""
+
+    what: str
+    index: int | None
+    dtype: str
+    nodata: int
+    names: tuple[str, ...]
+    colormap: dict[int, tuple[int, int, int, int]] | None
+    resampling: str
+    tags: dict[str, str]
+
+    def read(self, mosaic: Mosaic, window: Window) -> NDArray[Any]:
+        """The bands of ``window``, (bands, rows, cols)."""
+        rows, cols = window.slices()
+        if self.what == "labels":
+            labels = np.asarray(mosaic.labels[rows, cols])
+            if self.index is None:
+                return np.asarray(labels[None])
+            mask = (labels == self.index).astype(np.uint8)
+            mask[labels == mosaic.nodata] = self.nodata
+            return np.asarray(mask[None])
+        probabilities = mosaic.group["probabilities"]
+        assert isinstance(probabilities, zarr.Array)
+        classes = slice(None) if self.index is None else slice(self.index, self.index + 1)
+        return np.asarray(probabilities[classes, rows, cols])
+
+
+def cog_layer(mosaic: Mosaic, what: str, index: int | None) -> CogLayer:
+    """Describe the bands to export."""
+    names, palette = mosaic.class_names, mosaic.palette
+    tags = {"CLASS_NAMES": json.dumps(list(names)), "SOURCE_MOSAIC": str(mosaic.path)}
+    if what == "labels" and index is None:
+        colormap = {i: (*palette[i], 255) for i in range(len(names))} | {mosaic.nodata: (0, 0, 0, 0)}
+        tags |= {f"CLASS_{i}": name for i, name in enumerate(names)}
+        dtype = str(mosaic.labels.dtype)
+        return CogLayer(what, None, dtype, mosaic.nodata, ("labels",), colormap, "MODE", tags)
+    if what == "labels":
+        assert index is not None
+        colormap = {0: (0, 0, 0, 0), 1: (*palette[index], 255)}
+        tags |= {"CLASS": names[index], "CLASS_0": f"not {names[index]}", "CLASS_1": names[index]}
+        return CogLayer(what, index, "uint8", 255, (names[index],), colormap, "MODE", tags)
+    bands = names if index is None else (names[index],)
+    tags |= {"SCALE": f"1/{PROBABILITY_SCALE}"}
+    return CogLayer(what, index, "uint8", PROBABILITY_NODATA, bands, None, "AVERAGE", tags)
+
+
+def write_staging(mosaic: Mosaic, layer: CogLayer, path: Path) -> None:
+    """A tiled, compressed GeoTIFF of the layer, written window by window."""
+    height, width = mosaic.labels.shape
+    profile = {
+        "driver": "GTiff", "height": height, "width": width, "count": len(layer.names),
+        "dtype": layer.dtype, "nodata": layer.nodata, "transform": mosaic.transform,
+        "crs": rasterio.crs.CRS.from_wkt(mosaic.crs_wkt) if mosaic.crs_wkt else None,
+        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "zstd", "bigtiff": "if_safer",
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        for window in windows(height, width, BLOCK):
+            dst.write(layer.read(mosaic, window), window=rasterio.windows.Window(
+                window.col, window.row, window.width, window.height))  # fmt: skip
+        dst.update_tags(**layer.tags)
+        for band, name in enumerate(layer.names, start=1):
+            dst.set_band_description(band, name)
+        if layer.what == "probabilities":
+            dst.scales = (1 / PROBABILITY_SCALE,) * len(layer.names)
+        if layer.colormap is not None:
+            dst.write_colormap(1, layer.colormap)
+
+
+# --- vectors -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VectorReport:
+    """What a vector export wrote."""
+
+    path: Path
+    polygons: int
+    area_by_class: dict[str, float]
+
+
+class PolygonWriter:
+    """Appends polygons (in map coordinates) to one GeoPackage layer, in batches."""
+
+    def __init__(self, path: Path, crs_wkt: str | None, names: tuple[str, ...], min_area: float) -> None:
+        self.path, self.crs_wkt, self.names, self.min_area = path, crs_wkt, names, min_area
+        self.count, self.created = 0, False
+        self.area: dict[str, float] = dict.fromkeys(names, 0.0)
+
+    def write(self, polygons: list[shapely.Polygon], classes: list[int]) -> None:
+        """Write the polygons at least ``min_area`` large."""
+        areas = shapely.area(polygons) if polygons else np.zeros(0)
+        keep = np.flatnonzero(areas >= self.min_area) if polygons else np.zeros(0, dtype=int)
+        if keep.size == 0 and self.created:
+            return
+        kept_classes = np.asarray(classes, dtype=np.int32)[keep] if polygons else np.zeros(0, np.int32)
+        names = np.array([self.names[i] for i in kept_classes], dtype=object)
+        for name, area in zip(names, areas[keep], strict=True):
+            self.area[name] += float(area)
+        chosen = np.asarray(polygons, dtype=object)[keep] if polygons else np.zeros(0, object)
+        geometry = shapely.to_wkb(chosen)
+        write_layer(
+            str(self.path), geometry=geometry, field_data=[names, kept_classes, areas[keep]],
+            fields=["class", "class_index", "area"], geometry_type="Polygon", crs=self.crs_wkt,
+            driver="GPKG", layer="labels", append=self.created,
+        )  # fmt: skip
+        self.created = True
+        self.count += int(keep.size)
+
+
+def export_vector(
+    mosaic_path: Path,
+    out: Path,
+    *,
+    class_name: str | None = None,
+    min_area: float = 0.0,
+    overwrite: bool = False,
+    block: int = BLOCK,
+) -> VectorReport:
+    """Polygons of the label regions of a complete mosaic as a GeoPackage (one polygon per region).
+
+    ``class_name`` keeps one class; ``min_area`` (in the CRS's units squared, m² for a projected
+    CRS in metres) drops smaller polygons. Each polygon carries ``class``, ``class_index`` and
+    its ``area``.
+    """
+    mosaic = open_mosaic(mosaic_path)
+    if min_area < 0:
+        raise FcnpipeError(f"--min-area must be zero or more, not {min_area}.")
+    refuse_existing(out, overwrite)
+    only = None if class_name is None else mosaic.class_index(class_name)
+    partial = temporary(out)
+    partial.unlink(missing_ok=True)
+    writer = PolygonWriter(partial, mosaic.crs_wkt, mosaic.class_names, min_area)
+    t = mosaic.transform
+    to_map = [t.a, t.b, t.d, t.e, t.xoff, t.yoff]
+    height, width = mosaic.labels.shape
+    pieces: dict[int, list[shapely.Polygon]] = {}
+    try:
+        for window in windows(height, width, block):
+            inner, edge = polygonise(mosaic, window, only, height, width)
+            for value, polygon in edge:
+                pieces.setdefault(value, []).append(polygon)
+            polygons = [shapely.affinity.affine_transform(p, to_map) for _, p in inner]
+            writer.write(polygons, [v for v, _ in inner])
+        for value, parts in sorted(pieces.items()):
+            merged = shapely.get_parts(shapely.unary_union(parts))
+            polygons = [shapely.affinity.affine_transform(p, to_map) for p in merged]
+            writer.write(polygons, [value] * len(polygons))
+        partial.replace(out)
+    except OSError as exc:
+        raise FcnpipeError(f"cannot write {out}: {exc.strerror or exc}.") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return VectorReport(out, writer.count, writer.area)
+
+
+def polygonise(
+    mosaic: Mosaic, window: Window, only: int | None, height: int, width: int
+) -> tuple[list[tuple[int, shapely.Polygon]], list[tuple[int, shapely.Polygon]]]:
+    """The window's regions as polygons in pixel coordinates: (inside the window, touching a cut edge)."""
+    rows, cols = window.slices()
+    labels = np.asarray(mosaic.labels[rows, cols])
+    mask = labels != mosaic.nodata if only is None else labels == only
+    shift = Affine.translation(window.col, window.row)
+    cut_left, cut_top = window.col > 0, window.row > 0
+    cut_right, cut_bottom = window.col + window.width < width, window.row + window.height < height
+    inner: list[tuple[int, shapely.Polygon]] = []
+    edge: list[tuple[int, shapely.Polygon]] = []
+    for geometry, value in rasterio.features.shapes(labels, mask=mask, connectivity=4, transform=shift):
+        polygon = shapely.geometry.shape(geometry)
+        assert isinstance(polygon, shapely.Polygon)
+        x0, y0, x1, y1 = polygon.bounds
+        touches = (
+            (cut_left and x0 == window.col)
+            or (cut_top and y0 == window.row)
+            or (cut_right and x1 == window.col + window.width)
+            or (cut_bottom and y1 == window.row + window.height)
+        )
+        (edge if touches else inner).append((int(value), polygon))
+    return inner, edge

@@ -1,0 +1,287 @@
+"""What people open: the pyramid inside the mosaic, the COG export and the polygon export.
+
+The mosaics here come from the 1x1-convolution stand-in (a test about outputs, not the network):
+it maps each colour to a class, so a scene of flat colour regions gives label regions with known
+shapes — a disc and a rectangle that span several blocks, a patch of one-pixel speckle, and a
+nodata corner.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import rioxarray  # noqa: F401  (the .rio accessor)
+import shapely
+import xarray as xr
+import zarr
+from rasterio.crs import CRS
+from rio_cogeo.cogeo import cog_validate
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from fcn import FcnpipeError
+from pipeline.cli import app
+from pipeline.export import export_cog, export_vector
+from pipeline.mosaic import parse_geotransform
+from pipeline.pyramid import level_shapes, read_level
+from pipeline.segment import SegmentSettings, plan_scene, run_local
+from tests.conftest import write_tif
+
+COLOURS = [(200, 180, 40), (20, 60, 220), (250, 250, 250), (90, 160, 60)]
+PIXEL_AREA = 0.25  # write_tif's 0.5 m pixels
+
+
+def region_image(height: int = 150, width: int = 230, seed: int = 0) -> np.ndarray:
+    """Flat colour regions: background, a disc, a rectangle, speckle, and an all-zero nodata corner."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    region = np.zeros((height, width), dtype=int)
+    region[(yy - 75) ** 2 + (xx - 115) ** 2 < 50**2] = 1
+    region[10:40, 150:220] = 2
+    region[100:150, 0:60] = rng.integers(0, 4, size=(50, 60))
+    image = np.asarray(COLOURS, dtype=np.uint8)[region].transpose(2, 0, 1).copy()
+    image[:, :20, :30] = 0
+    return image
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory: pytest.TempPathFactory, pointwise_checkpoint: Path) -> Path:
+    """A complete mosaic with labels and probabilities, 32-px chunks (three overview levels)."""
+    folder = tmp_path_factory.mktemp("outputs")
+    scene = write_tif(folder / "regions.tif", region_image(), nodata=0)
+    settings = SegmentSettings(tile_size=64, chunk=32, outputs=("labels", "probabilities"))
+    run_local(plan_scene(scene, pointwise_checkpoint, settings))
+    return folder / "regions.zarr"
+
+
+def labels_of(mosaic: Path) -> np.ndarray:
+    return np.asarray(zarr.open_group(str(mosaic), mode="r")["labels"][:])  # type: ignore[index]
+
+
+# --- pyramid -------------------------------------------------------------------------------------
+
+
+def reference_mode(labels: np.ndarray, nodata: int) -> np.ndarray:
+    """2x2 mode by counting, window by window: most frequent valid value, ties to the first seen."""
+    h, w = labels.shape
+    out = np.full(((h + 1) // 2, (w + 1) // 2), nodata, dtype=labels.dtype)
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            window = labels[2 * r : 2 * r + 2, 2 * c : 2 * c + 2].ravel()
+            values = [int(v) for v in window if v != nodata]
+            if values:
+                out[r, c] = Counter(values).most_common(1)[0][0]  # insertion order breaks ties
+    return out
+
+
+def reference_mean(probabilities: np.ndarray, nodata: int = 255) -> np.ndarray:
+    """2x2 mean of the valid values, rounded half up; nodata where none is valid."""
+    k, h, w = probabilities.shape
+    out = np.full((k, (h + 1) // 2, (w + 1) // 2), nodata, dtype=np.uint8)
+    for r in range(out.shape[1]):
+        for c in range(out.shape[2]):
+            window = probabilities[:, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2].reshape(k, -1)
+            valid = window[0] != nodata
+            if valid.any():
+                out[:, r, c] = np.floor(window[:, valid].mean(axis=1) + 0.5)
+    return out
+
+
+def test_pyramid_levels_have_the_right_shapes_and_match_a_reference_downsampling(mosaic: Path) -> None:
+    group = zarr.open_group(str(mosaic), mode="r")
+    labels, probabilities = read_level(group, 0), read_level(group, 0, "probabilities")
+    shapes = level_shapes(*labels.shape, 32)
+    assert shapes == [(75, 115), (38, 58), (19, 29)]
+    assert len(np.unique(labels)) >= 3  # several classes and nodata: the test can tell modes apart
+    for level, shape in enumerate(shapes, start=1):
+        labels, probabilities = reference_mode(labels, 255), reference_mean(probabilities)
+        assert read_level(group, level).shape == shape
+        np.testing.assert_array_equal(read_level(group, level), labels)
+        np.testing.assert_array_equal(read_level(group, level, "probabilities"), probabilities)
+    assert "overviews/4" not in group
+
+
+def test_pyramid_is_described_as_multiscales_and_each_level_opens_georeferenced(mosaic: Path) -> None:
+    group = zarr.open_group(str(mosaic), mode="r")
+    attrs = dict(group.attrs)
+    assert attrs["zarr_conventions"][0]["name"] == "multiscales"
+    layout = attrs["multiscales"]["layout"]
+    assert [e["asset"] for e in layout] == ["labels"] + [f"overviews/{k}/labels" for k in (1, 2, 3)]
+    with rasterio.open(mosaic.with_name("regions.tif")) as src:
+        crs, transform = src.crs, src.transform
+    for level, entry in enumerate(layout):
+        array = group[entry["asset"]]
+        assert list(array.shape) == entry["proj:shape"]
+        assert entry.get("derived_from") == (None if level == 0 else layout[level - 1]["asset"])
+        ds = xr.open_zarr(mosaic, group=None if level == 0 else f"overviews/{level}", decode_coords="all")
+        assert ds.rio.crs == crs
+        expected = transform * transform.scale(2**level)
+        assert ds.rio.transform().almost_equals(expected)
+        assert list(ds.rio.transform())[:6] == pytest.approx(entry["proj:transform"])
+        assert ds["labels"].rio.encoded_nodata == 255
+
+
+def test_pyramid_is_rebuilt_identically(mosaic: Path, tmp_path: Path) -> None:
+    from pipeline.pyramid import build_pyramid
+
+    copy = tmp_path / "copy.zarr"
+    import shutil
+
+    shutil.copytree(mosaic, copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    before = [read_level(group, k) for k in (1, 2, 3)]
+    group["overviews/2/labels"][:5, :5] = 0  # type: ignore[index]  # a damaged level is rewritten
+    build_pyramid(group)
+    group = zarr.open_group(str(copy), mode="r")
+    for k, level in enumerate(before, start=1):
+        np.testing.assert_array_equal(read_level(group, k), level)
+
+
+# --- COG -----------------------------------------------------------------------------------------
+
+
+def test_cog_of_labels_validates_and_keeps_georeferencing_nodata_and_colours(
+    mosaic: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "labels.tif"
+    report = export_cog(mosaic, out, blocksize=64)  # 64-px tiles: a small scene still has overviews
+    valid, errors, _ = cog_validate(out, quiet=True)
+    assert valid, errors
+    state = zarr.open_group(str(mosaic), mode="r").attrs
+    with rasterio.open(mosaic.with_name("regions.tif")) as src, rasterio.open(out) as cog:
+        assert cog.crs == src.crs and cog.transform == src.transform
+        assert (cog.width, cog.height) == (src.width, src.height)
+        assert cog.nodata == 255 and cog.dtypes[0] == "uint8"
+        assert cog.overviews(1) == report.overviews and len(report.overviews) >= 1
+        assert cog.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        np.testing.assert_array_equal(cog.read(1), labels_of(mosaic))
+        colormap = cog.colormap(1)
+        for index, colour in enumerate(state["palette"]):  # type: ignore[arg-type]
+            assert colormap[index][:3] == tuple(colour)
+        assert eval_names(cog.tags()["CLASS_NAMES"]) == state["class_names"]
+        # Overviews are the mode of their pixels: every overview value is a class or nodata.
+        overview = cog.read(1, out_shape=(cog.height // 2, cog.width // 2))
+        assert set(np.unique(overview)) <= set(np.unique(labels_of(mosaic)))
+
+
+def eval_names(text: str) -> list[str]:
+    import json
+
+    return list(json.loads(text))
+
+
+def test_cog_of_one_class_probabilities_and_of_a_class_mask(mosaic: Path, tmp_path: Path) -> None:
+    group = zarr.open_group(str(mosaic), mode="r")
+    names = list(group.attrs["class_names"])  # type: ignore[arg-type]
+    labels = labels_of(mosaic)
+    index = int(np.bincount(labels[labels != 255]).argmax())
+    probs = export_cog(mosaic, tmp_path / "p.tif", what="probabilities", class_name=names[index])
+    with rasterio.open(probs.path) as cog:
+        assert cog.count == 1 and cog.descriptions == (names[index],)
+        assert cog.scales[0] == pytest.approx(1 / 254) and cog.nodata == 255
+        np.testing.assert_array_equal(cog.read(1), group["probabilities"][index])  # type: ignore[index]
+    assert cog_validate(probs.path, quiet=True)[0]
+    mask = export_cog(mosaic, tmp_path / "m.tif", class_name=names[index])
+    with rasterio.open(mask.path) as cog:
+        data = cog.read(1)
+    assert ((data == 1) == (labels == index)).all() and ((data == 255) == (labels == 255)).all()
+
+
+def test_cog_export_refuses_bad_requests_and_leaves_nothing(mosaic: Path, tmp_path: Path) -> None:
+    names = list(zarr.open_group(str(mosaic), mode="r").attrs["class_names"])  # type: ignore[arg-type]
+    with pytest.raises(FcnpipeError, match="no class 'lava'"):
+        export_cog(mosaic, tmp_path / "x.tif", class_name="lava")
+    with pytest.raises(FcnpipeError, match="labels or probabilities"):
+        export_cog(mosaic, tmp_path / "x.tif", what="logits")
+    existing = tmp_path / "taken.tif"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(FcnpipeError, match="--overwrite"):
+        export_cog(mosaic, existing, class_name=names[0])
+    assert existing.read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.tif"]
+
+
+# --- vectors -------------------------------------------------------------------------------------
+
+
+def test_vector_area_per_class_is_its_pixel_count_times_the_pixel_area(mosaic: Path, tmp_path: Path) -> None:
+    out = tmp_path / "regions.gpkg"
+    report = export_vector(mosaic, out, block=64)
+    labels = labels_of(mosaic)
+    names = list(zarr.open_group(str(mosaic), mode="r").attrs["class_names"])  # type: ignore[arg-type]
+    info = pyogrio.read_info(out)
+    assert CRS.from_user_input(info["crs"]) == CRS.from_epsg(32633)
+    meta, _, geometry, fields = pyogrio.raw.read(out)
+    classes, areas = fields[meta["fields"].tolist().index("class")], shapely.area(shapely.from_wkb(geometry))
+    assert report.polygons == len(geometry)
+    for index, name in enumerate(names):
+        expected = (labels == index).sum() * PIXEL_AREA
+        assert areas[classes == name].sum() == pytest.approx(expected)
+        assert report.area_by_class[name] == pytest.approx(expected)
+
+
+def test_vector_regions_cut_by_blocks_are_merged_into_one_polygon_each(mosaic: Path, tmp_path: Path) -> None:
+    labels = labels_of(mosaic)
+    names = list(zarr.open_group(str(mosaic), mode="r").attrs["class_names"])  # type: ignore[arg-type]
+    for block in (64, 4096):  # many blocks, and one block holding the whole mosaic
+        out = tmp_path / f"b{block}.gpkg"
+        export_vector(mosaic, out, block=block)
+        meta, _, geometry, fields = pyogrio.raw.read(out)
+        classes = fields[meta["fields"].tolist().index("class")]
+        for index, name in enumerate(names):
+            _, components = ndimage.label(labels == index)  # 4-connected, like the polygons
+            assert (classes == name).sum() == components, (block, name)
+        polygons = shapely.from_wkb(geometry)
+        assert shapely.is_valid(polygons).all()
+    disc_centre = shapely.Point(*(rasterio.open(mosaic.with_name("regions.tif")).xy(75, 115)))
+    assert sum(bool(p.contains(disc_centre)) for p in polygons) == 1
+
+
+def test_vector_min_area_and_one_class(mosaic: Path, tmp_path: Path) -> None:
+    labels = labels_of(mosaic)
+    names = list(zarr.open_group(str(mosaic), mode="r").attrs["class_names"])  # type: ignore[arg-type]
+    index = int(np.bincount(labels[labels != 255]).argmax())
+    out = tmp_path / "big.gpkg"
+    report = export_vector(mosaic, out, class_name=names[index], min_area=10.0, block=64)
+    component, n = ndimage.label(labels == index)
+    sizes = np.bincount(component.ravel())[1:] * PIXEL_AREA
+    meta, _, geometry, fields = pyogrio.raw.read(out)
+    assert set(fields[meta["fields"].tolist().index("class")]) == {names[index]}
+    assert sorted(shapely.area(shapely.from_wkb(geometry))) == pytest.approx(sorted(sizes[sizes >= 10.0]))
+    assert report.polygons == (sizes >= 10.0).sum() < n
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def test_export_command_writes_both_and_refuses_an_incomplete_mosaic(
+    mosaic: Path, tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    runner = CliRunner()
+    cog, gpkg = tmp_path / "l.tif", tmp_path / "l.gpkg"
+    result = runner.invoke(app, ["export", str(mosaic), "--cog", str(cog), "--vector", str(gpkg)])
+    assert result.exit_code == 0, result.output
+    assert cog_validate(cog, quiet=True)[0] and pyogrio.read_info(gpkg)["features"] > 0
+    assert str(cog) in result.output and str(gpkg) in result.output
+    again = runner.invoke(app, ["export", str(mosaic), "--cog", str(cog)])
+    assert again.exit_code == 1 and "--overwrite" in again.output and "Traceback" not in again.output
+    nothing = runner.invoke(app, ["export", str(mosaic)])
+    assert nothing.exit_code == 1 and "--cog" in nothing.output
+
+    scene = write_tif(tmp_path / "half.tif", region_image(), nodata=0)
+    plan_scene(scene, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32))  # planned, never run
+    partial = runner.invoke(app, ["export", str(tmp_path / "half.zarr"), "--cog", str(tmp_path / "h.tif")])
+    assert partial.exit_code == 1 and "not complete" in partial.output
+    assert not (tmp_path / "h.tif").exists()
+
+
+def test_geotransform_text_round_trips() -> None:
+    from pipeline.mosaic import gdal_geotransform
+
+    affine = (0.5, 0.1, 500000.0, -0.2, -0.5, 4500000.0)
+    assert parse_geotransform(gdal_geotransform(affine)) == affine
