@@ -21,6 +21,7 @@ from rich.console import Console
 from flows.runtime import dask_task_runner, progress_bar
 from flows.train import DEFAULT_STEPS, default_model
 from pipeline.config import default_model_path, load_segment_config
+from pipeline.export import export_cog
 from pipeline.segment import BlockReport, Plan, finish, plan_scene, segment_block
 
 
@@ -34,6 +35,12 @@ def plan_task(input: Path, weights: Path, settings: Any, output: Path | None, ov
 def segment_block_task(plan: Plan, index: int) -> BlockReport:
     """Segment one block of tiles and record it (rerunning a block rewrites the same chunks)."""
     return segment_block(plan, index)
+
+
+@task(name="export-cog", cache_policy=NO_CACHE)
+def export_cog_task(mosaic: Path, out: Path, overwrite: bool) -> Path:
+    """The finished labels as a validated Cloud-Optimized GeoTIFF."""
+    return export_cog(mosaic, out, overwrite=overwrite).path
 
 
 @task(name="finish", cache_policy=NO_CACHE)
@@ -85,10 +92,12 @@ def segment_mosaic(
     overwrite: bool = False,
     workers: int = 0,
     dask_address: str | None = None,
+    cog: Path | None = None,
 ) -> dict[str, Any]:
     """Segment a raster into a georeferenced Zarr mosaic of labels (and probabilities / logits).
 
-    Options given here override the config file (``--config``, a YAML in configs/).
+    Options given here override the config file (``--config``, a YAML in configs/). ``--cog`` also
+    exports the finished labels as a Cloud-Optimized GeoTIFF (as ``fcnpipe export --cog`` does).
     """
     options = {"weights": weights, "tile_size": tile_size, "halo": halo, "batch_size": batch_size,
                "device": device, "outputs": outputs, "bands": bands, "value_range": value_range}  # fmt: skip
@@ -104,4 +113,6 @@ def segment_mosaic(
     reports = segment_blocks.with_options(task_runner=runner)(plan)
     report = finish_task(plan, reports, time.perf_counter() - start)
     create_markdown_artifact(report.pop("markdown"), key="segment-report", description=plan.output)
+    if cog is not None:
+        report["cog"] = str(export_cog_task(Path(plan.output), cog, overwrite))
     return {"output": plan.output, "warnings": list(plan.warnings), **report}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import zarr
 from typer.testing import CliRunner
 
@@ -285,14 +286,20 @@ def test_flow_writes_a_preview_and_a_report_with_class_areas(
 ) -> None:
     from PIL import Image
     from prefect.client.orchestration import get_client
+    from rio_cogeo.cogeo import cog_validate
 
     image = noise_image(90, 120, seed=6)
     image[image == 0] = 1
     image[:, :20, :] = 0  # a nodata strip: not part of the valid area
     scene = write_tif(tmp_path / "scene.tif", image, nodata=0)
-    args = ["run", FLOW, "--input", str(scene), "--weights", str(pointwise_checkpoint), "--tile-size", "32"]
+    cog = tmp_path / "labels.tif"
+    args = ["run", FLOW, "--input", str(scene), "--weights", str(pointwise_checkpoint), "--tile-size", "32",
+            "--cog", str(cog)]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert cog_validate(cog, quiet=True)[0]
+    with rasterio.open(cog) as labels:
+        assert (labels.read(1) == 255).sum() == (image == 0).all(axis=0).sum()
     report = read_state(tmp_path / "scene.zarr")["report"]  # type: ignore[index]
     valid = int((image != 0).any(axis=0).sum())
     assert sum(report["class_pixels"].values()) == valid

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from fcn import FcnpipeError
 from pipeline.cli import app
 from pipeline.export import export_cog, export_vector
+from pipeline.inspect import describe_mosaic
 from pipeline.mosaic import parse_geotransform
 from pipeline.pyramid import level_shapes, read_level
 from pipeline.segment import SegmentSettings, plan_scene, run_local
@@ -104,6 +105,7 @@ def test_pyramid_levels_have_the_right_shapes_and_match_a_reference_downsampling
         np.testing.assert_array_equal(read_level(group, level), labels)
         np.testing.assert_array_equal(read_level(group, level, "probabilities"), probabilities)
     assert "overviews/4" not in group
+    assert describe_mosaic(mosaic)["overviews"] == [list(s) for s in shapes]
 
 
 def test_pyramid_is_described_as_multiscales_and_each_level_opens_georeferenced(mosaic: Path) -> None:
