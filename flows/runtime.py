@@ -40,6 +40,7 @@ from rich.progress import (  # noqa: E402
 )
 
 from pipeline.segment import BlockReport, Plan  # noqa: E402
+from pipeline.train import StepReport  # noqa: E402
 
 __all__ = ["Flow", "dask_task_runner", "ensure_api", "prefect_session", "progress_bar"]
 
@@ -117,5 +118,24 @@ def progress_bar(plan: Plan) -> Iterator[Callable[[BlockReport], None]]:
             megapixels += report.pixels / 1e6
             rate = megapixels / max(time.perf_counter() - start, 1e-9)
             progress.update(bar, advance=report.tiles, rate=f"{rate:.3f} Mpx/s")
+
+        yield advance
+
+
+@contextmanager
+def training_bar(arch: str, steps: int) -> Iterator[Callable[[StepReport], None]]:
+    """A steps-done bar with the loss, the best validation mean IU and the ETA of one stage."""
+    columns: list[Any] = [
+        TextColumn(f"[bold]train {arch}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+        TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+    ]  # fmt: skip
+    with Progress(*columns, transient=False) as progress:
+        bar = progress.add_task(arch, total=steps, status="")
+
+        def advance(report: StepReport) -> None:
+            best = "—" if report.best_mean_iu is None else f"{report.best_mean_iu:.3f}"
+            rate = report.step / max(report.seconds, 1e-9)
+            status = f"loss {report.loss:.4g}, best mean IU {best}, {rate:.2f} steps/s"
+            progress.update(bar, completed=report.step, status=status)
 
         yield advance

@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from fcn import FcnpipeError, ModelCard
 from fcn.checkpoint import read_checkpoint
+from flows.runtime import training_bar
 from pipeline.data import open_dataset
 from pipeline.engine import pick_device
 from pipeline.recipes import load_recipe
@@ -52,7 +53,9 @@ def train_stage_task(
         model, card = initial_model(init, arch, dataset, seed=args.seed)
     for warning in caught:
         get_run_logger().warning(str(warning.message))
-    result = train_stage(model, card, load_recipe(recipe_name), args, run_dir, device=pick_device(device))
+    with training_bar(arch, args.steps) as on_step:
+        recipe = load_recipe(recipe_name)
+        result = train_stage(model, card, recipe, args, run_dir, device=pick_device(device), on_step=on_step)
     create_markdown_artifact(metrics_table(run_dir), key=f"{arch}-metrics", description=f"{arch} training")
     return result
 
@@ -60,8 +63,10 @@ def train_stage_task(
 @task(name="resume-stage", cache_policy=NO_CACHE)
 def resume_stage_task(last: Path, device: str) -> StageResult:
     """Continue a stage exactly from its last.pt."""
-    result = resume_stage(last.parent, device=pick_device(device))
-    arch = ModelCard.from_dict(read_checkpoint(last)["card"]).arch
+    payload = read_checkpoint(last)
+    arch, steps = ModelCard.from_dict(payload["card"]).arch, int(payload["args"]["steps"])
+    with training_bar(arch, steps) as on_step:
+        result = resume_stage(last.parent, device=pick_device(device), on_step=on_step)
     create_markdown_artifact(
         metrics_table(last.parent), key=f"{arch}-metrics", description=f"{arch} training"
     )

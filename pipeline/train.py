@@ -23,7 +23,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -511,12 +511,14 @@ def train_stage(
     device: torch.device | None = None,
     resume: bool = False,
     until: int | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
 ) -> StageResult:
     """Train ``model`` for ``args.steps`` steps, validating every ``args.eval_every`` and at the end.
 
     ``resume`` continues from ``run_dir/last.pt`` when there is one (and starts afresh when there
     is not); without it an existing run is an error. ``until`` pauses after that step with last.pt
     saved, for a later resume. The torch random state is forked: the caller's is left as it was.
+    ``on_step`` hears about every step (a progress bar), after its validation if one was due.
     """
     device = device or torch.device("cpu")
     splits = open_splits(args, card)
@@ -545,7 +547,23 @@ def train_stage(
                 validate(run_dir, state, card, recipe, args, splits, device)
             if due or state.step == stop:
                 save_last(run_dir, state, card, recipe, args, len(splits[0]))
+            if on_step is not None:
+                best = state.best_mean_iu if state.scores else None
+                on_step(StepReport(state.step, args.steps, loss, best, state.seconds))
     return StageResult(run_dir, state.step, state.best_mean_iu, state.scores)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """One finished training step, for progress displays."""
+
+    step: int
+    steps: int
+    loss: float
+    best_mean_iu: float | None
+    """The best validation mean IU so far (None before the first validation)."""
+    seconds: float
+    """Training time of the stage so far, resumed parts included."""
 
 
 def cuda_indices(device: torch.device) -> list[int]:
@@ -556,7 +574,11 @@ def cuda_indices(device: torch.device) -> list[int]:
 
 
 def resume_stage(
-    run_dir: Path, *, device: torch.device | None = None, until: int | None = None
+    run_dir: Path,
+    *,
+    device: torch.device | None = None,
+    until: int | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
 ) -> StageResult:
     """Continue the stage in ``run_dir`` from its last.pt alone: model, recipe and arguments are in it."""
     payload = read_checkpoint(run_dir / "last.pt")
@@ -564,4 +586,6 @@ def resume_stage(
     recipe = validated(payload["recipe"], str(run_dir / "last.pt"))
     args = StageArgs(**payload["args"])
     model = build_model(card.arch, card.num_classes)
-    return train_stage(model, card, recipe, args, run_dir, device=device, resume=True, until=until)
+    return train_stage(
+        model, card, recipe, args, run_dir, device=device, resume=True, until=until, on_step=on_step
+    )

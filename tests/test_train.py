@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import csv
 import math
-from itertools import islice
+from itertools import islice, pairwise
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from pipeline.train import (
     METRIC_FIELDS,
     STAGES,
     StageArgs,
+    StepReport,
     batches,
     criterion,
     evaluate,
@@ -245,7 +246,8 @@ def test_training_lowers_the_loss_and_raises_mean_iu(
     recipe = modern(optimizer="adamw", lr=0.01, batch_size=4)
     args = StageArgs(dataset=bench, steps=40, eval_every=10)
     rng = torch.get_rng_state()
-    result = train_stage(model, card, recipe, args, tmp_path / "run")
+    heard: list[StepReport] = []
+    result = train_stage(model, card, recipe, args, tmp_path / "run", on_step=heard.append)
 
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's random state is left alone
     history = rows(tmp_path / "run")
@@ -253,6 +255,12 @@ def test_training_lowers_the_loss_and_raises_mean_iu(
     losses = [float(r["train_loss"]) for r in history]
     assert losses[-1] < losses[0] < math.log(6)  # zero scores start at log(classes)
     assert result.best_mean_iu > before.scores()["mean_iu"] + 0.01
+    # The progress callback hears every step once, in order, with the best mean IU once validated.
+    assert [h.step for h in heard] == list(range(1, 41)) and {h.steps for h in heard} == {40}
+    assert [h.best_mean_iu is None for h in heard] == [True] * 9 + [False] * 31
+    assert heard[-1].best_mean_iu == result.best_mean_iu
+    assert all(math.isfinite(h.loss) for h in heard)
+    assert all(a.seconds < b.seconds for a, b in pairwise(heard))
 
     _, best_card = load_checkpoint(result.best)
     assert best_card.class_names == train_split.class_names

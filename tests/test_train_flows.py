@@ -58,7 +58,8 @@ def test_train_flow_writes_checkpoints_metrics_and_resumes_exactly(benchmark: Pa
     recipe.write_text(TINY)
     common = ["--dataset", f"synthetic-ortho:{benchmark}", "--arch", "pointwise", "--init", "scratch",
               "--recipe", str(recipe), "--eval-every", "2"]  # fmt: skip
-    flow("train", *common, "--out", str(tmp_path / "full"), "--max-steps", "6")
+    output = flow("train", *common, "--out", str(tmp_path / "full"), "--max-steps", "6")
+    assert "train pointwise" in output and "6/6 steps" in output and "best mean IU" in output
     stage = tmp_path / "full" / "pointwise"
     _, card = load_checkpoint(stage / "best.pt")
     assert card.class_names == CLASSES and card.provenance["dataset"] == f"synthetic-ortho:{benchmark}"
