@@ -7,9 +7,10 @@ both write beside the output under a temporary name that becomes the output only
   with its overviews (mode for labels, average for probabilities; nodata ignored), zstd; the
   result is checked with rio-cogeo's validator before it takes the output's name.
 - Vectors: ``rasterio.features.shapes`` polygonises each block in pixel coordinates (exact
-  integers); polygons inside a block are written at once, pieces that touch a block edge are kept
-  and merged per class at the end (``shapely.unary_union``), so a region is one polygon whatever
-  the blocks. Only the edge pieces wait in memory. Written to a GeoPackage with pyogrio.
+  integers); polygons inside a block are written at once, pieces that touch a block edge are merged
+  per class (``shapely.unary_union``) after each row of blocks, so a region is one polygon whatever
+  the blocks. Only regions that cross the current row's lower edge wait in memory. Written to a
+  GeoPackage with pyogrio.
 """
 
 from __future__ import annotations
@@ -302,18 +303,27 @@ def export_vector(
     t = mosaic.transform
     to_map = [t.a, t.b, t.d, t.e, t.xoff, t.yoff]
     height, width = mosaic.labels.shape
-    pieces: dict[int, list[shapely.Polygon]] = {}
+    pending: dict[int, list[shapely.Polygon]] = {}  # pieces that may continue in the next blocks
+
+    def write(polygons: list[shapely.Polygon], value: int | list[int]) -> None:
+        values = value if isinstance(value, list) else [value] * len(polygons)
+        writer.write([shapely.affinity.affine_transform(p, to_map) for p in polygons], values)
+
     try:
-        for window in windows(height, width, block):
-            inner, edge = polygonise(mosaic, window, only, height, width)
-            for value, polygon in edge:
-                pieces.setdefault(value, []).append(polygon)
-            polygons = [shapely.affinity.affine_transform(p, to_map) for _, p in inner]
-            writer.write(polygons, [v for v, _ in inner])
-        for value, parts in sorted(pieces.items()):
-            merged = shapely.get_parts(shapely.unary_union(parts))
-            polygons = [shapely.affinity.affine_transform(p, to_map) for p in merged]
-            writer.write(polygons, [value] * len(polygons))
+        for row in range(0, height, block):
+            row_end = min(height, row + block)
+            for window in (w for w in windows(height, width, block) if w.row == row):
+                inner, edge = polygonise(mosaic, window, only, height, width)
+                for value, polygon in edge:
+                    pending.setdefault(value, []).append(polygon)
+                write([p for _, p in inner], [v for v, _ in inner])
+            # After a row of blocks: merge what is pending; a region that does not reach the row's
+            # bottom edge cannot grow any further, so it is written and forgotten.
+            for value in sorted(pending):
+                merged = list(shapely.get_parts(shapely.unary_union(pending[value])))
+                finished = [p for p in merged if p.bounds[3] < row_end or row_end == height]
+                pending[value] = [p for p in merged if not (p.bounds[3] < row_end or row_end == height)]
+                write(finished, value)
         partial.replace(out)
     except OSError as exc:
         raise FcnpipeError(f"cannot write {out}: {exc.strerror or exc}.") from None

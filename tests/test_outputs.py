@@ -230,7 +230,7 @@ def test_vector_area_per_class_is_its_pixel_count_times_the_pixel_area(mosaic: P
 def test_vector_regions_cut_by_blocks_are_merged_into_one_polygon_each(mosaic: Path, tmp_path: Path) -> None:
     labels = labels_of(mosaic)
     names = list(zarr.open_group(str(mosaic), mode="r").attrs["class_names"])  # type: ignore[arg-type]
-    for block in (64, 4096):  # many blocks, and one block holding the whole mosaic
+    for block in (32, 64, 4096):  # many blocks and rows of blocks, and one block holding it all
         out = tmp_path / f"b{block}.gpkg"
         export_vector(mosaic, out, block=block)
         meta, _, geometry, fields = pyogrio.raw.read(out)
