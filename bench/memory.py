@@ -13,6 +13,7 @@ synthetic orthophotos rotated from window to window, and deleted afterwards.
 
     uv run python bench/memory.py                        # 4096^2 vs 16384^2, tiles of 1024
     uv run python bench/memory.py --sizes 8192 32768 --batch-size 8
+    uv run python bench/memory.py --export               # also a COG export of each mosaic
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from tiling import largest_batch
 
 from fcn import save_checkpoint
 from pipeline.data.synthetic import CLASSES, CRS, ORIGIN, RESOLUTION, Bytes, generate_scene
+from pipeline.export import export_cog
 from pipeline.segment import SegmentSettings, plan_scene, run_local
 from pipeline.weights import starting_model
 
@@ -65,7 +67,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--outputs", default="labels", help="comma-separated: labels,probabilities,logits")
     parser.add_argument("--window", type=int, default=2048, help="side of the windows a scene is written in")
     parser.add_argument("--workdir", type=Path, default=None, help="where scenes go (default: a temp dir)")
-    parser.add_argument("--child", choices=("baseline", "run"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--export",
+        action="store_true",
+        help="also measure a COG export of each finished mosaic, in a fresh process",
+    )
+    parser.add_argument("--child", choices=("baseline", "run", "export"), help=argparse.SUPPRESS)
     parser.add_argument("--scene", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -110,7 +117,8 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
     with sampled_rss(samples):
         report = run_local(plan)
     seconds = time.perf_counter() - start
-    shutil.rmtree(output)
+    if not args.export:
+        shutil.rmtree(output)
     half = len(samples) // 2
     return {
         "peak_mib": peak_rss_mib(), "median_mib": statistics.median(samples),
@@ -118,6 +126,18 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": seconds, "tiles": report["tiles"],
         "halo": plan.settings.halo, "largest_batch_mpx": largest_batch(plan) / 1e6,
     }  # fmt: skip
+
+
+def child_export(args: argparse.Namespace) -> dict[str, Any]:
+    """Export the scene's finished mosaic as a COG in this (fresh) process; report its peak."""
+    mosaic, out = args.scene.with_suffix(".zarr"), args.scene.with_suffix(".cog.tif")
+    start = time.perf_counter()
+    made = export_cog(mosaic, out, overwrite=True)
+    seconds = time.perf_counter() - start
+    size = out.stat().st_size / 2**20
+    out.unlink()
+    shutil.rmtree(mosaic)
+    return {"peak_mib": peak_rss_mib(), "seconds": seconds, "overviews": made.overviews, "cog_mib": size}
 
 
 def child_baseline() -> dict[str, Any]:
@@ -173,7 +193,7 @@ def child_arguments(args: argparse.Namespace) -> list[str]:
     return [
         "--tile-size", str(args.tile_size), *halo, "--chunk", str(args.chunk),
         "--batch-size", str(args.batch_size), "--prefetch", str(args.prefetch), "--device", args.device,
-        "--outputs", args.outputs,
+        "--outputs", args.outputs, *(["--export"] if args.export else []),
     ]  # fmt: skip
 
 
@@ -194,6 +214,9 @@ def main() -> None:
     if args.child == "run":
         print(json.dumps(child_run(args)))
         return
+    if args.child == "export":
+        print(json.dumps(child_export(args)))
+        return
     small, large = args.sizes
     with tempfile.TemporaryDirectory(prefix="fcnpipe-memory-", dir=args.workdir) as tmp:
         folder = Path(tmp)
@@ -208,6 +231,8 @@ def main() -> None:
             runs[size] = measure("--child", "run", "--scene", str(scene), "--weights", str(weights),
                                  *child_arguments(args))  # fmt: skip
             runs[size]["file_mib"] = scene.stat().st_size / 2**20
+            if args.export:
+                runs[size]["export"] = measure("--child", "export", "--scene", str(scene))
             scene.unlink()
     report(args, baseline["peak_mib"], runs)
 
@@ -246,6 +271,17 @@ def report(args: argparse.Namespace, baseline: float, runs: dict[int, dict[str, 
           "(late/early: median RSS of the run's second half over its first; 1.00 = no growth)")  # fmt: skip
     if runs[large]["largest_batch_mpx"] != runs[small]["largest_batch_mpx"]:
         print("note: the largest batches differ; the engine's peak follows them, not the scene (see README)")
+    if args.export:
+        exports = {size: runs[size]["export"] for size in (small, large)}
+        for size, e in exports.items():
+            print(f"COG export of the {size}^2 mosaic: peak {e['peak_mib']:.0f} MiB "
+                  f"({e['peak_mib'] - baseline:.0f} above imports), {e['seconds']:.1f} s, "
+                  f"{e['cog_mib']:.0f} MiB, overviews {e['overviews']}")  # fmt: skip
+        ratio = exports[large]["peak_mib"] / exports[small]["peak_mib"]
+        verdict = "meets" if ratio <= TARGET else "MISSES"
+        print(
+            f"COG export peak ratio {large}^2 / {small}^2: {ratio:.2f} ({verdict} the target <= {TARGET:.1f})"
+        )
     mpx = large * large / 1e6 / runs[large]["seconds"]
     print(f"absolute, this machine only: {mpx:.1f} Mpx/s on the {large}^2 scene ({args.device}, stand-in)")
 
