@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pipeline.engine import same_geometry
+from pipeline.engine import geometry
 from pipeline.grid import Tile
 from pipeline.segment import Plan
 
 
 def engine_batches(plan: Plan) -> list[list[Tile]]:
-    """The batches ``Engine.run`` forms: consecutive tiles of one block with the same geometry.
+    """The batches ``Engine.run`` forms: a block's tiles ordered by geometry, batched while it is the same.
 
     Assumes no tile is skipped as nodata (true of the synthetic scenes).
     """
@@ -16,8 +16,8 @@ def engine_batches(plan: Plan) -> list[list[Tile]]:
     size = plan.settings.batch_size
     for block in plan.blocks:
         batch: list[Tile] = []
-        for tile in block.tiles:
-            if batch and (len(batch) == size or not same_geometry(tile, batch[0])):
+        for tile in sorted(block.tiles, key=geometry):
+            if batch and (len(batch) == size or geometry(tile) != geometry(batch[0])):
                 batches.append(batch)
                 batch = []
             batch.append(tile)

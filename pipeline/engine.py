@@ -58,9 +58,10 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int, workers: int 
             yield result
 
 
-def same_geometry(a: Tile, b: Tile) -> bool:
-    """Whether two tiles can share a batch: same input shape and same core crop."""
-    return a.read.shape == b.read.shape and a.crop() == b.crop()
+def geometry(tile: Tile) -> tuple[int, ...]:
+    """What decides whether two tiles can share a batch: the input shape and the core's place in it."""
+    rows, cols = tile.crop()
+    return (*tile.read.shape, rows.start, rows.stop, cols.start, cols.stop)
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,19 @@ class Engine:
         return Loaded(tile, pixels, valid)
 
     def run(self, reader: RasterReader, tiles: Iterable[Tile]) -> Iterator[CoreResult]:
-        """Segment ``tiles`` in order, yielding one result per tile's core."""
-        loaded = prefetch(lambda t: self.load(reader, t), tiles, self.settings.prefetch)
+        """Segment ``tiles``, yielding one result per tile's core.
+
+        Tiles of one geometry go side by side (edge tiles of a block otherwise interrupt the
+        interior ones), so batches fill up; within a geometry the order is kept.
+        """
+        ordered = sorted(tiles, key=geometry)
+        loaded = prefetch(lambda t: self.load(reader, t), ordered, self.settings.prefetch)
         batch: list[Loaded] = []
         for item in loaded:
             if item.pixels is None:
                 yield self.empty(item)
                 continue
-            if batch and not same_geometry(item.tile, batch[0].tile):
+            if batch and geometry(item.tile) != geometry(batch[0].tile):
                 yield from self.infer(batch)
                 batch = []
             batch.append(item)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -295,3 +296,22 @@ def test_inspect_describes_complete_and_interrupted_mosaics(
     assert "complete (6 of 6 blocks done)" in text and "incomplete" not in text
     missing = runner.invoke(app, ["inspect", str(tmp_path / "nothing.zarr")])
     assert missing.exit_code == 1 and "is not an fcnpipe mosaic" in missing.output
+
+
+def test_tiles_of_one_geometry_share_batches(tmp_path: Path, pointwise_checkpoint: Path) -> None:
+    """A block's edge tiles no longer break up the batches of its interior tiles."""
+    from pipeline.engine import geometry
+    from pipeline.segment import cached_engine
+
+    scene = write_tif(tmp_path / "grid.tif", noise_image(64 * 5, 64 * 5, seed=3))
+    settings = SegmentSettings(tile_size=64, halo=32, chunk=32, block=5, batch_size=4)
+    plan = plan_scene(scene, pointwise_checkpoint, settings)
+    engine = cached_engine(plan.weights, plan.weights_sha256, plan.settings.engine())
+    batches: list[int] = []
+    engine.model.register_forward_hook(lambda module, inputs, output: batches.append(inputs[0].shape[0]))
+    run_local(plan)
+    (block,) = plan.blocks
+    groups = Counter(geometry(t) for t in block.tiles)
+    assert len(groups) == 9 and sum(groups.values()) == 25  # corners, edges and the 3 x 3 interior
+    expected = [n for g in groups.values() for n in [4] * (g // 4) + [g % 4] * (g % 4 > 0)]
+    assert sorted(batches) == sorted(expected)  # the interior's 9 tiles in batches of 4, 4, 1
