@@ -115,6 +115,8 @@ def print_summary(result: Any) -> None:
             f"{result['megapixels']:.2f} Mpx in {result['seconds']:.1f} s "
             f"({result['mpx_per_s'] or 0:.3f} Mpx/s); complete."
         )
+        if result.get("cog"):
+            out.print(f"wrote {result['cog']}: the labels as a Cloud-Optimized GeoTIFF.", highlight=False)
     else:
         out.print(", ".join(f"{k}: {v}" for k, v in result.items()))
 

@@ -143,8 +143,8 @@ def export_cog(
     mosaic = open_mosaic(mosaic_path)
     if what not in mosaic.group:
         raise FcnpipeError(f"{mosaic_path} has no {what}; segment with --outputs labels,{what} to have them.")
-    refuse_existing(out, overwrite)
     index = None if class_name is None else mosaic.class_index(class_name)
+    refuse_existing(out, overwrite)
     layer = cog_layer(mosaic, what, index)
     staging, partial = temporary(out.with_suffix(".staging.tif")), temporary(out)
     try:
@@ -295,8 +295,8 @@ def export_vector(
     mosaic = open_mosaic(mosaic_path)
     if min_area < 0:
         raise FcnpipeError(f"--min-area must be zero or more, not {min_area}.")
-    refuse_existing(out, overwrite)
     only = None if class_name is None else mosaic.class_index(class_name)
+    refuse_existing(out, overwrite)
     partial = temporary(out)
     partial.unlink(missing_ok=True)
     writer = PolygonWriter(partial, mosaic.crs_wkt, mosaic.class_names, min_area)
