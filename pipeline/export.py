@@ -257,21 +257,20 @@ class PolygonWriter:
         self.area: dict[str, float] = dict.fromkeys(names, 0.0)
 
     def write(self, polygons: list[shapely.Polygon], classes: list[int]) -> None:
-        """Write the polygons at least ``min_area`` large."""
-        areas = shapely.area(polygons) if polygons else np.zeros(0)
-        keep = np.flatnonzero(areas >= self.min_area) if polygons else np.zeros(0, dtype=int)
+        """Write the polygons at least ``min_area`` large (the first call creates the layer)."""
+        geometries = np.asarray(polygons, dtype=object)
+        areas = shapely.area(geometries)
+        keep = np.flatnonzero(areas >= self.min_area)
         if keep.size == 0 and self.created:
             return
-        kept_classes = np.asarray(classes, dtype=np.int32)[keep] if polygons else np.zeros(0, np.int32)
-        names = np.array([self.names[i] for i in kept_classes], dtype=object)
+        values = np.asarray(classes, dtype=np.int32)[keep]
+        names = np.array([self.names[i] for i in values], dtype=object)
         for name, area in zip(names, areas[keep], strict=True):
             self.area[name] += float(area)
-        chosen = np.asarray(polygons, dtype=object)[keep] if polygons else np.zeros(0, object)
-        geometry = shapely.to_wkb(chosen)
         write_layer(
-            str(self.path), geometry=geometry, field_data=[names, kept_classes, areas[keep]],
-            fields=["class", "class_index", "area"], geometry_type="Polygon", crs=self.crs_wkt,
-            driver="GPKG", layer="labels", append=self.created,
+            str(self.path), geometry=shapely.to_wkb(geometries[keep]),
+            field_data=[names, values, areas[keep]], fields=["class", "class_index", "area"],
+            geometry_type="Polygon", crs=self.crs_wkt, driver="GPKG", layer="labels", append=self.created,
         )  # fmt: skip
         self.created = True
         self.count += int(keep.size)

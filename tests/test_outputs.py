@@ -256,6 +256,8 @@ def test_vector_min_area_and_one_class(mosaic: Path, tmp_path: Path) -> None:
     assert set(fields[meta["fields"].tolist().index("class")]) == {names[index]}
     assert sorted(shapely.area(shapely.from_wkb(geometry))) == pytest.approx(sorted(sizes[sizes >= 10.0]))
     assert report.polygons == (sizes >= 10.0).sum() < n
+    none = export_vector(mosaic, tmp_path / "none.gpkg", min_area=1e9, block=64)  # nothing that large
+    assert none.polygons == 0 and pyogrio.read_info(none.path)["features"] == 0
 
 
 # --- the command ---------------------------------------------------------------------------------
