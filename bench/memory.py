@@ -43,7 +43,6 @@ from tiling import largest_batch
 
 from fcn import save_checkpoint
 from pipeline.data.synthetic import CLASSES, CRS, ORIGIN, RESOLUTION, Bytes, generate_scene
-from pipeline.export import export_cog
 from pipeline.segment import SegmentSettings, plan_scene, run_local
 from pipeline.weights import starting_model
 
@@ -130,6 +129,8 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_export(args: argparse.Namespace) -> dict[str, Any]:
     """Export the scene's finished mosaic as a COG in this (fresh) process; report its peak."""
+    from pipeline.export import export_cog  # here: GPU machines without rio-cogeo can run the rest
+
     mosaic, out = args.scene.with_suffix(".zarr"), args.scene.with_suffix(".cog.tif")
     start = time.perf_counter()
     made = export_cog(mosaic, out, overwrite=True)
