@@ -38,6 +38,7 @@ from pipeline.grid import Window, windows
 from pipeline.mosaic import PROBABILITY_NODATA, PROBABILITY_SCALE, parse_geotransform, read_state
 
 BLOCK = 2048  # pixels per side of the windows read from the mosaic
+GDAL_CACHE_MB = 256  # GDAL's block cache while a COG is made (its default is 5 % of the RAM)
 
 
 @dataclass(frozen=True)
@@ -148,11 +149,12 @@ def export_cog(
     layer = cog_layer(mosaic, what, index)
     staging, partial = temporary(out.with_suffix(".staging.tif")), temporary(out)
     try:
-        write_staging(mosaic, layer, staging)
-        rasterio.shutil.copy(
-            staging, partial, driver="COG", COMPRESS="ZSTD", BLOCKSIZE=blocksize, BIGTIFF="IF_SAFER",
-            OVERVIEWS="IGNORE_EXISTING", OVERVIEW_RESAMPLING=layer.resampling, NUM_THREADS="ALL_CPUS",
-        )  # fmt: skip
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):  # GDAL's default cache grows with the RAM
+            write_staging(mosaic, layer, staging)
+            rasterio.shutil.copy(
+                staging, partial, driver="COG", COMPRESS="ZSTD", BLOCKSIZE=blocksize, BIGTIFF="IF_SAFER",
+                OVERVIEWS="IGNORE_EXISTING", OVERVIEW_RESAMPLING=layer.resampling, NUM_THREADS="ALL_CPUS",
+            )  # fmt: skip
         valid, errors, _ = cog_validate(partial, quiet=True)
         if not valid:
             raise FcnpipeError(f"GDAL wrote a GeoTIFF that does not validate as a COG: {'; '.join(errors)}.")
