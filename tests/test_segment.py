@@ -315,3 +315,36 @@ def test_tiles_of_one_geometry_share_batches(tmp_path: Path, pointwise_checkpoin
     assert len(groups) == 9 and sum(groups.values()) == 25  # corners, edges and the 3 x 3 interior
     expected = [n for g in groups.values() for n in [4] * (g // 4) + [g % 4] * (g % 4 > 0)]
     assert sorted(batches) == sorted(expected)  # the interior's 9 tiles in batches of 4, 4, 1
+
+
+def test_any_gdal_layout_gives_the_same_mosaic(tmp_path: Path, pointwise_checkpoint: Path) -> None:
+    """Striped or tiled, compressed, BigTIFF, COG, or a VRT over another file: the same labels."""
+    import rasterio.shutil
+
+    image = noise_image(150, 230, seed=4)
+    plain = write_tif(tmp_path / "plain.tif", image)
+    layouts = {
+        "striped": {"compress": "deflate", "blockysize": 7},
+        "tiled": {"tiled": True, "blockxsize": 64, "blockysize": 64, "compress": "lzw", "predictor": 2},
+        "bigtiff": {"BIGTIFF": "YES", "compress": "zstd"},
+    }
+    scenes = [write_tif(tmp_path / f"{name}.tif", image, **profile) for name, profile in layouts.items()]
+    rasterio.shutil.copy(plain, tmp_path / "cog.tif", driver="COG", BLOCKSIZE=64)
+    vrt = tmp_path / "scene.vrt"
+    with rasterio.open(plain) as src:
+        rasterio.shutil.copy(src, vrt, driver="VRT")
+    settings = SegmentSettings(tile_size=64, chunk=32)
+    expected = None
+    for scene in [plain, *scenes, tmp_path / "cog.tif", vrt]:
+        run_local(plan_scene(scene, pointwise_checkpoint, settings))
+        labels = zarr.open_group(str(scene.with_suffix(".zarr")), mode="r")["labels"][:]  # type: ignore[index]
+        expected = labels if expected is None else expected
+        np.testing.assert_array_equal(labels, expected, err_msg=scene.name)
+    assert len(np.unique(expected)) > 1
+    # The files really are laid out as named.
+    with rasterio.open(scenes[0]) as striped, rasterio.open(scenes[1]) as tiled, rasterio.open(vrt) as v:
+        assert striped.block_shapes[0] == (7, 230) and tiled.block_shapes[0] == (64, 64)
+        assert v.driver == "VRT"
+    assert (tmp_path / "bigtiff.tif").read_bytes()[2:4] == b"\x2b\x00"  # BigTIFF's version number, 43
+    with rasterio.open(tmp_path / "cog.tif") as cog:
+        assert cog.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
