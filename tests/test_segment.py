@@ -348,3 +348,41 @@ def test_any_gdal_layout_gives_the_same_mosaic(tmp_path: Path, pointwise_checkpo
     assert (tmp_path / "bigtiff.tif").read_bytes()[2:4] == b"\x2b\x00"  # BigTIFF's version number, 43
     with rasterio.open(tmp_path / "cog.tif") as cog:
         assert cog.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+@pytest.mark.parametrize("internal", [True, False], ids=["internal-mask", "external-msk"])
+def test_dataset_masks_are_honoured(tmp_path: Path, pointwise_checkpoint: Path, internal: bool) -> None:
+    """A GDAL mask band (inside the TIFF, or a .msk beside it) marks nodata like a nodata value."""
+    image = noise_image(64, 96, seed=5)
+    mask = np.full((64, 96), 255, dtype=np.uint8)
+    mask[10:30, 40:90] = 0
+    scene = tmp_path / "masked.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=internal):
+        write_tif(scene, image)
+        with rasterio.open(scene, "r+") as dst:
+            dst.write_mask(mask)
+    assert (tmp_path / "masked.tif.msk").exists() != internal
+    run_local(plan_scene(scene, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32)))
+    labels = zarr.open_group(str(tmp_path / "masked.zarr"), mode="r")["labels"][:]  # type: ignore[index]
+    assert ((labels == 255) == (mask == 0)).all()
+
+
+@pytest.mark.parametrize("dtype", ["int16", "float32"])
+def test_signed_and_float_rasters_with_a_declared_range(
+    tmp_path: Path, pointwise_checkpoint: Path, dtype: str
+) -> None:
+    """int16 and float32 values mapped by --value-range give the labels of the same 8-bit image."""
+    image8 = noise_image(40, 56, seed=8)
+    lo, hi = (-1000.0, 1040.0) if dtype == "int16" else (0.0, 1.0)
+    scaled = (image8.astype(np.float64) * (hi - lo) / 255 + lo).astype(dtype)
+    wide = write_tif(tmp_path / f"{dtype}.tif", scaled)
+    with pytest.raises(FcnpipeError, match="--value-range"):
+        plan_scene(wide, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32))
+    run_local(
+        plan_scene(wide, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32, value_range=(lo, hi)))
+    )
+    run_local(plan_scene(write_tif(tmp_path / "u8.tif", image8), pointwise_checkpoint,
+                         SegmentSettings(tile_size=64, chunk=32)))  # fmt: skip
+    a = zarr.open_group(str(tmp_path / f"{dtype}.zarr"), mode="r")["labels"][:]  # type: ignore[index]
+    b = zarr.open_group(str(tmp_path / "u8.zarr"), mode="r")["labels"][:]  # type: ignore[index]
+    assert np.mean(a == b) > 0.999  # float rounding may move a pixel that sits on a class boundary
