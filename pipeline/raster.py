@@ -84,6 +84,11 @@ def inspect_raster(
     with src_ctx as src:
         if src.width < 1 or src.height < 1 or src.count < 1:
             raise FcnpipeError(f"{path} holds no pixels ({src.width}x{src.height}, {src.count} bands).")
+        if src.width < 2 or src.height < 2:
+            raise FcnpipeError(
+                f"{path} is {src.width}x{src.height} pixels: too small to segment "
+                "(a scene needs at least 2 pixels on each side)."
+            )
         chosen = choose_bands(path, src, bands, channels)
         dtype = src.dtypes[chosen[0] - 1]
         if dtype != "uint8" and value_range is None:

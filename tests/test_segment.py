@@ -80,8 +80,8 @@ def test_a_halo_below_the_receptive_field_shows_seams(
     assert error > 1e-4
 
 
-def test_images_smaller_than_a_tile_and_1x1_work(tmp_path: Path, fcn8s_checkpoint: Path) -> None:
-    for h, w in ((1, 1), (37, 50)):
+def test_images_smaller_than_a_tile_work(tmp_path: Path, fcn8s_checkpoint: Path) -> None:
+    for h, w in ((2, 2), (37, 50)):
         out = tmp_path / f"{h}x{w}"
         out.mkdir()
         check_exact(out, fcn8s_checkpoint, h, w, EXACT)
@@ -214,6 +214,8 @@ def test_inputs_that_are_not_rasters_get_one_sentence(tmp_path: Path, pointwise_
         tmp_path / "missing.tif": "does not exist",
         text: "is not a raster that GDAL can read",
         empty_vrt: r"(not a raster that GDAL can read|holds no pixels)",
+        write_tif(tmp_path / "dot.tif", noise_image(1, 1)): r"is 1x1 pixels: too small to segment",
+        write_tif(tmp_path / "line.tif", noise_image(1, 40)): r"is 40x1 pixels: too small to segment",
     }
     for path, message in cases.items():
         with pytest.raises(FcnpipeError, match=message):
