@@ -76,15 +76,16 @@ def mode2(labels: NDArray[Any], nodata: int) -> NDArray[Any]:
 
 
 def mean2(probabilities: NDArray[np.uint8], nodata: int = PROBABILITY_NODATA) -> NDArray[np.uint8]:
-    """2 × 2 mean of quantised probabilities (class, y, x), nodata ignored, rounded half up."""
+    """2 × 2 mean of quantised probabilities (class, y, x), nodata ignored, rounded half up.
+
+    A pixel is nodata in every class or in none, so the first class's mask serves all of them.
+    """
     q = quarters(pad_even(probabilities, nodata))
-    valid = [(v != nodata).astype(np.uint32) for v in q]
-    total = sum(v.astype(np.uint32) * m for v, m in zip(q, valid, strict=True))
-    count = sum(valid)
-    out = np.full(total.shape, nodata, dtype=np.uint8)
-    has = count > 0
-    out[has] = (2 * total[has] + count[has]) // (2 * count[has])
-    return out
+    valid = [v[:1] != nodata for v in q]
+    count = sum(m.astype(np.uint16) for m in valid)
+    total = sum(np.where(m, v, 0).astype(np.uint16) for v, m in zip(q, valid, strict=True))
+    mean = (2 * total + count) // (2 * np.maximum(count, 1))
+    return np.where(count > 0, mean, nodata).astype(np.uint8)
 
 
 def downsample(name: str, values: NDArray[Any], nodata: int) -> NDArray[Any]:
