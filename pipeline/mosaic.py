@@ -39,6 +39,10 @@ PROBABILITY_NODATA = 255
 MANIFEST = "fcnpipe/blocks_done"
 
 
+class AlreadyComplete(FcnpipeError):
+    """The output is a complete mosaic of the same scene, model and settings: nothing to do."""
+
+
 def label_dtype(num_classes: int) -> np.dtype[Any]:
     """uint8 while the classes and one nodata value fit, uint16 beyond."""
     return np.dtype("uint8") if num_classes <= 255 else np.dtype("uint16")
@@ -123,7 +127,7 @@ def prepare(path: Path, spec: MosaicSpec, *, overwrite: bool) -> zarr.Group:
                 "pass --overwrite to replace it or choose another --output."
             )
         if state.get("complete"):
-            raise FcnpipeError(f"{path} is already complete; pass --overwrite to make it again.")
+            raise AlreadyComplete(f"{path} is already complete; pass --overwrite to make it again.")
         for partial in path.rglob("*.partial"):  # zarr's temporary files, left by a killed run
             partial.unlink()
         return zarr.open_group(str(path), mode="r+")

@@ -310,3 +310,35 @@ def test_flow_writes_a_preview_and_a_report_with_class_areas(
         artifact = client.read_latest_artifacts(limit=50)
     markdown = [a for a in artifact if a.key == "segment-report"]
     assert markdown and "area (m²)" in str(markdown[0].data)
+
+
+def test_batch_flow_segments_each_scene_skips_done_ones_and_reports_failures(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    """Idempotent over a folder: good scenes are segmented once, a broken one fails alone."""
+    batch = ROOT / "flows" / "segment_batch.py"
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    images = {f"s{i}": noise_image(48 + 16 * i, 80, seed=i) for i in range(3)}
+    for name, image in images.items():
+        write_tif(folder / f"{name}.tif", image)
+    (folder / "broken.tif").write_text("not a raster\n")
+    out = tmp_path / "mosaics"
+    args = ["run", str(batch), "--inputs", str(folder), "--weights", str(pointwise_checkpoint),
+            "--output-dir", str(out), "--tile-size", "32"]  # fmt: skip
+    first = runner.invoke(app, args)
+    assert first.exit_code == 1 and "Traceback" not in first.output
+    assert "1 of 4 scenes failed" in first.output and "broken.tif is not a raster" in first.output
+    for name, image in images.items():
+        state = read_state(out / f"{name}.zarr")
+        assert state is not None and state["complete"]
+        labels = zarr.open_group(str(out / f"{name}.zarr"), mode="r")["labels"]
+        assert labels.shape == image.shape[1:]  # type: ignore[union-attr]
+    assert not (out / "broken.zarr").exists()
+
+    (folder / "broken.tif").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "segmented: 0, already_complete: 3" in again.output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps  # nothing rewritten

@@ -1,0 +1,76 @@
+"""Many scenes -> one mosaic each: the segment flow over a folder, a glob or a list of rasters.
+
+Idempotent, so it can run on a schedule (cron, or a Prefect deployment of this flow): a scene whose
+mosaic is already complete with the same model and settings is skipped, an interrupted one is
+resumed, and only new scenes cost compute. A scene that fails is reported and the others go on;
+the run ends with a non-zero exit if any failed.
+
+    fcnpipe run flows/segment_batch.py --inputs 'incoming/*.tif' --output-dir mosaics/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from fcn import FcnpipeError
+from flows.segment_mosaic import segment_mosaic
+from pipeline.inputs import batch_outputs, expand_inputs
+from pipeline.mosaic import AlreadyComplete
+
+
+@flow(name="segment-batch")
+def segment_batch(
+    inputs: str,
+    output_dir: Path | None = None,
+    weights: Path | None = None,
+    config: Path | None = None,
+    tile_size: int | None = None,
+    halo: int | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    outputs: str | None = None,
+    bands: str | None = None,
+    value_range: str | None = None,
+    overwrite: bool = False,
+    workers: int = 0,
+    dask_address: str | None = None,
+    cog: bool = False,
+) -> dict[str, Any]:
+    """Segment every raster INPUTS names (a folder, a glob such as 'scenes/*.tif', or a .txt list).
+
+    Each scene gets scene.zarr beside it (or in --output-dir), and with --cog a scene.labels.tif.
+    Complete mosaics are skipped, interrupted ones resumed; other options are the segment flow's.
+    """
+    paths = expand_inputs(inputs)
+    targets = batch_outputs(paths, output_dir)
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {
+        "weights": weights, "config": config, "tile_size": tile_size, "halo": halo,
+        "batch_size": batch_size, "device": device, "outputs": outputs, "bands": bands,
+        "value_range": value_range, "overwrite": overwrite, "workers": workers,
+        "dask_address": dask_address,
+    }  # fmt: skip
+    done: list[str] = []
+    skipped: list[str] = []
+    failed: list[str] = []
+    for path, target in zip(paths, targets, strict=True):
+        labels_cog = target.with_suffix(".labels.tif") if cog else None
+        try:
+            segment_mosaic(input=path, output=target, cog=labels_cog, **options)
+            done.append(str(path))
+        except AlreadyComplete:
+            skipped.append(str(path))
+        except FcnpipeError as exc:
+            sentence = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            get_run_logger().error(sentence)
+            failed.append(sentence)
+    if failed:
+        raise FcnpipeError(
+            f"{len(failed)} of {len(paths)} scenes failed ({'; '.join(failed)}); "
+            f"{len(done)} were segmented and {len(skipped)} were already complete."
+        )
+    return {"scenes": len(paths), "segmented": len(done), "already_complete": len(skipped)}

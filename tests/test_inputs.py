@@ -1,0 +1,51 @@
+"""Which rasters a batch means: folders, globs, list files, and outputs that would collide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fcn import FcnpipeError
+from pipeline.inputs import batch_outputs, expand_inputs
+
+
+@pytest.fixture
+def scenes(tmp_path: Path) -> Path:
+    for name in ("b.tif", "a.TIF", "c.vrt", "notes.md", "sub/d.tif"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    return tmp_path
+
+
+def test_a_folder_means_its_rasters_sorted(scenes: Path) -> None:
+    assert [p.name for p in expand_inputs(str(scenes))] == ["a.TIF", "b.tif", "c.vrt"]
+
+
+def test_globs_and_single_files(scenes: Path) -> None:
+    assert [p.name for p in expand_inputs(f"{scenes}/**/*.tif")] == ["b.tif", "d.tif"]
+    assert expand_inputs(str(scenes / "c.vrt")) == [scenes / "c.vrt"]
+
+
+def test_a_list_file_is_relative_to_itself_and_checked(scenes: Path) -> None:
+    listing = scenes / "todo.txt"
+    listing.write_text("# tonight\nsub/d.tif\n\nb.tif  # again\nb.tif\n")
+    assert expand_inputs(str(listing)) == [scenes / "b.tif", scenes / "sub" / "d.tif"]
+    listing.write_text("b.tif\nmissing.tif\n")
+    with pytest.raises(FcnpipeError, match=r"lists files that do not exist: .*missing\.tif"):
+        expand_inputs(str(listing))
+
+
+def test_nothing_matched_is_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(FcnpipeError, match="names no rasters"):
+        expand_inputs(str(tmp_path / "*.tif"))
+
+
+def test_outputs_go_beside_or_into_a_folder_and_never_collide(scenes: Path, tmp_path: Path) -> None:
+    inputs = [scenes / "b.tif", scenes / "sub" / "d.tif"]
+    assert batch_outputs(inputs, None) == [scenes / "b.zarr", scenes / "sub" / "d.zarr"]
+    out = tmp_path / "out"
+    assert batch_outputs(inputs, out) == [out / "b.zarr", out / "d.zarr"]
+    twins = [scenes / "b.tif", scenes / "sub" / "b.tif"]
+    with pytest.raises(FcnpipeError, match="would both write"):
+        batch_outputs(twins, tmp_path / "out")
