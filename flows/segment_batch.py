@@ -32,6 +32,7 @@ def segment_batch(
     batch_size: int | None = None,
     device: str | None = None,
     outputs: str | None = None,
+    probabilities_dtype: str | None = None,
     bands: str | None = None,
     value_range: str | None = None,
     overwrite: bool = False,
@@ -50,7 +51,8 @@ def segment_batch(
         output_dir.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {
         "weights": weights, "config": config, "tile_size": tile_size, "halo": halo,
-        "batch_size": batch_size, "device": device, "outputs": outputs, "bands": bands,
+        "batch_size": batch_size, "device": device, "outputs": outputs,
+        "probabilities_dtype": probabilities_dtype, "bands": bands,
         "value_range": value_range, "overwrite": overwrite, "workers": workers,
         "dask_address": dask_address,
     }  # fmt: skip

@@ -88,6 +88,7 @@ def segment_mosaic(
     batch_size: int | None = None,
     device: str | None = None,
     outputs: str | None = None,
+    probabilities_dtype: str | None = None,
     bands: str | None = None,
     value_range: str | None = None,
     overwrite: bool = False,
@@ -101,7 +102,8 @@ def segment_mosaic(
     exports the finished labels as a Cloud-Optimized GeoTIFF (as ``fcnpipe export --cog`` does).
     """
     options = {"weights": weights, "tile_size": tile_size, "halo": halo, "batch_size": batch_size,
-               "device": device, "outputs": outputs, "bands": bands, "value_range": value_range}  # fmt: skip
+               "device": device, "outputs": outputs, "probabilities_dtype": probabilities_dtype,
+               "bands": bands, "value_range": value_range}  # fmt: skip
     cfg = load_segment_config(config, options)
     start = time.perf_counter()
     weights_path = cfg.weights or default_weights(device or cfg.device)

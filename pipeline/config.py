@@ -48,6 +48,7 @@ class SegmentConfig(BaseModel):
     prefetch: int = Field(4, ge=1)
     outputs: tuple[Literal["labels", "probabilities", "logits"], ...] = ("labels",)
     logits_dtype: Literal["float16", "float32"] = "float16"
+    probabilities_dtype: Literal["uint8", "float16"] = "uint8"
     bands: tuple[int, ...] | None = None
     value_range: tuple[float, float] | None = None
 
@@ -59,7 +60,7 @@ class SegmentConfig(BaseModel):
             tile_size=self.tile_size, halo=self.halo, chunk=self.chunk, block=self.block,
             batch_size=self.batch_size, device=self.device, precision=self.precision,
             prefetch=self.prefetch, outputs=self.outputs, logits_dtype=self.logits_dtype,
-            bands=self.bands, value_range=self.value_range,
+            probabilities_dtype=self.probabilities_dtype, bands=self.bands, value_range=self.value_range,
         )  # fmt: skip
 
 

@@ -74,6 +74,7 @@ class EngineSettings:
     prefetch: int = 4  # tiles read ahead
     outputs: tuple[str, ...] = ("labels",)
     logits_dtype: str = "float16"  # float32 keeps logits exactly as computed
+    probabilities_dtype: str = "uint8"  # quantised to 0..254 (255 = nodata), or float16 (NaN)
 
 
 @dataclass
@@ -82,7 +83,7 @@ class CoreResult:
 
     tile: Tile
     labels: NDArray[Any]
-    probabilities: NDArray[np.uint8] | None = None
+    probabilities: NDArray[Any] | None = None
     logits: NDArray[np.floating[Any]] | None = None
     skipped: bool = False
 
@@ -163,10 +164,16 @@ class Engine:
         return CoreResult(
             item.tile,
             np.full(shape, label_nodata(k), label_dtype(k)),
-            np.full((k, *shape), PROBABILITY_NODATA, np.uint8) if "probabilities" in outputs else None,
+            self.no_probabilities((k, *shape)) if "probabilities" in outputs else None,
             np.full((k, *shape), np.nan, self.settings.logits_dtype) if "logits" in outputs else None,
             skipped=True,
         )
+
+    def no_probabilities(self, shape: tuple[int, ...]) -> NDArray[Any]:
+        """Probabilities' nodata: 255 when quantised, NaN as float16."""
+        if self.settings.probabilities_dtype == "float16":
+            return np.full(shape, np.nan, np.float16)
+        return np.full(shape, PROBABILITY_NODATA, np.uint8)
 
     def infer(self, batch: list[Loaded]) -> Iterator[CoreResult]:
         """Run one batch of tiles of the same geometry and reduce each core on the device."""
@@ -176,7 +183,9 @@ class Engine:
         logits = self.logits(stacked.to(self.device, non_blocking=True), batch[0].tile.crop())
         labels = logits.argmax(1).to(torch.int32).cpu().numpy().astype(label_dtype(self.num_classes))
         probs = logits_out = None
-        if "probabilities" in self.settings.outputs:
+        if "probabilities" in self.settings.outputs and self.settings.probabilities_dtype == "float16":
+            probs = logits.softmax(1).to(torch.float16).cpu().numpy()
+        elif "probabilities" in self.settings.outputs:
             quantised = (logits.softmax(1) * PROBABILITY_SCALE).round().to(torch.uint8)
             probs = quantised.cpu().numpy()
         if "logits" in self.settings.outputs:
@@ -189,7 +198,7 @@ class Engine:
         self,
         item: Loaded,
         labels: NDArray[Any],
-        probs: NDArray[np.uint8] | None,
+        probs: NDArray[Any] | None,
         logits: NDArray[np.floating[Any]] | None,
     ) -> CoreResult:
         """Write nodata where the input holds no data."""
@@ -197,7 +206,7 @@ class Engine:
         if invalid.any():
             labels = np.where(invalid, label_nodata(self.num_classes), labels).astype(labels.dtype)
             if probs is not None:
-                probs = np.where(invalid, PROBABILITY_NODATA, probs).astype(np.uint8)
+                probs = np.where(invalid, self.no_probabilities(()), probs).astype(probs.dtype)
             if logits is not None:
                 logits = np.where(invalid, np.nan, logits).astype(logits.dtype)
         return CoreResult(item.tile, labels, probs, logits)

@@ -135,9 +135,9 @@ def export_cog(
     """Write labels (or probabilities) of a complete mosaic as a validated Cloud-Optimized GeoTIFF.
 
     Labels carry a colour table from the palette and the class names; ``class_name`` turns them
-    into a 0/1 mask of that class. Probabilities are uint8 (p = value / 254, as a band scale),
-    one band per class, or only ``class_name``'s. GDAL adds overviews by 2 until one
-    ``blocksize`` tile holds the image.
+    into a 0/1 mask of that class. Probabilities are one band per class, or only ``class_name``'s:
+    uint8 (p = value / 254, as a band scale) or, from float16 mosaics, float32 with NaN nodata.
+    GDAL adds overviews by 2 until one ``blocksize`` tile holds the image.
     """
     if what not in ("labels", "probabilities"):
         raise FcnpipeError(f"--what must be labels or probabilities, not {what!r}.")
@@ -175,7 +175,7 @@ class CogLayer:
     what: str
     index: int | None
     dtype: str
-    nodata: int
+    nodata: float
     names: tuple[str, ...]
     colormap: dict[int, tuple[int, int, int, int]] | None
     resampling: str
@@ -194,7 +194,7 @@ class CogLayer:
         probabilities = mosaic.group["probabilities"]
         assert isinstance(probabilities, zarr.Array)
         classes = slice(None) if self.index is None else slice(self.index, self.index + 1)
-        return np.asarray(probabilities[classes, rows, cols])
+        return np.asarray(probabilities[classes, rows, cols], dtype=self.dtype)
 
 
 def cog_layer(mosaic: Mosaic, what: str, index: int | None) -> CogLayer:
@@ -212,6 +212,8 @@ def cog_layer(mosaic: Mosaic, what: str, index: int | None) -> CogLayer:
         tags |= {"CLASS": names[index], "CLASS_0": f"not {names[index]}", "CLASS_1": names[index]}
         return CogLayer(what, index, "uint8", 255, (names[index],), colormap, "MODE", tags)
     bands = names if index is None else (names[index],)
+    if mosaic.group["probabilities"].dtype.kind == "f":  # type: ignore[union-attr]
+        return CogLayer(what, index, "float32", float("nan"), bands, None, "AVERAGE", tags)
     tags |= {"SCALE": f"1/{PROBABILITY_SCALE}"}
     return CogLayer(what, index, "uint8", PROBABILITY_NODATA, bands, None, "AVERAGE", tags)
 
@@ -232,7 +234,7 @@ def write_staging(mosaic: Mosaic, layer: CogLayer, path: Path) -> None:
         dst.update_tags(**layer.tags)
         for band, name in enumerate(layer.names, start=1):
             dst.set_band_description(band, name)
-        if layer.what == "probabilities":
+        if layer.what == "probabilities" and layer.dtype == "uint8":
             dst.scales = (1 / PROBABILITY_SCALE,) * len(layer.names)
         if layer.colormap is not None:
             dst.write_colormap(1, layer.colormap)

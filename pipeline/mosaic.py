@@ -4,7 +4,7 @@ Layout (what ``xr.open_zarr(path, decode_coords="all")`` and rioxarray read):
 
 - ``labels`` (y, x): uint8 class indices (uint16 past 255 classes), ``_FillValue`` = nodata;
 - ``probabilities`` (class, y, x), on request: uint8, p = value / 254 (CF ``scale_factor``),
-  255 = nodata;
+  255 = nodata; or float16 on request, NaN = nodata;
 - ``logits`` (class, y, x), on request: float16 (float32 on request), NaN = nodata;
 - ``x``, ``y`` pixel-centre coordinates and a ``spatial_ref`` grid mapping carrying ``crs_wkt``
   and GDAL's ``GeoTransform`` (CF and rioxarray conventions).
@@ -65,6 +65,7 @@ class MosaicSpec:
     chunk: int
     settings: dict[str, Any]
     blocks: int
+    probabilities_dtype: str = "uint8"
 
     def fingerprint(self) -> str:
         """A hash of everything that changes the bytes written."""
@@ -74,6 +75,7 @@ class MosaicSpec:
             "model": self.model_sha256,
             "outputs": list(self.outputs),
             "logits_dtype": self.logits_dtype,
+            "probabilities_dtype": self.probabilities_dtype,
             "chunk": self.chunk,
             "settings": self.settings,
             "blocks": self.blocks,
@@ -155,7 +157,13 @@ def create(path: Path, spec: MosaicSpec) -> zarr.Group:
         attributes={**common, "_FillValue": nodata, "long_name": "class index",
                     "flag_values": list(range(k)), "flag_meanings": " ".join(card.class_names)},
     )  # fmt: skip
-    if "probabilities" in spec.outputs:
+    if "probabilities" in spec.outputs and spec.probabilities_dtype == "float16":
+        group.create_array(
+            "probabilities", shape=(k, h, w), chunks=(k, c, c), dtype="float16", fill_value=np.nan,
+            compressors=zstd, dimension_names=("class", "y", "x"),
+            attributes={**common, "long_name": "class probability"},
+        )  # fmt: skip
+    elif "probabilities" in spec.outputs:
         group.create_array(
             "probabilities", shape=(k, h, w), chunks=(k, c, c), dtype="uint8",
             fill_value=PROBABILITY_NODATA, compressors=zstd, dimension_names=("class", "y", "x"),
@@ -215,7 +223,7 @@ def write_core(
     group: zarr.Group,
     core: Window,
     labels: NDArray[Any],
-    probabilities: NDArray[np.uint8] | None = None,
+    probabilities: NDArray[Any] | None = None,
     logits: NDArray[np.floating[Any]] | None = None,
 ) -> None:
     """Write one core's arrays; cores cover whole chunks, so no other writer touches them."""

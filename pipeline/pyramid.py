@@ -88,9 +88,20 @@ def mean2(probabilities: NDArray[np.uint8], nodata: int = PROBABILITY_NODATA) ->
     return np.where(count > 0, mean, nodata).astype(np.uint8)
 
 
-def downsample(name: str, values: NDArray[Any], nodata: int) -> NDArray[Any]:
+def nanmean2(probabilities: NDArray[np.floating[Any]]) -> NDArray[np.floating[Any]]:
+    """2 × 2 mean of float probabilities (class, y, x), NaN (nodata) ignored, in float32."""
+    q = np.stack(quarters(pad_even(probabilities, np.nan))).astype(np.float32)
+    valid = ~np.isnan(q)
+    count = valid.sum(axis=0)
+    mean = np.where(valid, q, 0).sum(axis=0) / np.maximum(count, 1)
+    return np.where(count > 0, mean, np.nan).astype(probabilities.dtype)
+
+
+def downsample(name: str, values: NDArray[Any], nodata: Any) -> NDArray[Any]:
     """One level down for the array ``name``: mode for labels, mean for probabilities."""
-    return mode2(values, nodata) if name == "labels" else mean2(values, nodata)
+    if name == "labels":
+        return mode2(values, int(nodata))
+    return nanmean2(values) if values.dtype.kind == "f" else mean2(values, int(nodata))
 
 
 def build_pyramid(group: zarr.Group) -> list[tuple[int, int]]:
@@ -125,7 +136,7 @@ def build_pyramid(group: zarr.Group) -> list[tuple[int, int]]:
                 dimension_names=src.metadata.dimension_names,  # type: ignore[union-attr]
                 attributes={**dict(src.attrs), "resampling_method": RESAMPLING[name]},
             )  # fmt: skip
-            nodata = int(src.fill_value)
+            nodata = src.fill_value
             for window in windows(shape[0], shape[1], chunk):
                 rows, cols = window.slices()
                 read = (slice(2 * rows.start, 2 * rows.stop), slice(2 * cols.start, 2 * cols.stop))

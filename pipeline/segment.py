@@ -53,13 +53,20 @@ class SegmentSettings:
     prefetch: int = 4
     outputs: tuple[str, ...] = ("labels",)
     logits_dtype: str = "float16"
+    probabilities_dtype: str = "uint8"  # quantised, p = value / 254; or float16
     bands: tuple[int, ...] | None = None
     value_range: tuple[float, float] | None = None
 
     def engine(self) -> EngineSettings:
         """The part of the settings the engine needs."""
         return EngineSettings(
-            self.device, self.batch_size, self.precision, self.prefetch, self.outputs, self.logits_dtype
+            self.device,
+            self.batch_size,
+            self.precision,
+            self.prefetch,
+            self.outputs,
+            self.logits_dtype,
+            self.probabilities_dtype,
         )
 
 
@@ -117,6 +124,10 @@ def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentS
         raise FcnpipeError("--batch-size, prefetch and block must be at least 1.")
     if settings.logits_dtype not in ("float16", "float32"):
         raise FcnpipeError(f"logits are stored as float16 or float32, not {settings.logits_dtype!r}.")
+    if settings.probabilities_dtype not in ("uint8", "float16"):
+        raise FcnpipeError(
+            f"probabilities are stored as uint8 or float16, not {settings.probabilities_dtype!r}."
+        )
     if settings.precision not in ("bf16", "fp32"):
         raise FcnpipeError(f"precision must be bf16 or fp32, not {settings.precision!r}.")
     return replace(settings, halo=halo, chunk=chunk, outputs=outputs), notes
@@ -151,7 +162,7 @@ def plan_scene(
     out = output or default_output(input_path)
     spec = MosaicSpec(
         info, card, sha, settings.outputs, settings.logits_dtype, settings.chunk,
-        settings_record(settings), len(blocks),
+        settings_record(settings), len(blocks), settings.probabilities_dtype,
     )  # fmt: skip
     group = prepare(out, spec, overwrite=overwrite)
     done = blocks_done(group)
@@ -171,6 +182,7 @@ def settings_record(settings: SegmentSettings) -> dict[str, Any]:
         "outputs",
         "chunk",
         "logits_dtype",
+        "probabilities_dtype",
     ):
         data.pop(key)
     return data

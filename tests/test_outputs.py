@@ -289,3 +289,54 @@ def test_geotransform_text_round_trips() -> None:
 
     affine = (0.5, 0.1, 500000.0, -0.2, -0.5, 4500000.0)
     assert parse_geotransform(gdal_geotransform(affine)) == affine
+
+
+# --- float16 probabilities -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mosaic16(tmp_path_factory: pytest.TempPathFactory, pointwise_checkpoint: Path) -> Path:
+    """The same scene with float16 probabilities."""
+    folder = tmp_path_factory.mktemp("outputs16")
+    scene = write_tif(folder / "regions.tif", region_image(), nodata=0)
+    settings = SegmentSettings(
+        tile_size=64, chunk=32, outputs=("labels", "probabilities"), probabilities_dtype="float16"
+    )
+    run_local(plan_scene(scene, pointwise_checkpoint, settings))
+    return folder / "regions.zarr"
+
+
+def test_float16_probabilities_sum_to_one_match_the_quantised_ones_and_have_nan_nodata(
+    mosaic: Path, mosaic16: Path
+) -> None:
+    group, group8 = zarr.open_group(str(mosaic16), mode="r"), zarr.open_group(str(mosaic), mode="r")
+    probs = np.asarray(group["probabilities"][:], dtype=np.float32)  # type: ignore[index]
+    probs8 = np.asarray(group8["probabilities"][:])  # type: ignore[index]
+    labels = read_level(group, 0)
+    np.testing.assert_array_equal(labels, read_level(group8, 0))
+    valid = labels != 255
+    assert np.isnan(probs[:, ~valid]).all() and not np.isnan(probs[:, valid]).any()
+    assert np.abs(probs[:, valid].sum(axis=0) - 1).max() < 4e-3  # float16 steps near 1 are 1e-3
+    assert np.abs(probs[:, valid] - probs8[:, valid] / 254).max() <= 1 / 508 + 1e-3
+    ds = xr.open_zarr(mosaic16, decode_coords="all")
+    assert ds["probabilities"].dtype == np.float16
+
+
+def test_float16_pyramid_is_the_mean_of_valid_pixels_and_exports_as_float32(
+    mosaic16: Path, tmp_path: Path
+) -> None:
+    group = zarr.open_group(str(mosaic16), mode="r")
+    probs = np.asarray(group["probabilities"][:], dtype=np.float32)  # type: ignore[index]
+    h, w = probs.shape[1:]
+    padded = np.full((probs.shape[0], h + h % 2, w + w % 2), np.nan, dtype=np.float32)
+    padded[:, :h, :w] = probs
+    windows = padded.reshape(probs.shape[0], (h + 1) // 2, 2, (w + 1) // 2, 2)
+    with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning, match="Mean of empty slice"):
+        expected = np.nanmean(windows, axis=(2, 4))
+    level1 = read_level(group, 1, "probabilities").astype(np.float32)
+    np.testing.assert_allclose(level1, expected.astype(np.float16), rtol=1e-3, atol=1e-4, equal_nan=True)
+    cog = export_cog(mosaic16, tmp_path / "p16.tif", what="probabilities", blocksize=64)
+    with rasterio.open(cog.path) as src:
+        assert src.dtypes[0] == "float32" and np.isnan(src.nodata) and src.count == probs.shape[0]
+        np.testing.assert_array_equal(src.read(), probs)
+    assert cog_validate(cog.path, quiet=True)[0]
