@@ -176,7 +176,7 @@ def create(path: Path, spec: MosaicSpec) -> zarr.Group:
             compressors=zstd, dimension_names=("class", "y", "x"),
             attributes={**common, "long_name": "class logit"},
         )  # fmt: skip
-    write_coordinates(group, scene, k)
+    write_coordinates(group, (h, w), scene.transform, scene.crs_wkt, k)
     group.create_array(MANIFEST, shape=(spec.blocks,), chunks=(1,), dtype="uint8", fill_value=0)
     group.attrs.update(
         {
@@ -196,10 +196,19 @@ def create(path: Path, spec: MosaicSpec) -> zarr.Group:
     return group
 
 
-def write_coordinates(group: zarr.Group, scene: RasterInfo, num_classes: int) -> None:
-    """Pixel-centre x/y coordinates, class indices and the CF grid mapping ``spatial_ref``."""
-    a, b, c, d, e, f = scene.transform
-    cols, rows = np.arange(scene.width) + 0.5, np.arange(scene.height) + 0.5
+def write_coordinates(
+    group: zarr.Group,
+    shape: tuple[int, int],
+    transform: tuple[float, ...],
+    crs_wkt: str | None,
+    num_classes: int,
+) -> None:
+    """Pixel-centre x/y coordinates, class indices and the CF grid mapping ``spatial_ref``.
+
+    For the full-resolution arrays and for each overview level (with its own shape and transform).
+    """
+    a, b, c, d, e, f = transform[:6]
+    cols, rows = np.arange(shape[1]) + 0.5, np.arange(shape[0]) + 0.5
     # For a rotated grid (b, d != 0) these are the coordinates along the first row and column;
     # the exact georeferencing is the GeoTransform on spatial_ref, which rioxarray prefers.
     coords = {"x": a * cols + b * 0.5 + c, "y": d * 0.5 + e * rows + f}
@@ -211,9 +220,9 @@ def write_coordinates(group: zarr.Group, scene: RasterInfo, num_classes: int) ->
         "class", shape=(num_classes,), dtype="int32", fill_value=0, dimension_names=("class",)
     )
     classes[:] = np.arange(num_classes)
-    grid_mapping: dict[str, Any] = {"GeoTransform": gdal_geotransform(scene.transform)}
-    if scene.crs_wkt is not None:
-        grid_mapping |= {"crs_wkt": scene.crs_wkt, "spatial_ref": scene.crs_wkt}
+    grid_mapping: dict[str, Any] = {"GeoTransform": gdal_geotransform(transform)}
+    if crs_wkt is not None:
+        grid_mapping |= {"crs_wkt": crs_wkt, "spatial_ref": crs_wkt}
     ref = group.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0, dimension_names=(),
                              attributes=grid_mapping)  # fmt: skip
     ref[()] = 0

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from zarr.codecs import ZstdCodec
 
 from pipeline.grid import windows
-from pipeline.mosaic import PROBABILITY_NODATA, consolidate, gdal_geotransform, parse_geotransform
+from pipeline.mosaic import PROBABILITY_NODATA, consolidate, parse_geotransform, write_coordinates
 
 MULTISCALES_CONVENTION = {
     "uuid": "d35379db-88df-4056-af3a-620245f8e347",
@@ -117,7 +117,10 @@ def build_pyramid(group: zarr.Group) -> list[tuple[int, int]]:
     height, width = labels.shape[-2:]
     chunk = int(labels.chunks[-1])
     names = [n for n in RESAMPLING if n in group]
-    root_transform = parse_geotransform(str(group["spatial_ref"].attrs["GeoTransform"]))
+    grid_mapping = group["spatial_ref"].attrs
+    root_transform = parse_geotransform(str(grid_mapping["GeoTransform"]))
+    crs_wkt = str(grid_mapping["crs_wkt"]) if "crs_wkt" in grid_mapping else None
+    num_classes = int(group["class"].shape[0])  # type: ignore[union-attr]
     shapes = level_shapes(height, width, chunk)
     if "overviews" in group:
         del group["overviews"]
@@ -126,7 +129,7 @@ def build_pyramid(group: zarr.Group) -> list[tuple[int, int]]:
     for level, shape in enumerate(shapes, start=1):
         target = overviews.create_group(str(level))
         transform = scaled(root_transform, 2**level)
-        write_level_coordinates(target, group, shape, transform)
+        write_coordinates(target, shape, transform, crs_wkt, num_classes)
         for name in names:
             src = source[name]
             assert isinstance(src, zarr.Array)
@@ -152,27 +155,6 @@ def scaled(transform: tuple[float, ...], factor: int) -> tuple[float, ...]:
     """The affine of a level whose pixels are ``factor`` times larger (same origin)."""
     a, b, c, d, e, f = transform[:6]
     return (a * factor, b * factor, c, d * factor, e * factor, f)
-
-
-def write_level_coordinates(
-    target: zarr.Group, root: zarr.Group, shape: tuple[int, int], transform: tuple[float, ...]
-) -> None:
-    """x/y pixel centres, the class coordinate and a ``spatial_ref`` for one level."""
-    a, b, c, d, e, f = transform
-    cols, rows = np.arange(shape[1]) + 0.5, np.arange(shape[0]) + 0.5
-    for name, values in {"x": a * cols + b * 0.5 + c, "y": d * 0.5 + e * rows + f}.items():
-        arr = target.create_array(name, shape=values.shape, dtype="float64", fill_value=0.0,
-                                  dimension_names=(name,), attributes={"axis": name.upper()})  # fmt: skip
-        arr[:] = values
-    classes = root["class"]
-    assert isinstance(classes, zarr.Array)
-    arr = target.create_array("class", shape=classes.shape, dtype=classes.dtype, fill_value=0,
-                              dimension_names=("class",))  # fmt: skip
-    arr[:] = classes[:]
-    attrs = {**dict(root["spatial_ref"].attrs), "GeoTransform": gdal_geotransform(transform)}
-    ref = target.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0, dimension_names=(),
-                              attributes=attrs)  # fmt: skip
-    ref[()] = 0
 
 
 def multiscales_attrs(
