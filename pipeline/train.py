@@ -275,10 +275,10 @@ def initial_model(
 ) -> tuple[nn.Module, ModelCard]:
     """The model a stage starts from, with a card carrying the dataset's class names and palette.
 
-    ``init`` is ``vgg16[:PATH]`` or ``caffe-vgg16[:PATH]`` (ImageNet weights by net surgery; the
-    torch hub cache without a path), ``scratch`` (random, seeded; warns), or a checkpoint: of the
-    same architecture to continue from it, of another (FCN-32s for FCN-16s, FCN-16s for FCN-8s)
-    for the paper's staged initialisation.
+    ``init`` is ``vgg16[:PATH]`` (ImageNet weights by net surgery; the torch hub cache without a
+    path), ``caffe-vgg16:PATH`` (the Caffe conversion), ``scratch`` (random, seeded; warns), or a
+    checkpoint: of the same architecture to continue from it, of another (FCN-32s for FCN-16s,
+    FCN-16s for FCN-8s) for the paper's staged initialisation.
     """
     kind, _, path = init.partition(":")
     names = list(dataset.class_names)
@@ -367,9 +367,13 @@ def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    """Inverse of :func:`rng_state`."""
+    """Inverse of :func:`rng_state`.
+
+    A stage resumed on another kind of device keeps the CPU's state only (its GPU draws start from
+    the stage's seed): the run continues, but not bit for bit.
+    """
     torch.set_rng_state(state["cpu"])
-    if device.type == "cuda":
+    if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
@@ -413,6 +417,11 @@ def open_splits(args: StageArgs, card: ModelCard) -> tuple[SegmentationDataset, 
         open_dataset(args.dataset, args.val_split),
     )
     for split in (train_set, val_set):
+        if len(split) == 0:
+            raise FcnpipeError(
+                f"the {split.split} split of {args.dataset} is empty; a stage needs training images "
+                "and validation images (its best checkpoint is chosen on them)."
+            )
         if split.num_classes != card.num_classes:
             raise FcnpipeError(
                 f"the {split.split} split of {args.dataset} has {split.num_classes} classes but the "
@@ -494,8 +503,9 @@ def validate(
     row = {"step": state.step, "epoch": epoch, "train_loss": train_loss, **state.scores}
     append_metrics(run_dir / "metrics.csv", row | {"seconds": round(state.seconds, 2)})
     log.info("step %d: loss %.4g, val mean IU %.4f", state.step, train_loss, state.scores["mean_iu"])
-    if state.scores["mean_iu"] > state.best_mean_iu:
-        state.best_mean_iu = state.scores["mean_iu"]
+    score = state.scores["mean_iu"]  # NaN when the validation images hold no labelled pixel
+    if score > state.best_mean_iu or not (run_dir / "best.pt").is_file():
+        state.best_mean_iu = max(state.best_mean_iu, -math.inf if math.isnan(score) else score)
         final = stamped(card, state, recipe, args)
         extra = {"step": state.step, "recipe": recipe.model_dump()}
         save_checkpoint(run_dir / "best.pt", state.model, final, extra=extra)

@@ -32,10 +32,16 @@ def starting_model(
 ) -> tuple[nn.Module, ModelCard]:
     """Build an untrained FCN initialised from ImageNet VGG16 (default) or at random (with a seed).
 
-    Without ``vgg16`` the torch hub cache is looked in; nothing is downloaded.
+    Without ``vgg16`` the torch hub cache is looked in; nothing is downloaded. The Caffe
+    conversion (``caffe``) must be named: the cache holds torchvision's weights.
     """
     if random_seed is not None and (vgg16 is not None or caffe):
         raise FcnpipeError("choose either ImageNet VGG16 weights or --random, not both.")
+    if caffe and vgg16 is None:
+        raise FcnpipeError(
+            "the Caffe VGG16 must be given by path (caffe-vgg16:PATH, or --caffe with --vgg16 PATH); "
+            "the torch hub cache holds torchvision's VGG16, which is plain vgg16."
+        )
     if random_seed is not None:
         torch.manual_seed(random_seed)
         model = build_model(arch, num_classes)

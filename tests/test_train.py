@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from torch import nn
 
@@ -35,6 +36,8 @@ from pipeline.train import (
     fill_colour,
     initial_model,
     resume_stage,
+    rng_state,
+    set_rng_state,
     train_stage,
 )
 
@@ -322,7 +325,41 @@ def test_runs_are_not_overwritten_or_resumed_differently(
         train_stage(*pointwise(train_split), recipe.updated(lr=1.0), args, tmp_path, resume=True)
 
 
+def test_an_empty_validation_split_is_refused(tmp_path: Path) -> None:
+    two = f"synthetic-ortho:{make_benchmark(tmp_path / 'two', scenes=2, size=32)}"  # both in train
+    model, card = pointwise(open_dataset(two, "train"))
+    with pytest.raises(FcnpipeError, match=r"val split of .* is empty"):
+        train_stage(model, card, modern(), StageArgs(dataset=two, steps=1, eval_every=1), tmp_path / "run")
+
+
+def test_best_pt_is_kept_when_validation_has_no_labelled_pixel(tmp_path: Path) -> None:
+    """Mean IU is NaN then; the stage still leaves a best.pt for the next stage to start from."""
+    root = make_benchmark(tmp_path / "bench", scenes=3, size=32)
+    with rasterio.open(root / "labels" / "val_0.tif", "r+") as dst:
+        dst.write(np.full((1, 32, 32), 255, dtype=np.uint8))  # 255: the labels' nodata, void
+    data = f"synthetic-ortho:{root}"
+    model, card = pointwise(open_dataset(data, "train"))
+    result = train_stage(
+        model, card, modern(), StageArgs(dataset=data, steps=2, eval_every=1), tmp_path / "run"
+    )
+    assert math.isnan(result.scores["mean_iu"]) and result.best.is_file()
+
+
+def test_a_rng_state_saved_on_the_cpu_resumes_on_a_gpu() -> None:
+    """Only the CPU's state exists then; it is restored, and the missing GPU state is no error."""
+    state = rng_state(torch.device("cpu"))
+    expected = torch.rand(3)
+    set_rng_state(state, torch.device("cuda"))  # touches no GPU: there is no GPU state to set
+    assert torch.equal(torch.rand(3), expected)
+
+
 # --- starting points -----------------------------------------------------------------------------
+
+
+def test_caffe_vgg16_must_be_named(train_split: SegmentationDataset) -> None:
+    """The hub cache holds torchvision's VGG16: reading it with Caffe's normalisation would be wrong."""
+    with pytest.raises(FcnpipeError, match="caffe-vgg16:PATH"):
+        initial_model("caffe-vgg16", "fcn32s", train_split)
 
 
 def test_a_checkpoint_for_other_classes_is_refused(train_split: SegmentationDataset, tmp_path: Path) -> None:
