@@ -28,12 +28,17 @@ def evaluate(
     """Evaluate WEIGHTS on DATASET (NAME:PATH) and print pixel accuracy, mean accuracy, mean IU, fw IU.
 
     With --tiled the images (GeoTIFF scenes of an ortho dataset) go through the tiling pipeline,
-    which gives the whole-image numbers when the halo covers the receptive field. --report writes
+    which gives the whole-image numbers when the halo covers the receptive field; pixels under a
+    scene's nodata or mask, where the pipeline predicts nothing, are left out and counted. --report writes
     a JSON report (metrics, per-class IU, confusion matrix) and a confusion-matrix PNG beside it.
     """
     data = open_dataset(dataset, split)
+    notes = []
     if tiled:
-        matrix = evaluate_tiled(weights, data, tile_size=tile_size, device=device, limit=limit)
+        matrix, unscored = evaluate_tiled(weights, data, tile_size=tile_size, device=device, limit=limit)
+        if unscored:
+            notes.append(f"{unscored} labelled pixels lie under the scenes' nodata or masks, where the "
+                         "tiling pipeline predicts nothing; they are not scored.")  # fmt: skip
     else:
         model, card = load_checkpoint(weights, num_classes=data.num_classes)
         matrix = evaluate_whole(model, data, card.normalization, pick_device(device), limit=limit)
@@ -41,4 +46,4 @@ def evaluate(
     if report is not None:
         write_report(report, matrix, data.class_names, {"weights": str(weights), "dataset": dataset,
                                                         "split": split, "tiled": tiled})  # fmt: skip
-    return {"report": str(report) if report else None, **matrix.scores()}
+    return {"report": str(report) if report else None, "warnings": notes, **matrix.scores()}

@@ -31,20 +31,29 @@ METRIC_NAMES = {
 
 def evaluate_tiled(
     weights: Path, dataset: SegmentationDataset, *, tile_size: int, device: str, limit: int | None = None
-) -> ConfusionMatrix:
-    """Score GeoTIFF scenes segmented by the tiling pipeline (exact halo) instead of whole-image passes."""
+) -> tuple[ConfusionMatrix, int]:
+    """Score GeoTIFF scenes segmented by the tiling pipeline (exact halo) instead of whole-image passes.
+
+    The pipeline reads bands 1-3, as whole-image scoring does, and honours the scenes' nodata and
+    masks: it predicts nothing there, so labelled pixels under a mask are left out of the matrix
+    and counted (the second value). Without masks the matrix equals the whole-image one.
+    """
     if not isinstance(dataset, Ortho):
         raise FcnpipeError("tiled evaluation reads GeoTIFF scenes: use an ortho or synthetic-ortho dataset.")
     matrix = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
-    settings = SegmentSettings(tile_size=tile_size, device=device, precision="fp32")
+    settings = SegmentSettings(tile_size=tile_size, device=device, precision="fp32", bands=(1, 2, 3))
     keys = dataset.keys if limit is None else dataset.keys[:limit]
+    unscored = 0
     with tempfile.TemporaryDirectory(prefix="fcnpipe-eval-") as tmp:
         for key in keys:
             out = Path(tmp) / f"{key}.zarr"
             run_local(plan_scene(dataset.image_path(key), weights, settings, output=out))
-            labels = zarr.open_array(str(out / "labels"), mode="r")[:]
-            matrix.update(dataset.load_label(key), np.asarray(labels))
-    return matrix
+            labels = zarr.open_array(str(out / "labels"), mode="r")
+            predicted, truth = np.asarray(labels[:]), dataset.load_label(key)
+            masked = predicted == labels.fill_value
+            unscored += int(np.count_nonzero(masked & (truth >= 0) & (truth < dataset.num_classes)))
+            matrix.update(np.where(masked, dataset.ignore_index, truth), np.where(masked, 0, predicted))
+    return matrix, unscored
 
 
 def print_table(
@@ -69,7 +78,7 @@ def write_report(
     per_class = matrix.per_class_iu()
     report = {
         **context,
-        "metrics": matrix.scores(),
+        "metrics": {k: None if np.isnan(v) else v for k, v in matrix.scores().items()},  # JSON has no NaN
         "per_class_iu": {
             n: None if np.isnan(v) else float(v) for n, v in zip(class_names, per_class, strict=True)
         },
@@ -77,7 +86,7 @@ def write_report(
         "confusion_matrix": matrix.hist.tolist(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    path.write_text(json.dumps(report, indent=2, allow_nan=False))
     confusion_image(matrix.hist).save(path.with_suffix(".confusion.png"))
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.data.metrics import ConfusionMatrix, confusion, per_class_iu, scores
+from pipeline.evaluation import write_report
 
 # Four classes; class 3 never occurs in the ground truth but is predicted once; two pixels are void
 # (255) and their predictions must not count.
@@ -80,6 +83,19 @@ def test_an_empty_histogram_scores_nan_without_warnings() -> None:
     with np.errstate(all="raise"):
         result = scores(confusion(np.full(3, 255), np.zeros(3), 2))
     assert all(math.isnan(v) for v in result.values())
+
+
+def test_the_report_of_an_empty_histogram_is_strict_json(tmp_path: Path) -> None:
+    """Undefined scores are written as null: JSON has no NaN, and strict readers refuse it."""
+    matrix = ConfusionMatrix(2)
+    matrix.update(np.full(3, 255), np.zeros(3))
+    write_report(tmp_path / "r.json", matrix, ("a", "b"), {})
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    report = json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse)
+    assert set(report["metrics"].values()) == {None} and report["per_class_iu"] == {"a": None, "b": None}
 
 
 def test_uint8_label_maps_do_not_overflow() -> None:
