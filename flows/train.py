@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import ValidationError
 
 from fcn import FcnpipeError, ModelCard
 from fcn.checkpoint import read_checkpoint
@@ -24,6 +25,7 @@ from pipeline.data import open_dataset
 from pipeline.engine import pick_device
 from pipeline.recipes import load_recipe
 from pipeline.train import STAGES, StageArgs, StageResult, initial_model, resume_stage, train_stage
+from pipeline.yamlfile import describe_errors
 
 
 def stages_for(arch: str, staged: bool) -> list[str]:
@@ -45,19 +47,24 @@ def metrics_table(run_dir: Path) -> str:
 @task(name="train-stage", cache_policy=NO_CACHE)
 def train_stage_task(
     arch: str, init: str, recipe_name: str, args: StageArgs, run_dir: Path, device: str
-) -> StageResult:
-    """Train one stage from ``init`` (ImageNet VGG16, scratch or the previous stage's best.pt)."""
+) -> tuple[StageResult, list[str]]:
+    """Train one stage from ``init`` (ImageNet VGG16, scratch or the previous stage's best.pt).
+
+    Returns the result and the warnings of the start (from scratch, layers left at random), which
+    the CLI prints: Prefect's own log is quiet in a terminal run.
+    """
     dataset = open_dataset(args.dataset, args.train_split)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         model, card = initial_model(init, arch, dataset, seed=args.seed)
-    for warning in caught:
-        get_run_logger().warning(str(warning.message))
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    for note in notes:
+        get_run_logger().warning(note)
     with training_bar(arch, args.steps) as on_step:
         recipe = load_recipe(recipe_name)
         result = train_stage(model, card, recipe, args, run_dir, device=pick_device(device), on_step=on_step)
     create_markdown_artifact(metrics_table(run_dir), key=f"{arch}-metrics", description=f"{arch} training")
-    return result
+    return result, notes
 
 
 @task(name="resume-stage", cache_policy=NO_CACHE)
@@ -76,7 +83,7 @@ def resume_stage_task(last: Path, device: str) -> StageResult:
 @flow(name="train")
 def train(
     dataset: str,
-    out: Path = Path("runs/train"),
+    out: Path | None = None,
     arch: str = "fcn8s",
     init: str = "vgg16",
     recipe: str = "modern",
@@ -88,30 +95,42 @@ def train(
     device: str = "auto",
     seed: int = 0,
     val_limit: int | None = None,
+    train_split: str = "train",
+    val_split: str = "val",
 ) -> dict[str, Any]:
     """Train ARCH on DATASET (NAME:PATH, e.g. synthetic-ortho:data/synthetic or camvid:CamVid).
 
     FCN-16s and FCN-8s are trained in stages from FCN-32s unless --staged false. INIT is
-    vgg16[:PATH] (ImageNet, torchvision layout), caffe-vgg16[:PATH], a checkpoint, or scratch.
-    Give the length per stage as --max-steps or --epochs.
+    vgg16[:PATH] (ImageNet, torchvision layout), caffe-vgg16:PATH, a checkpoint, or scratch.
+    Give the length per stage as --max-steps or --epochs (of --train-split); the best checkpoint
+    is chosen on --val-split. OUT defaults to runs/train, or to the run that --resume continues.
     """
     chain = stages_for(arch, staged)
-    resumed_arch = None
+    resumed_arch, stored_steps, notes = None, 0, []
     if resume is not None:
-        resumed_arch = ModelCard.from_dict(read_checkpoint(resume)["card"]).arch
-        if resumed_arch not in chain:
+        resumed_arch, stored_steps = resumable(resume, chain)
+        out = out or resume.parent.parent
+        if resume.parent.resolve() != (out / resumed_arch).resolve():
             raise FcnpipeError(
-                f"{resume} is a {resumed_arch} stage, which is not part of {' -> '.join(chain)}."
+                f"{resume} is not the {resumed_arch} stage of --out {out}; the stages after it are "
+                f"written beside it, so pass --out {resume.parent.parent} (or leave --out out)."
             )
-    train_size = len(open_dataset(dataset, "train"))
+    out = out or Path("runs/train")
+    train_size = len(open_dataset(dataset, train_split))
     batch = load_recipe(recipe).batch_size
     if (max_steps is None) == (epochs is None):
         raise FcnpipeError("give the length of each stage with either --max-steps or --epochs.")
     steps = max_steps if max_steps is not None else epochs * math.ceil(train_size / batch)  # type: ignore[operator]
-    args = StageArgs(
-        dataset=dataset, steps=steps, eval_every=eval_every or max(1, math.ceil(train_size / batch)),
-        seed=seed, val_limit=val_limit,
-    )  # fmt: skip
+    try:
+        args = StageArgs(
+            dataset=dataset, steps=steps, eval_every=eval_every or max(1, math.ceil(train_size / batch)),
+            seed=seed, val_limit=val_limit, train_split=train_split, val_split=val_split,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise FcnpipeError(f"invalid training settings: {describe_errors(exc)}.") from None
+    if resume is not None and stored_steps != args.steps:
+        notes.append(f"{resume} continues its stage as it was started, to step {stored_steps}; "
+                     f"the {args.steps} steps asked for apply to the stages after it.")  # fmt: skip
     results: dict[str, Any] = {}
     previous = init
     for stage in chain:
@@ -122,10 +141,25 @@ def train(
         if resume is not None and stage == resumed_arch:
             result = resume_stage_task(resume, device)
         else:
-            result = train_stage_task(stage, previous, recipe, args, run_dir, device)
+            result, started = train_stage_task(stage, previous, recipe, args, run_dir, device)
+            notes += [note for note in started if note not in notes]
         results[stage] = {"best": str(result.best), "mean_iu": result.best_mean_iu, **result.scores}
         previous = str(result.best)
-    return {"out": str(out), "stages": results}
+    return {"out": str(out), "warnings": notes, "stages": results}
+
+
+def resumable(checkpoint: Path, chain: list[str]) -> tuple[str, int]:
+    """The architecture and length of the stage ``checkpoint`` (a last.pt) resumes, checked."""
+    payload = read_checkpoint(checkpoint)
+    arch = ModelCard.from_dict(payload["card"]).arch
+    if "optimizer" not in payload:
+        raise FcnpipeError(
+            f"{checkpoint} holds weights only (a best.pt); resume from the stage's last.pt, which also "
+            "holds the optimiser, schedule and random state."
+        )
+    if arch not in chain:
+        raise FcnpipeError(f"{checkpoint} is a {arch} stage, which is not part of {' -> '.join(chain)}.")
+    return arch, int(payload["args"]["steps"])
 
 
 DEFAULT_SCENES, DEFAULT_SIZE, DEFAULT_STEPS = 12, 256, 300
@@ -143,7 +177,7 @@ def default_model(path: Path, steps: int = DEFAULT_STEPS, device: str = "auto") 
     work = path.parent / "default-model"
     data = make_benchmark(work / "synthetic-ortho", scenes=DEFAULT_SCENES, size=DEFAULT_SIZE, seed=0)
     args = StageArgs(dataset=f"synthetic-ortho:{data}", steps=steps, eval_every=max(1, steps // 4))
-    result = train_stage_task("fcn8s", "scratch", "default", args, work / f"run-{steps}", device)
+    result, _ = train_stage_task("fcn8s", "scratch", "default", args, work / f"run-{steps}", device)
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result.best, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)

@@ -117,8 +117,11 @@ def print_summary(result: Any) -> None:
         )
         if result.get("cog"):
             out.print(f"wrote {result['cog']}: the labels as a Cloud-Optimized GeoTIFF.", highlight=False)
+    elif "stages" in result:
+        for stage, scores in result["stages"].items():
+            out.print(f"{stage}: {scores['best']} (val mean IU {scores['mean_iu']:.3f})", highlight=False)
     else:
-        out.print(", ".join(f"{k}: {v}" for k, v in result.items()))
+        out.print(", ".join(f"{k}: {v}" for k, v in result.items() if k != "warnings"))
 
 
 @weights_app.command("init")

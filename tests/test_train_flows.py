@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
+import torch
 from typer.testing import CliRunner
 
 from fcn import build_model, load_checkpoint
 from pipeline.cli import app
-from pipeline.data import scores
+from pipeline.data import open_dataset, scores
 from pipeline.data.synthetic import CLASSES, make_benchmark
-from tests.conftest import randomize, save_model
+from tests.conftest import randomize, save_model, write_tif
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -52,6 +55,14 @@ def flow(name: str, *args: str) -> str:
     return result.output
 
 
+def flow_refuses(name: str, *args: str) -> str:
+    """Run a flow that must stop with one sentence (exit 1, no traceback); return that sentence."""
+    result = runner.invoke(app, ["run", str(ROOT / "flows" / f"{name}.py"), *args])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.output.count("error:") == 1, result.output
+    return " ".join(result.output.split())
+
+
 def test_train_flow_writes_checkpoints_metrics_and_resumes_exactly(benchmark: Path, tmp_path: Path) -> None:
     # The per-pixel stand-in keeps this about the flow (stages, folders, resume), not the network.
     recipe = tmp_path / "tiny.yaml"
@@ -60,6 +71,10 @@ def test_train_flow_writes_checkpoints_metrics_and_resumes_exactly(benchmark: Pa
               "--recipe", str(recipe), "--eval-every", "2"]  # fmt: skip
     output = flow("train", *common, "--out", str(tmp_path / "full"), "--max-steps", "6")
     assert "train pointwise" in output and "6/6 steps" in output and "best mean IU" in output
+    assert "warning: training from scratch" in output  # Prefect's log is quiet: the CLI says it
+    assert f"pointwise: {tmp_path / 'full' / 'pointwise' / 'best.pt'} (val mean IU" in " ".join(
+        output.split()
+    )
     stage = tmp_path / "full" / "pointwise"
     _, card = load_checkpoint(stage / "best.pt")
     assert card.class_names == CLASSES and card.provenance["dataset"] == f"synthetic-ortho:{benchmark}"
@@ -74,23 +89,39 @@ def test_train_flow_writes_checkpoints_metrics_and_resumes_exactly(benchmark: Pa
     from pipeline.train import StageArgs, initial_model, open_dataset, train_stage
 
     dataset = open_dataset(f"synthetic-ortho:{benchmark}", "train")
-    m, c = initial_model("scratch", "pointwise", dataset)
+    with pytest.warns(UserWarning, match="ImageNet"):
+        m, c = initial_model("scratch", "pointwise", dataset)
     args = StageArgs(dataset=f"synthetic-ortho:{benchmark}", steps=6, eval_every=2)
     train_stage(m, c, load_recipe(recipe), args, paused, until=3)
-    flow(
-        "train",
-        *common,
-        "--out",
-        str(tmp_path / "paused"),
-        "--max-steps",
-        "6",
-        "--resume",
-        str(paused / "last.pt"),
-    )
+    # A resume needs its last.pt (best.pt has no optimiser) and writes beside it (--out defaults there).
+    assert "holds weights only" in flow_refuses("train", *common, "--max-steps", "6", "--resume",
+                                                str(paused / "best.pt"))  # fmt: skip
+    elsewhere = flow_refuses("train", *common, "--out", str(tmp_path / "other"), "--max-steps", "6",
+                             "--resume", str(paused / "last.pt"))  # fmt: skip
+    assert f"pass --out {tmp_path / 'paused'}" in elsewhere and not (tmp_path / "other").exists()
+    output = flow("train", *common, "--max-steps", "8", "--resume", str(paused / "last.pt"))
+    assert "continues its stage as it was started, to step 6" in " ".join(output.split())
     resumed, _ = load_checkpoint(paused / "last.pt")
     full, _ = load_checkpoint(stage / "last.pt")
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert np.array_equal(a.numpy(), b.numpy()), k
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "sentence"),
+    [
+        ("--max-steps", "0", "invalid training settings: steps: Input should be greater than 0."),
+        ("--val-limit", "0", "val_limit: Input should be greater than or equal to 1."),
+        ("--val-split", "nope", "no nope.txt"),
+    ],
+)  # fmt: skip
+def test_train_flow_refuses_bad_settings_in_one_sentence(
+    benchmark: Path, tmp_path: Path, option: str, value: str, sentence: str
+) -> None:
+    common = ["--dataset", f"synthetic-ortho:{benchmark}", "--arch", "pointwise", "--init", "scratch",
+              "--out", str(tmp_path / "run"), "--max-steps", "2"]  # fmt: skip
+    assert sentence in flow_refuses("train", *common, option, value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_evaluate_flow_reports_the_four_metrics_whole_and_tiled_alike(
@@ -120,3 +151,47 @@ def test_evaluate_flow_reports_the_four_metrics_whole_and_tiled_alike(
     assert list(whole["per_class_iu"]) == list(CLASSES)
     # The exact halo makes tiled scoring equal whole-image scoring.
     assert tiled["confusion_matrix"] == whole["confusion_matrix"]
+
+
+def test_tiled_scoring_reads_bands_1_to_3_and_leaves_masked_pixels_out(tmp_path: Path) -> None:
+    """Plumbing, so the 1x1 stand-in: 4-band scenes with a nodata patch, scored through the tiles.
+
+    The tiling pipeline predicts nothing under the patch; everywhere else it must agree with
+    whole-image scoring, which is the whole-image matrix of the same scenes with the patch's labels
+    made void.
+    """
+    from pipeline.evaluation import evaluate_tiled
+    from pipeline.train import evaluate as evaluate_whole
+
+    source = make_benchmark(tmp_path / "source", scenes=3, size=40, seed=2)
+    scenes, voided = (
+        shutil.copytree(source, tmp_path / "scenes"),
+        shutil.copytree(source, tmp_path / "voided"),
+    )
+    labelled = 0
+    for image in sorted((source / "images").glob("*.tif")):
+        with rasterio.open(image) as src:
+            rgb, crs, transform = src.read(), src.crs, src.transform
+        four = np.concatenate([np.maximum(rgb, 1), rgb[:1]])  # 0 is kept for nodata
+        four[:, 5:15, 10:30] = 0
+        for root in (scenes, voided):
+            write_tif(root / "images" / image.name, four, nodata=0, crs=crs, transform=transform,
+                      photometric="minisblack")  # fmt: skip
+        with rasterio.open(voided / "labels" / image.name, "r+") as dst:
+            label = dst.read(1)
+            labelled += (
+                int(np.count_nonzero(label[5:15, 10:30] != 255)) if image.stem.startswith("val") else 0
+            )
+            label[5:15, 10:30] = 255  # the labels' nodata: void
+            dst.write(label, 1)
+    model = randomize(build_model("pointwise", len(CLASSES)), seed=3, scale=1.0)
+    weights = save_model(tmp_path / "pointwise.pt", model, "pointwise")
+    tiled, unscored = evaluate_tiled(
+        weights, open_dataset(f"ortho:{scenes}", "val"), tile_size=32, device="cpu"
+    )
+    loaded, card = load_checkpoint(weights)
+    whole = evaluate_whole(
+        loaded, open_dataset(f"ortho:{voided}", "val"), card.normalization, torch.device("cpu")
+    )
+    assert unscored == labelled > 0
+    assert np.array_equal(tiled.hist, whole.hist) and tiled.hist.sum() > 0
