@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import shutil
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,15 @@ from flows.runtime import training_bar
 from pipeline.data import open_dataset
 from pipeline.engine import pick_device
 from pipeline.recipes import load_recipe
-from pipeline.train import STAGES, StageArgs, StageResult, initial_model, resume_stage, train_stage
+from pipeline.train import (
+    STAGES,
+    StageArgs,
+    StageResult,
+    StepReport,
+    initial_model,
+    resume_stage,
+    train_stage,
+)
 from pipeline.yamlfile import describe_errors
 
 
@@ -44,6 +54,24 @@ def metrics_table(run_dir: Path) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
 
 
+@contextmanager
+def stage_progress(arch: str, args: StageArgs, run_dir: Path) -> Iterator[Callable[[StepReport], None]]:
+    """The stage's progress bar, and its metrics table republished as an artifact after each validation.
+
+    Prefect keeps every version of an artifact key, so the table in the UI grows as the stage runs.
+    """
+    with training_bar(arch, args.steps) as advance:
+
+        def on_step(report: StepReport) -> None:
+            advance(report)
+            if report.step % args.eval_every == 0 or report.step == report.steps:
+                create_markdown_artifact(
+                    metrics_table(run_dir), key=f"{arch}-metrics", description=f"{arch} training"
+                )
+
+        yield on_step
+
+
 @task(name="train-stage", cache_policy=NO_CACHE)
 def train_stage_task(
     arch: str, init: str, recipe_name: str, args: StageArgs, run_dir: Path, device: str
@@ -60,10 +88,9 @@ def train_stage_task(
     notes = list(dict.fromkeys(str(w.message) for w in caught))
     for note in notes:
         get_run_logger().warning(note)
-    with training_bar(arch, args.steps) as on_step:
+    with stage_progress(arch, args, run_dir) as on_step:
         recipe = load_recipe(recipe_name)
         result = train_stage(model, card, recipe, args, run_dir, device=pick_device(device), on_step=on_step)
-    create_markdown_artifact(metrics_table(run_dir), key=f"{arch}-metrics", description=f"{arch} training")
     return result, notes
 
 
@@ -71,13 +98,9 @@ def train_stage_task(
 def resume_stage_task(last: Path, device: str) -> StageResult:
     """Continue a stage exactly from its last.pt."""
     payload = read_checkpoint(last)
-    arch, steps = ModelCard.from_dict(payload["card"]).arch, int(payload["args"]["steps"])
-    with training_bar(arch, steps) as on_step:
-        result = resume_stage(last.parent, device=pick_device(device), on_step=on_step)
-    create_markdown_artifact(
-        metrics_table(last.parent), key=f"{arch}-metrics", description=f"{arch} training"
-    )
-    return result
+    arch, args = ModelCard.from_dict(payload["card"]).arch, StageArgs(**payload["args"])
+    with stage_progress(arch, args, last.parent) as on_step:
+        return resume_stage(last.parent, device=pick_device(device), on_step=on_step)
 
 
 @flow(name="train")

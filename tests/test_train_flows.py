@@ -80,6 +80,16 @@ def test_train_flow_writes_checkpoints_metrics_and_resumes_exactly(benchmark: Pa
     assert card.class_names == CLASSES and card.provenance["dataset"] == f"synthetic-ortho:{benchmark}"
     rows = (stage / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step") and len(rows) == 1 + 3  # validated at steps 2, 4, 6
+    # The metrics table is republished as a Prefect artifact after every validation.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        versions = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pointwise-metrics"]))
+        )
+    tables = sorted(str(a.data) for a in versions)
+    assert [table.count("\n| ") for table in tables] == [1, 2, 3]  # data rows after each validation
 
     from pipeline.train import resume_stage
 
