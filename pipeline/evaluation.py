@@ -18,7 +18,7 @@ from rich.table import Table
 
 from fcn import FcnpipeError
 from pipeline.data import ConfusionMatrix, SegmentationDataset
-from pipeline.data.ortho import Ortho
+from pipeline.data.ortho import GeoTiffDataset
 from pipeline.segment import SegmentSettings, plan_scene, run_local
 
 METRIC_NAMES = {
@@ -38,8 +38,11 @@ def evaluate_tiled(
     masks: it predicts nothing there, so labelled pixels under a mask are left out of the matrix
     and counted (the second value). Without masks the matrix equals the whole-image one.
     """
-    if not isinstance(dataset, Ortho):
-        raise FcnpipeError("tiled evaluation reads GeoTIFF scenes: use an ortho or synthetic-ortho dataset.")
+    if not isinstance(dataset, GeoTiffDataset):
+        raise FcnpipeError(
+            "tiled evaluation reads GeoTIFF scenes: use an ortho, synthetic-ortho, vaihingen or "
+            "potsdam dataset."
+        )
     matrix = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
     settings = SegmentSettings(tile_size=tile_size, device=device, precision="fp32", bands=(1, 2, 3))
     keys = dataset.keys if limit is None else dataset.keys[:limit]

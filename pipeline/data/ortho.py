@@ -1,10 +1,11 @@
 """Orthophoto tiles as GeoTIFF image/label pairs, read with rasterio.
 
 Layout: ``images/<stem>.tif`` and ``labels/<stem>.tif`` (``.tiff`` also accepted), the same stems
-in both. Images: the first three bands are red, green, blue, 8-bit. Labels: band 1 holds class
-indices; pixels equal to the label's nodata value become 255, the ignore value (so 255 itself is
-void too). An Inria-style folder with ``gt/`` in place of ``labels/`` holds 0/255 building masks,
-read as 0 background / 1 building.
+in both. Images: the first three bands are red, green, blue, 8-bit. Labels: single-band rasters
+whose band 1 holds class indices; pixels equal to the label's nodata value become 255, the ignore
+value (so 255 itself is void too). A label with more bands is refused: colour-coded labels such as
+the ISPRS benchmarks' have their own readers (``pipeline.data.isprs``). An Inria-style folder with
+``gt/`` in place of ``labels/`` holds 0/255 building masks, read as 0 background / 1 building.
 
 Splits: ``<split>.txt`` at the root lists stems, one per line. Without any of ``train.txt``,
 ``val.txt``, ``test.txt`` every split is the whole folder.
@@ -38,9 +39,30 @@ def tiffs(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in (".tif", ".tiff")}
 
 
-def read_label_raster(path: Path, binary: bool) -> LabelArray:
-    """Read band 1 as class indices: nodata to 255, or for a 0/255 mask, 0/1."""
+def read_image_raster(path: Path) -> ImageArray:
+    """Read bands 1-3 of an 8-bit GeoTIFF as H x W x 3."""
     with rasterio.open(path) as src:
+        if src.count < 3:
+            raise FcnpipeError(
+                f"{path} has {src.count} band(s); images need three colour bands (e.g. red, green, "
+                "blue) as bands 1-3."
+            )
+        if src.dtypes[0] != "uint8":
+            raise FcnpipeError(
+                f"{path} is {src.dtypes[0]}; convert it to 8-bit, e.g. with gdal_translate -ot Byte -scale."
+            )
+        bands: NDArray[np.uint8] = src.read((1, 2, 3))
+    return np.ascontiguousarray(bands.transpose(1, 2, 0))
+
+
+def read_label_raster(path: Path, binary: bool) -> LabelArray:
+    """Read a single-band raster as class indices: nodata to 255, or for a 0/255 mask, 0/1."""
+    with rasterio.open(path) as src:
+        if src.count > 1:
+            raise FcnpipeError(
+                f"{path} has {src.count} bands; ortho labels hold class indices in band 1 "
+                "(ISPRS colour labels: use vaihingen:PATH or potsdam:PATH)."
+            )
         band: NDArray[Any] = src.read(1)
         nodata = src.nodata
     if binary:
@@ -72,7 +94,21 @@ def read_class_names(root: Path) -> tuple[str, ...] | None:
     return None
 
 
-class Ortho(SegmentationDataset):
+class GeoTiffDataset(SegmentationDataset):
+    """Samples whose images are GeoTIFF scenes on disk, so the tiling pipeline can read them directly."""
+
+    _images: dict[str, Path]
+
+    def image_path(self, key: str) -> Path:
+        """The GeoTIFF of sample ``key``, for readers that tile it themselves."""
+        return self._images[key]
+
+    def load_image(self, key: str) -> ImageArray:
+        """Read bands 1-3 of the sample's GeoTIFF as H x W x 3."""
+        return read_image_raster(self._images[key])
+
+
+class Ortho(GeoTiffDataset):
     """GeoTIFF orthophoto tiles with their label rasters."""
 
     name = "ortho"
@@ -131,26 +167,6 @@ class Ortho(SegmentationDataset):
         if isinstance(data, dict) and len(data.get("palette", [])) == self.num_classes:
             return [(int(c[0]), int(c[1]), int(c[2])) for c in data["palette"]]
         return super().palette
-
-    def image_path(self, key: str) -> Path:
-        """The GeoTIFF of sample ``key``, for readers that tile it themselves."""
-        return self._images[key]
-
-    def load_image(self, key: str) -> ImageArray:
-        """Read bands 1-3 of ``images/<key>.tif`` as H x W x 3."""
-        path = self._images[key]
-        with rasterio.open(path) as src:
-            if src.count < 3:
-                raise FcnpipeError(
-                    f"{path} has {src.count} band(s); ortho images need red, green and blue as bands 1-3."
-                )
-            if src.dtypes[0] != "uint8":
-                raise FcnpipeError(
-                    f"{path} is {src.dtypes[0]}; convert it to 8-bit, e.g. with "
-                    "gdal_translate -ot Byte -scale."
-                )
-            bands: NDArray[np.uint8] = src.read((1, 2, 3))
-        return np.ascontiguousarray(bands.transpose(1, 2, 0))
 
     def load_label(self, key: str) -> LabelArray:
         """Read band 1 of the label raster: nodata becomes 255; Inria masks become 0/1."""

@@ -9,6 +9,7 @@ from fcn.errors import FcnpipeError
 from pipeline.data.base import SegmentationDataset
 from pipeline.data.camvid import CamVid
 from pipeline.data.context import PascalContext
+from pipeline.data.isprs import Potsdam, Vaihingen
 from pipeline.data.nyud import NYUD, NYUDHHA
 from pipeline.data.ortho import Ortho
 from pipeline.data.siftflow import SiftFlow, SiftFlowGeo
@@ -28,6 +29,8 @@ DATASETS: dict[str, Opener] = {
     "ortho": Ortho,
     # The generated benchmark (pipeline.data.synthetic.make_benchmark) is written in the ortho layout.
     "synthetic-ortho": Ortho,
+    "vaihingen": Vaihingen,
+    "potsdam": Potsdam,
 }
 
 
