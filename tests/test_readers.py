@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -343,6 +344,23 @@ def test_pascal_context_maps_full_labels_to_task_classes_by_name(context_root: P
     np.testing.assert_array_equal(label, label_map([0, 1, 2, 3, 4], 2))
     assert val.class_names == ("background", "aeroplane", "diningtable", "wall", "pottedplant")
     assert_contract(val)
+
+
+def test_pascal_context_in_the_references_two_folders_reads_the_same_samples(
+    context_root: Path, tmp_path: Path
+) -> None:
+    """data/pascal/VOC2010 for the images and lists, data/pascal-context for the annotations."""
+    data = tmp_path / "data"
+    voc, context = data / "pascal" / "VOC2010", data / "pascal-context"
+    for name in ("JPEGImages", "ImageSets"):
+        shutil.copytree(context_root / name, voc / name)
+    for name in ("trainval", "labels.txt", "59_labels.txt"):
+        (shutil.copytree if name == "trainval" else shutil.copy)(context_root / name, context / name)
+    merged, apart = (open_dataset(f"pascal-context:{r}", "train") for r in (context_root, data))
+    assert apart.keys == merged.keys and apart.class_names == merged.class_names
+    for (image_a, label_a), (image_b, label_b) in zip(merged, apart, strict=True):
+        np.testing.assert_array_equal(image_a, image_b)
+        np.testing.assert_array_equal(label_a, label_b)
 
 
 def test_pascal_context_without_the_59_class_list_says_so(context_root: Path) -> None:

@@ -1,9 +1,11 @@
 """PASCAL-Context in the 59-class task (plus background) that the FCN paper evaluates.
 
-Assumed layout, one folder: the VOC2010 root (``JPEGImages/``, ``ImageSets/``) into which the
-PASCAL-Context annotations are unpacked: ``trainval/<id>.mat`` (variable ``LabelMap`` with the full
-459 labels), ``labels.txt`` (``index: name`` of those 459) and ``59_labels.txt`` (``index: name`` of
-the 59 task classes; a ``0: background`` line is allowed and skipped).
+Layout: the VOC2010 root (``JPEGImages/``, ``ImageSets/``) and the PASCAL-Context annotations:
+``trainval/<id>.mat`` (variable ``LabelMap`` with the full 459 labels), ``labels.txt`` (``index:
+name`` of those 459) and ``59_labels.txt`` (``index: name`` of the 59 task classes; a ``0:
+background`` line is allowed and skipped). Either both in one folder (the annotations unpacked into
+the VOC2010 root), or side by side as the FCN reference keeps them: ``PATH/pascal/VOC2010`` (or
+``PATH/VOC2010``, ``PATH/VOCdevkit/VOC2010``) and ``PATH/pascal-context``.
 
 As in the FCN reference, a full label becomes task class ``k`` (1..59, the k-th line of
 ``59_labels.txt``) when its name matches the task name with spaces removed, where the task names
@@ -58,26 +60,37 @@ def lookup_table(full: list[tuple[int, str]], task: list[str]) -> NDArray[np.int
     return table
 
 
+def first_with(root: Path, marker: str, places: tuple[str, ...]) -> Path:
+    """``root`` if it holds ``marker``, else the first of ``places`` under it that does (else ``root``)."""
+    for folder in (root, *(root / place for place in places)):
+        if (folder / marker).is_dir():
+            return folder
+    return root
+
+
 class PascalContext(SegmentationDataset):
     """PASCAL-Context: background plus the 59 most frequent classes."""
 
     name = "pascal-context"
 
     def __init__(self, root: Path, split: str) -> None:
-        require_dirs(self.name, root, "JPEGImages", "trainval")
-        task = [name for index, name in read_index_names(root / "59_labels.txt") if index != 0]
-        self._table = lookup_table(read_index_names(root / "labels.txt"), task)
+        self._voc = first_with(root, "JPEGImages", ("pascal/VOC2010", "VOC2010", "VOCdevkit/VOC2010"))
+        self._context = first_with(root, "trainval", ("pascal-context",))
+        require_dirs(self.name, self._voc, "JPEGImages")
+        require_dirs(self.name, self._context, "trainval")
+        task = [name for index, name in read_index_names(self._context / "59_labels.txt") if index != 0]
+        self._table = lookup_table(read_index_names(self._context / "labels.txt"), task)
         self.class_names = ("background", *task)
         candidates = [Path("ImageSets", sets, f"{split}.txt") for sets in ("Main", "Segmentation")]
-        super().__init__(root, split, read_lines(split_file(self.name, root, split, candidates)))
+        super().__init__(root, split, read_lines(split_file(self.name, self._voc, split, candidates)))
 
     def load_image(self, key: str) -> ImageArray:
-        """Read ``JPEGImages/<key>.jpg``."""
-        return read_rgb(self.root / "JPEGImages" / f"{key}.jpg")
+        """Read ``JPEGImages/<key>.jpg`` of the VOC2010 root."""
+        return read_rgb(self._voc / "JPEGImages" / f"{key}.jpg")
 
     def load_label(self, key: str) -> LabelArray:
         """Read ``trainval/<key>.mat``, its full labels mapped to the 59 classes or background."""
-        path = self.root / "trainval" / f"{key}.mat"
+        path = self._context / "trainval" / f"{key}.mat"
         full = load_mat(path, "LabelMap").astype(np.int64)
         if full.min() < 0 or full.max() >= self._table.size:
             raise FcnpipeError(f"{path} holds labels that labels.txt does not list.")
