@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 weights_app = typer.Typer(help="Make and describe model checkpoints.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
-data_app = typer.Typer(help="Make and read the bundled benchmarks.", no_args_is_help=True)
+data_app = typer.Typer(help="Make the synthetic benchmark; check dataset folders.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 err = Console(stderr=True, soft_wrap=True)
@@ -181,6 +181,37 @@ def data_make(
             raise FcnpipeError(f"unknown benchmark {name!r}; the one generated on demand is synthetic-ortho.")
         root = make_benchmark(out_dir, scenes=scenes, size=size, seed=seed)
     out.print(f"wrote {scenes} scenes of {size}x{size} px to {root} (read it as synthetic-ortho:{root})")
+
+
+@data_app.command("info")
+def data_info(
+    spec: Annotated[
+        str, typer.Argument(help="NAME:PATH, e.g. camvid:/data/CamVid or vaihingen:ISPRS/Vaihingen.")
+    ],
+    check: Annotated[int, typer.Option(help="Samples of each split to read and check (0: none).", min=0)] = 1,
+) -> None:
+    """Check that a dataset folder reads: images per split, classes, and the first samples of each split."""
+    from pipeline.data import open_dataset
+
+    opened = []
+    for split in ("train", "val", "test"):
+        try:
+            data = open_dataset(spec, split)
+            read = min(check, len(data))
+            sizes = sorted({data[i][0].shape[:2] for i in range(read)})  # reads image and label
+        except FcnpipeError as exc:
+            out.print(f"{split}: not available: {exc}", highlight=False)
+            continue
+        checked = f" (first {read} read, {', '.join(f'{w}x{h}' for h, w in sizes)} px)" if read else ""
+        out.print(f"{split}: {len(data)} images{checked}", highlight=False)
+        opened.append(data)
+    if not opened:
+        err.print(f"[red]error:[/] no split of {spec} could be read.", highlight=False)
+        raise typer.Exit(1)
+    names = opened[0].class_names
+    out.print(
+        f"{len(names)} classes (ignore label {opened[0].ignore_index}): {', '.join(names)}", highlight=False
+    )
 
 
 @data_app.command("scene")

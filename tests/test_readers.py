@@ -13,10 +13,12 @@ import scipy.io
 import torch
 from PIL import Image
 from rasterio.transform import Affine
+from typer.testing import CliRunner
 
 from fcn import build_model, load_checkpoint
 from fcn.checkpoint import default_palette
 from fcn.errors import FcnpipeError
+from pipeline.cli import app
 from pipeline.data import SegmentationDataset, available_datasets, open_dataset
 from pipeline.data.ortho import GeoTiffDataset
 from pipeline.data.siftflow import SCENES
@@ -462,6 +464,22 @@ def test_every_family_is_registered() -> None:
         "vaihingen",
         "potsdam",
     }
+
+
+def test_data_info_counts_each_split_and_names_what_does_not_read(camvid_root: Path) -> None:
+    save_image(camvid_root / "val" / "c.png", np.zeros((H + 1, W, 3), dtype=np.uint8))  # label is H x W
+    result = CliRunner().invoke(app, ["data", "info", f"camvid:{camvid_root}", "--check", "5"])
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.output.splitlines()]
+    assert lines[0] == f"train: 2 images (first 2 read, {W}x{H} px)"
+    assert lines[1].startswith("val: not available:") and "val list" in lines[1]
+    assert lines[2].startswith("test: not available:") and lines[3].startswith(
+        "11 classes (ignore label 11): Sky,"
+    )
+    nothing = CliRunner().invoke(app, ["data", "info", f"voc:{camvid_root}"])
+    assert (
+        nothing.exit_code == 1 and "no split of voc:" in nothing.output and "Traceback" not in nothing.output
+    )
 
 
 def test_unknown_dataset_error_lists_the_valid_names(tmp_path: Path) -> None:
