@@ -67,6 +67,22 @@ def score_layer(in_channels: int, num_classes: int) -> nn.Conv2d:
     return layer
 
 
+def init_from_scratch(model: FCN) -> FCN:
+    """He-normal weights (fan-in, ReLU gain) and zero biases for the VGG16 trunk, fc6 and fc7.
+
+    PyTorch's default initialisation shrinks the signal about 30-fold over VGG16's plain stack of
+    15 layers (no normalisation layers), so a net trained from scratch starts with near-constant
+    fc7 features and FCN-32s, whose only path to the scores goes through them, does not leave the
+    majority class. He et al. (2015) derived this scale to keep the forward signal's variance
+    through ReLU layers. Score layers stay zero and upsamplers bilinear, as in the reference.
+    """
+    for layer in [*model.features, model.fc6, model.fc7]:
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)  # type: ignore[arg-type]
+    return model
+
+
 class FCN(nn.Module):
     """A VGG16 fully convolutional network with output stride 32, 16 or 8.
 

@@ -18,6 +18,7 @@ from fcn import (
     init_from_vgg16,
     load_vgg16_state_dict,
 )
+from fcn.fcn import init_from_scratch
 from fcn.surgery import default_vgg16_path
 
 
@@ -32,6 +33,8 @@ def starting_model(
 ) -> tuple[nn.Module, ModelCard]:
     """Build an untrained FCN initialised from ImageNet VGG16 (default) or at random (with a seed).
 
+    Random FCNs get He initialisation (:func:`fcn.fcn.init_from_scratch`).
+
     Without ``vgg16`` the torch hub cache is looked in; nothing is downloaded. The Caffe
     conversion (``caffe``) must be named: the cache holds torchvision's weights.
     """
@@ -45,6 +48,8 @@ def starting_model(
     if random_seed is not None:
         torch.manual_seed(random_seed)
         model = build_model(arch, num_classes)
+        if isinstance(model, FCN):
+            init_from_scratch(model)
         init = f"random(seed={random_seed})"
         norm = TORCHVISION_IMAGENET
     else:

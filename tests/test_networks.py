@@ -17,7 +17,7 @@ from fcn import (
     init_from_vgg16,
     measure_receptive_field,
 )
-from fcn.fcn import FCN, bilinear_kernel, upsampler
+from fcn.fcn import FCN, bilinear_kernel, init_from_scratch, upsampler
 from fcn.receptive_field import one_channel_replica
 from tests.conftest import randomize
 
@@ -82,6 +82,21 @@ def test_score_layers_start_at_zero_and_upsamplers_are_fixed_bilinear() -> None:
         assert off_diagonal.abs().sum() == 0
     learnable = build_model("fcn8s", 6, learnable_upsampling=True)
     assert learnable.upscore8.weight.requires_grad  # type: ignore[union-attr]
+
+
+def test_from_scratch_the_signal_reaches_fc7_undiminished() -> None:
+    """He initialisation keeps the activations' scale through VGG16's 15 layers: fc7 ends within
+    a factor 4 of conv1_1 (PyTorch's default leaves about a thirtieth), so FCN-32s can learn."""
+    torch.manual_seed(0)
+    model = init_from_scratch(build_model("fcn32s", 6))  # type: ignore[arg-type]
+    spread = {}
+    model.features[1].register_forward_hook(lambda m, i, o: spread.__setitem__("conv1_1", o.std()))
+    model.relu7.register_forward_hook(lambda m, i, o: spread.__setitem__("fc7", o.std()))
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 96, 96))
+    assert 0.25 < spread["fc7"] / spread["conv1_1"] < 4
+    assert not model.fc6.bias.any() and not model.fc7.bias.any()  # type: ignore[union-attr]
+    assert not model.score_fr.weight.any()  # the scores still start at zero
 
 
 @pytest.mark.parametrize("factor", [2, 8, 32])
