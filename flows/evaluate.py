@@ -29,8 +29,9 @@ def evaluate(
 
     With --tiled the images (GeoTIFF scenes of an ortho dataset) go through the tiling pipeline,
     which gives the whole-image numbers when the halo covers the receptive field; pixels under a
-    scene's nodata or mask, where the pipeline predicts nothing, are left out and counted. --report writes
-    a JSON report (metrics, per-class IU, confusion matrix) and a confusion-matrix PNG beside it.
+    scene's nodata or mask, where the pipeline predicts nothing, are left out and counted.
+    --report writes a JSON report (metrics, per-class IU, confusion matrix) and a confusion-matrix
+    PNG beside it.
     """
     data = open_dataset(dataset, split)
     notes = []
