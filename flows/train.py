@@ -95,10 +95,8 @@ def train_stage_task(
 
 
 @task(name="resume-stage", cache_policy=NO_CACHE)
-def resume_stage_task(last: Path, device: str) -> StageResult:
-    """Continue a stage exactly from its last.pt."""
-    payload = read_checkpoint(last)
-    arch, args = ModelCard.from_dict(payload["card"]).arch, StageArgs(**payload["args"])
+def resume_stage_task(last: Path, arch: str, args: StageArgs, device: str) -> StageResult:
+    """Continue a stage exactly from its last.pt (``arch`` and ``args`` as :func:`resumable` read them)."""
     with stage_progress(arch, args, last.parent) as on_step:
         return resume_stage(last.parent, device=pick_device(device), on_step=on_step)
 
@@ -129,9 +127,9 @@ def train(
     is chosen on --val-split. OUT defaults to runs/train, or to the run that --resume continues.
     """
     chain = stages_for(arch, staged)
-    resumed_arch, stored_steps, notes = None, 0, []
+    resumed_arch, resumed_args, notes = None, None, []
     if resume is not None:
-        resumed_arch, stored_steps = resumable(resume, chain)
+        resumed_arch, resumed_args = resumable(resume, chain)
         out = out or resume.parent.parent
         if resume.parent.resolve() != (out / resumed_arch).resolve():
             raise FcnpipeError(
@@ -151,8 +149,8 @@ def train(
         )  # fmt: skip
     except ValidationError as exc:
         raise FcnpipeError(f"invalid training settings: {describe_errors(exc)}.") from None
-    if resume is not None and stored_steps != args.steps:
-        notes.append(f"{resume} continues its stage as it was started, to step {stored_steps}; "
+    if resumed_args is not None and resumed_args.steps != args.steps:
+        notes.append(f"{resume} continues its stage as it was started, to step {resumed_args.steps}; "
                      f"the {args.steps} steps asked for apply to the stages after it.")  # fmt: skip
     results: dict[str, Any] = {}
     previous = init
@@ -161,8 +159,8 @@ def train(
         if resumed_arch is not None and chain.index(stage) < chain.index(resumed_arch):
             previous = str(run_dir / "best.pt")  # finished before the resumed stage
             continue
-        if resume is not None and stage == resumed_arch:
-            result = resume_stage_task(resume, device)
+        if resume is not None and resumed_args is not None and stage == resumed_arch:
+            result = resume_stage_task(resume, stage, resumed_args, device)
         else:
             result, started = train_stage_task(stage, previous, recipe, args, run_dir, device)
             notes += [note for note in started if note not in notes]
@@ -171,8 +169,8 @@ def train(
     return {"out": str(out), "warnings": notes, "stages": results}
 
 
-def resumable(checkpoint: Path, chain: list[str]) -> tuple[str, int]:
-    """The architecture and length of the stage ``checkpoint`` (a last.pt) resumes, checked."""
+def resumable(checkpoint: Path, chain: list[str]) -> tuple[str, StageArgs]:
+    """The architecture and arguments of the stage ``checkpoint`` (a last.pt) resumes, checked."""
     payload = read_checkpoint(checkpoint)
     arch = ModelCard.from_dict(payload["card"]).arch
     if "optimizer" not in payload:
@@ -182,7 +180,7 @@ def resumable(checkpoint: Path, chain: list[str]) -> tuple[str, int]:
         )
     if arch not in chain:
         raise FcnpipeError(f"{checkpoint} is a {arch} stage, which is not part of {' -> '.join(chain)}.")
-    return arch, int(payload["args"]["steps"])
+    return arch, StageArgs(**payload["args"])
 
 
 DEFAULT_SCENES, DEFAULT_SIZE, DEFAULT_STEPS = 12, 256, 300
