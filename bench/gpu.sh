@@ -19,7 +19,7 @@ done
 $py bench/train.py --device cuda --crop 320 --batch-size 8 --size 512 --steps 30 --precision bf16 \
     2>&1 | tee "$out/train.log"
 # The default model's recipe: what the first run on a fresh GPU machine costs and gives.
-$py -m pipeline.cli data make synthetic-ortho --out /tmp/synthetic --scenes 12 --size 256 --seed 0
+$py -m pipeline.cli.main data make synthetic-ortho --out /tmp/synthetic --scenes 12 --size 256 --seed 0
 $py bench/stages.py --dataset synthetic-ortho:/tmp/synthetic --init scratch --recipe default \
     --stages fcn8s --steps 300 --eval-every 75 --device cuda --out /tmp/default 2>&1 | tee "$out/default.log"
 # The paper's staged training on CamVid.

@@ -42,9 +42,9 @@ from rasterio.windows import Window
 from tiling import largest_batch
 
 from fcn import save_checkpoint
-from pipeline.data.synthetic import CLASSES, CRS, ORIGIN, RESOLUTION, Bytes, generate_scene
-from pipeline.segment import SegmentSettings, plan_scene, run_local
-from pipeline.weights import starting_model
+from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
+from pipeline.training.data.synthetic import CLASSES, CRS, ORIGIN, RESOLUTION, Bytes, generate_scene
+from pipeline.training.weights import starting_model
 
 TARGET = 1.2
 # Uncompressed RGB: zstd gives about 0.7 of it on these scenes, the rest covers the mosaic.
@@ -129,7 +129,7 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_export(args: argparse.Namespace) -> dict[str, Any]:
     """Export the scene's finished mosaic as a COG in this (fresh) process; report its peak."""
-    from pipeline.export import export_cog  # here: GPU machines without rio-cogeo can run the rest
+    from pipeline.outputs.export import export_cog  # here: GPU machines without rio-cogeo can run the rest
 
     mosaic, out = args.scene.with_suffix(".zarr"), args.scene.with_suffix(".cog.tif")
     start = time.perf_counter()

@@ -32,12 +32,12 @@ from tiling import engine_batches
 from torch import nn
 
 from fcn import save_checkpoint
-from pipeline.data.synthetic import generate_scene, write_scene
-from pipeline.engine import Engine
-from pipeline.grid import Tile
-from pipeline.raster import RasterReader
-from pipeline.segment import Plan, SegmentSettings, cached_engine, plan_scene, run_local
-from pipeline.weights import starting_model
+from pipeline.tiling.engine import Engine
+from pipeline.tiling.grid import Tile
+from pipeline.tiling.raster import RasterReader
+from pipeline.tiling.segment import Plan, SegmentSettings, cached_engine, plan_scene, run_local
+from pipeline.training.data.synthetic import generate_scene, write_scene
+from pipeline.training.weights import starting_model
 
 TARGET = 1.10
 

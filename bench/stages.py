@@ -1,7 +1,7 @@
 """The FCN paper's staged training (FCN-32s, then 16s from it, then 8s from that), without Prefect.
 
 For GPU machines that cannot carry Prefect (../shared/device/README.md): the same
-``pipeline.train.train_stage`` the train flow runs, stage after stage, each from the previous
+``pipeline.training.train.train_stage`` the train flow runs, stage after stage, each from the previous
 stage's best checkpoint. Prints one markdown row per stage (the four metrics of its best
 validation, steps, wall time) for BENCHMARKS.md, and writes them to ``OUT/stages.json``.
 
@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from pipeline.data import open_dataset
-from pipeline.engine import pick_device
-from pipeline.recipes import load_recipe
-from pipeline.train import STAGES, StageArgs, StepReport, initial_model, train_stage
+from pipeline.tiling.engine import pick_device
+from pipeline.training.data import open_dataset
+from pipeline.training.recipes import load_recipe
+from pipeline.training.train import STAGES, StageArgs, StepReport, initial_model, train_stage
 
 METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.engine import geometry
-from pipeline.grid import Tile
-from pipeline.segment import Plan
+from pipeline.tiling.engine import geometry
+from pipeline.tiling.grid import Tile
+from pipeline.tiling.segment import Plan
 
 
 def engine_batches(plan: Plan) -> list[list[Tile]]:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.data import open_dataset
-from pipeline.data.synthetic import make_benchmark
-from pipeline.engine import pick_device
-from pipeline.recipes import load_recipe, make_optimizer, make_scheduler
-from pipeline.train import batches, evaluate, fill_colour, initial_model, network_input, train_steps
+from pipeline.tiling.engine import pick_device
+from pipeline.training.data import open_dataset
+from pipeline.training.data.synthetic import make_benchmark
+from pipeline.training.recipes import load_recipe, make_optimizer, make_scheduler
+from pipeline.training.train import batches, evaluate, fill_colour, initial_model, network_input, train_steps
 
 
 def main() -> None:

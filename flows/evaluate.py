@@ -8,10 +8,10 @@ from typing import Any
 from prefect import flow
 
 from fcn import load_checkpoint
-from pipeline.data import open_dataset
-from pipeline.engine import pick_device
-from pipeline.evaluation import evaluate_tiled, print_table, write_report
-from pipeline.train import evaluate as evaluate_whole
+from pipeline.tiling.engine import pick_device
+from pipeline.training.data import open_dataset
+from pipeline.training.evaluation import evaluate_tiled, print_table, write_report
+from pipeline.training.train import evaluate as evaluate_whole
 
 
 @flow(name="evaluate")

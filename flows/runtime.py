@@ -39,8 +39,8 @@ from rich.progress import (  # noqa: E402
     TimeRemainingColumn,
 )
 
-from pipeline.segment import BlockReport, Plan  # noqa: E402
-from pipeline.train import StepReport  # noqa: E402
+from pipeline.tiling.segment import BlockReport, Plan  # noqa: E402
+from pipeline.training.train import StepReport  # noqa: E402
 
 __all__ = ["Flow", "dask_task_runner", "ensure_api", "prefect_session", "progress_bar"]
 

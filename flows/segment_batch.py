@@ -17,8 +17,8 @@ from prefect import flow, get_run_logger
 
 from fcn import FcnpipeError
 from flows.segment_mosaic import segment_mosaic
-from pipeline.inputs import batch_outputs, expand_inputs
-from pipeline.mosaic import AlreadyComplete
+from pipeline.cli.inputs import batch_outputs, expand_inputs
+from pipeline.outputs.mosaic import AlreadyComplete
 
 
 @flow(name="segment-batch")

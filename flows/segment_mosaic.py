@@ -20,9 +20,9 @@ from rich.console import Console
 
 from flows.runtime import dask_task_runner, progress_bar
 from flows.train import DEFAULT_STEPS, default_model
-from pipeline.config import default_model_path, load_segment_config
-from pipeline.export import export_cog
-from pipeline.segment import BlockReport, Plan, finish, plan_scene, segment_block
+from pipeline.cli.config import default_model_path, load_segment_config
+from pipeline.outputs.export import export_cog
+from pipeline.tiling.segment import BlockReport, Plan, finish, plan_scene, segment_block
 
 
 @task(name="plan", cache_policy=NO_CACHE)

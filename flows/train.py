@@ -23,10 +23,11 @@ from pydantic import ValidationError
 from fcn import FcnpipeError, ModelCard
 from fcn.checkpoint import read_checkpoint
 from flows.runtime import training_bar
-from pipeline.data import open_dataset
-from pipeline.engine import pick_device
-from pipeline.recipes import load_recipe
-from pipeline.train import (
+from pipeline.cli.yamlfile import describe_errors
+from pipeline.tiling.engine import pick_device
+from pipeline.training.data import open_dataset
+from pipeline.training.recipes import load_recipe
+from pipeline.training.train import (
     STAGES,
     StageArgs,
     StageResult,
@@ -35,7 +36,6 @@ from pipeline.train import (
     resume_stage,
     train_stage,
 )
-from pipeline.yamlfile import describe_errors
 
 
 def stages_for(arch: str, staged: bool) -> list[str]:
@@ -193,7 +193,7 @@ def default_model(path: Path, steps: int = DEFAULT_STEPS, device: str = "auto") 
     The benchmark is generated beside the model (deterministic, no download); the best checkpoint
     by validation mean IU is copied to ``path``.
     """
-    from pipeline.data.synthetic import make_benchmark
+    from pipeline.training.data.synthetic import make_benchmark
 
     work = path.parent / "default-model"
     data = make_benchmark(work / "synthetic-ortho", scenes=DEFAULT_SCENES, size=DEFAULT_SIZE, seed=0)

@@ -16,9 +16,9 @@ import rasterio
 import zarr
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.mosaic import MANIFEST, read_state
-from pipeline.segment import SegmentSettings, plan_scene, run_local
+from pipeline.cli.main import app
+from pipeline.outputs.mosaic import MANIFEST, read_state
+from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
 from tests.conftest import noise_image, write_tif
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def fcnpipe(*args: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_API_URL"] = str(get_current_settings().api.url)
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env, start_new_session=True,
+        [sys.executable, "-m", "pipeline.cli.main", *args], cwd=ROOT, env=env, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
 
@@ -269,7 +269,7 @@ def test_the_default_model_is_used_when_no_weights_are_given(
     tmp_path: Path, pointwise_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Plumbing: the stand-in sits where the default model lives ($FCNPIPE_HOME/models/).
-    from pipeline.config import default_model_path
+    from pipeline.cli.config import default_model_path
 
     monkeypatch.setenv("FCNPIPE_HOME", str(tmp_path / "home"))
     default = default_model_path()

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data.metrics import ConfusionMatrix, confusion, per_class_iu, scores
-from pipeline.evaluation import write_report
+from pipeline.training.data.metrics import ConfusionMatrix, confusion, per_class_iu, scores
+from pipeline.training.evaluation import write_report
 
 # Four classes; class 3 never occurs in the ground truth but is predicted once; two pixels are void
 # (255) and their predictions must not count.

@@ -25,12 +25,12 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from fcn import FcnpipeError
-from pipeline.cli import app
-from pipeline.export import export_cog, export_vector
-from pipeline.inspect import describe_mosaic
-from pipeline.mosaic import parse_geotransform
-from pipeline.pyramid import level_shapes, read_level
-from pipeline.segment import SegmentSettings, plan_scene, run_local
+from pipeline.cli.main import app
+from pipeline.outputs.export import export_cog, export_vector
+from pipeline.outputs.inspect import describe_mosaic
+from pipeline.outputs.mosaic import parse_geotransform
+from pipeline.outputs.pyramid import level_shapes, read_level
+from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
 from tests.conftest import write_tif
 
 COLOURS = [(200, 180, 40), (20, 60, 220), (250, 250, 250), (90, 160, 60)]
@@ -129,7 +129,7 @@ def test_pyramid_is_described_as_multiscales_and_each_level_opens_georeferenced(
 
 
 def test_pyramid_is_rebuilt_identically(mosaic: Path, tmp_path: Path) -> None:
-    from pipeline.pyramid import build_pyramid
+    from pipeline.outputs.pyramid import build_pyramid
 
     copy = tmp_path / "copy.zarr"
     import shutil
@@ -285,7 +285,7 @@ def test_export_command_writes_both_and_refuses_an_incomplete_mosaic(
 
 
 def test_geotransform_text_round_trips() -> None:
-    from pipeline.mosaic import gdal_geotransform
+    from pipeline.outputs.mosaic import gdal_geotransform
 
     affine = (0.5, 0.1, 500000.0, -0.2, -0.5, 4500000.0)
     assert parse_geotransform(gdal_geotransform(affine)) == affine

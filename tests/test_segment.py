@@ -16,8 +16,8 @@ from affine import Affine
 from torch import nn
 
 from fcn import FcnpipeError, load_checkpoint
-from pipeline.mosaic import read_state
-from pipeline.segment import SegmentSettings, plan_scene, run_local
+from pipeline.outputs.mosaic import read_state
+from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
 from tests.conftest import noise_image, write_tif
 
 EXACT = SegmentSettings(
@@ -135,7 +135,7 @@ class CountingForward:
 def test_nodata_cores_are_skipped_and_masked_pixels_are_nodata(
     tmp_path: Path, pointwise_checkpoint: Path
 ) -> None:
-    from pipeline.segment import cached_engine
+    from pipeline.tiling.segment import cached_engine
 
     image = noise_image(128, 192)
     image[image == 0] = 1  # keep 0 for nodata
@@ -281,8 +281,8 @@ def test_inspect_describes_complete_and_interrupted_mosaics(
 
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
-    from pipeline.segment import segment_block
+    from pipeline.cli.main import app
+    from pipeline.tiling.segment import segment_block
 
     scene = write_tif(tmp_path / "s.tif", noise_image(100, 130))
     plan = plan_scene(scene, pointwise_checkpoint, SegmentSettings(tile_size=32, chunk=32, block=2))
@@ -302,8 +302,8 @@ def test_inspect_describes_complete_and_interrupted_mosaics(
 
 def test_tiles_of_one_geometry_share_batches(tmp_path: Path, pointwise_checkpoint: Path) -> None:
     """A block's edge tiles no longer break up the batches of its interior tiles."""
-    from pipeline.engine import geometry
-    from pipeline.segment import cached_engine
+    from pipeline.tiling.engine import geometry
+    from pipeline.tiling.segment import cached_engine
 
     scene = write_tif(tmp_path / "grid.tif", noise_image(64 * 5, 64 * 5, seed=3))
     settings = SegmentSettings(tile_size=64, halo=32, chunk=32, block=5, batch_size=4)

@@ -17,7 +17,7 @@ from rasterio.transform import Affine
 from scipy import ndimage
 
 from fcn import FcnpipeError
-from pipeline.data.synthetic import (
+from pipeline.training.data.synthetic import (
     CLASSES,
     IGNORE_INDEX,
     PALETTE,
@@ -242,8 +242,8 @@ def test_benchmark_is_reproducible(tmp_path: Path) -> None:
 
 
 def test_benchmark_reads_back_as_a_dataset(tmp_path: Path) -> None:
-    from pipeline.data import open_dataset
-    from pipeline.data.synthetic import CLASSES, make_benchmark
+    from pipeline.training.data import open_dataset
+    from pipeline.training.data.synthetic import CLASSES, make_benchmark
 
     root = make_benchmark(tmp_path / "bench", scenes=3, size=40, seed=2)
     dataset = open_dataset(f"synthetic-ortho:{root}", "train")

@@ -21,11 +21,11 @@ from fcn import (
     save_checkpoint,
 )
 from fcn.checkpoint import read_checkpoint
-from pipeline.data import SegmentationDataset, open_dataset
-from pipeline.data.base import ImageArray, LabelArray
-from pipeline.data.synthetic import make_benchmark
-from pipeline.recipes import Recipe, load_recipe, param_groups
-from pipeline.train import (
+from pipeline.training.data import SegmentationDataset, open_dataset
+from pipeline.training.data.base import ImageArray, LabelArray
+from pipeline.training.data.synthetic import make_benchmark
+from pipeline.training.recipes import Recipe, load_recipe, param_groups
+from pipeline.training.train import (
     METRIC_FIELDS,
     STAGES,
     StageArgs,

@@ -14,9 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 from fcn import build_model, load_checkpoint
-from pipeline.cli import app
-from pipeline.data import open_dataset, scores
-from pipeline.data.synthetic import CLASSES, make_benchmark
+from pipeline.cli.main import app
+from pipeline.training.data import open_dataset, scores
+from pipeline.training.data.synthetic import CLASSES, make_benchmark
 from tests.conftest import randomize, save_model, write_tif
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,12 +91,12 @@ def test_train_flow_writes_checkpoints_metrics_and_resumes_exactly(benchmark: Pa
     tables = sorted(str(a.data) for a in versions)
     assert [table.count("\n| ") for table in tables] == [1, 2, 3]  # data rows after each validation
 
-    from pipeline.train import resume_stage
+    from pipeline.training.train import resume_stage
 
     resume_stage(stage, until=None)  # a finished stage stays as it is
     paused = tmp_path / "paused" / "pointwise"
-    from pipeline.recipes import load_recipe
-    from pipeline.train import StageArgs, initial_model, open_dataset, train_stage
+    from pipeline.training.recipes import load_recipe
+    from pipeline.training.train import StageArgs, initial_model, open_dataset, train_stage
 
     dataset = open_dataset(f"synthetic-ortho:{benchmark}", "train")
     with pytest.warns(UserWarning, match="ImageNet"):
@@ -170,8 +170,8 @@ def test_tiled_scoring_reads_bands_1_to_3_and_leaves_masked_pixels_out(tmp_path:
     whole-image scoring, which is the whole-image matrix of the same scenes with the patch's labels
     made void.
     """
-    from pipeline.evaluation import evaluate_tiled
-    from pipeline.train import evaluate as evaluate_whole
+    from pipeline.training.evaluation import evaluate_tiled
+    from pipeline.training.train import evaluate as evaluate_whole
 
     source = make_benchmark(tmp_path / "source", scenes=3, size=40, seed=2)
     scenes, voided = (

@@ -15,7 +15,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
 from fcn import ModelCard
-from pipeline.raster import RasterInfo
+from pipeline.tiling.raster import RasterInfo
 
 
 def class_pixels(labels: zarr.Array[Any], num_classes: int) -> NDArray[np.int64]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fcn.errors import FcnpipeError
-from pipeline.data.base import ImageArray, LabelArray, SegmentationDataset, shift_void
-from pipeline.data.files import load_mat, read_lines, read_rgb, require_dirs, split_file
+from pipeline.training.data.base import ImageArray, LabelArray, SegmentationDataset, shift_void
+from pipeline.training.data.files import load_mat, read_lines, read_rgb, require_dirs, split_file
 
 CLASSES = (
     "wall",

@@ -6,14 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fcn.errors import FcnpipeError
-from pipeline.data.base import SegmentationDataset
-from pipeline.data.camvid import CamVid
-from pipeline.data.context import PascalContext
-from pipeline.data.isprs import Potsdam, Vaihingen
-from pipeline.data.nyud import NYUD, NYUDHHA
-from pipeline.data.ortho import Ortho
-from pipeline.data.siftflow import SiftFlow, SiftFlowGeo
-from pipeline.data.voc import SBD, VOC
+from pipeline.training.data.base import SegmentationDataset
+from pipeline.training.data.camvid import CamVid
+from pipeline.training.data.context import PascalContext
+from pipeline.training.data.isprs import Potsdam, Vaihingen
+from pipeline.training.data.nyud import NYUD, NYUDHHA
+from pipeline.training.data.ortho import Ortho
+from pipeline.training.data.siftflow import SiftFlow, SiftFlowGeo
+from pipeline.training.data.voc import SBD, VOC
 
 Opener = Callable[[Path, str], SegmentationDataset]
 
@@ -27,7 +27,7 @@ DATASETS: dict[str, Opener] = {
     "nyud-hha": NYUDHHA,
     "pascal-context": PascalContext,
     "ortho": Ortho,
-    # The generated benchmark (pipeline.data.synthetic.make_benchmark) is written in the ortho layout.
+    # The generated benchmark (training.data.synthetic.make_benchmark) is written in the ortho layout.
     "synthetic-ortho": Ortho,
     "vaihingen": Vaihingen,
     "potsdam": Potsdam,

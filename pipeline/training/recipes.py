@@ -19,9 +19,9 @@ from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from fcn.errors import FcnpipeError
-from pipeline.yamlfile import describe_errors, read_mapping
+from pipeline.cli.yamlfile import describe_errors, read_mapping
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BUILTIN_RECIPES = ("heavy", "modern", "default")
 
 

@@ -19,9 +19,7 @@ import zarr
 
 from fcn import FcnpipeError, ModelCard, load_checkpoint
 from fcn.checkpoint import read_checkpoint
-from pipeline.engine import Engine, EngineSettings
-from pipeline.grid import Block, GridSpec, plan_blocks, round_up
-from pipeline.mosaic import (
+from pipeline.outputs.mosaic import (
     OUTPUTS,
     MosaicSpec,
     blocks_done,
@@ -32,9 +30,11 @@ from pipeline.mosaic import (
     prepare,
     write_core,
 )
-from pipeline.pyramid import build_pyramid
-from pipeline.raster import RasterInfo, RasterReader, inspect_raster
-from pipeline.report import class_pixels, markdown_report, pixel_area, preview
+from pipeline.outputs.pyramid import build_pyramid
+from pipeline.outputs.report import class_pixels, markdown_report, pixel_area, preview
+from pipeline.tiling.engine import Engine, EngineSettings
+from pipeline.tiling.grid import Block, GridSpec, plan_blocks, round_up
+from pipeline.tiling.raster import RasterInfo, RasterReader, inspect_raster
 
 log = logging.getLogger(__name__)
 

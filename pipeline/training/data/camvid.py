@@ -13,8 +13,8 @@ from pathlib import Path, PurePosixPath
 
 from fcn.checkpoint import RGB
 from fcn.errors import FcnpipeError
-from pipeline.data.base import ImageArray, LabelArray, SegmentationDataset
-from pipeline.data.files import read_index_png, read_lines, read_rgb, split_file
+from pipeline.training.data.base import ImageArray, LabelArray, SegmentationDataset
+from pipeline.training.data.files import read_index_png, read_lines, read_rgb, split_file
 
 CLASSES = (
     "Sky",

@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fcn import FcnpipeError
-from pipeline.segment import SegmentSettings
-from pipeline.yamlfile import describe_errors, read_mapping
+from pipeline.cli.yamlfile import describe_errors, read_mapping
+from pipeline.tiling.segment import SegmentSettings
 
 DEFAULT_MODEL_NAME = "fcn8s-synthetic-ortho.pt"
 

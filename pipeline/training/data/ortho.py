@@ -4,7 +4,7 @@ Layout: ``images/<stem>.tif`` and ``labels/<stem>.tif`` (``.tiff`` also accepted
 in both. Images: the first three bands are red, green, blue, 8-bit. Labels: single-band rasters
 whose band 1 holds class indices; pixels equal to the label's nodata value become 255, the ignore
 value (so 255 itself is void too). A label with more bands is refused: colour-coded labels such as
-the ISPRS benchmarks' have their own readers (``pipeline.data.isprs``). An Inria-style folder with
+the ISPRS benchmarks' have their own readers (``pipeline.training.data.isprs``). An Inria-style folder with
 ``gt/`` in place of ``labels/`` holds 0/255 building masks, read as 0 background / 1 building.
 
 Splits: ``<split>.txt`` at the root lists stems, one per line. Without any of ``train.txt``,
@@ -28,8 +28,8 @@ from numpy.typing import NDArray
 
 from fcn.checkpoint import RGB
 from fcn.errors import FcnpipeError
-from pipeline.data.base import VOID, ImageArray, LabelArray, SegmentationDataset
-from pipeline.data.files import read_lines
+from pipeline.training.data.base import VOID, ImageArray, LabelArray, SegmentationDataset
+from pipeline.training.data.files import read_lines
 
 SPLITS = ("train", "val", "test")
 

@@ -48,9 +48,9 @@ from fcn import (
     save_checkpoint,
 )
 from fcn.checkpoint import read_checkpoint
-from pipeline.data import ConfusionMatrix, SegmentationDataset, open_dataset
-from pipeline.recipes import Recipe, make_optimizer, make_scheduler, validated
-from pipeline.weights import starting_model
+from pipeline.training.data import ConfusionMatrix, SegmentationDataset, open_dataset
+from pipeline.training.recipes import Recipe, make_optimizer, make_scheduler, validated
+from pipeline.training.weights import starting_model
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class StageArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: str
-    """``NAME:PATH``, as for :func:`pipeline.data.open_dataset`."""
+    """``NAME:PATH``, as for :func:`pipeline.training.data.open_dataset`."""
     steps: int = Field(gt=0)
     eval_every: int = Field(gt=0)
     seed: int = Field(0, ge=0)

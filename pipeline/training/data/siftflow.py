@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path, PureWindowsPath
 
-from pipeline.data.base import ImageArray, LabelArray, SegmentationDataset, shift_void
-from pipeline.data.files import load_mat, read_lines, read_rgb, require_dirs, split_file
+from pipeline.training.data.base import ImageArray, LabelArray, SegmentationDataset, shift_void
+from pipeline.training.data.files import load_mat, read_lines, read_rgb, require_dirs, split_file
 
 SCENES = "spatial_envelope_256x256_static_8outdoorcategories"
 

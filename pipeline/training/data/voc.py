@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.data.base import ImageArray, LabelArray, SegmentationDataset
-from pipeline.data.files import (
+from pipeline.training.data.base import ImageArray, LabelArray, SegmentationDataset
+from pipeline.training.data.files import (
     load_mat,
     read_index_png,
     read_lines,

@@ -30,8 +30,8 @@ from numpy.typing import NDArray
 from zarr.codecs import ZstdCodec
 
 from fcn import FcnpipeError, ModelCard
-from pipeline.grid import Window
-from pipeline.raster import RasterInfo
+from pipeline.tiling.grid import Window
+from pipeline.tiling.raster import RasterInfo
 
 OUTPUTS = ("labels", "probabilities", "logits")
 PROBABILITY_SCALE = 254

@@ -70,7 +70,13 @@ def run(
     ] = None,
 ) -> None:
     """Run a flow file; its parameters are options (`fcnpipe run FLOW --help` lists them)."""
-    from pipeline.flowfile import describe_params, find_flow, flow_params, import_flow_module, parse_options
+    from pipeline.cli.flowfile import (
+        describe_params,
+        find_flow,
+        flow_params,
+        import_flow_module,
+        parse_options,
+    )
 
     if flow_file is None or str(flow_file) in ("--help", "-h"):
         out.print(ctx.get_help())
@@ -145,7 +151,7 @@ def weights_init(
     ] = None,
 ) -> None:
     """Write a starting checkpoint: an FCN initialised from ImageNet VGG16, or random."""
-    from pipeline.weights import starting_model
+    from pipeline.training.weights import starting_model
 
     with user_errors():
         names = [n.strip() for n in class_names.split(",")] if class_names else None
@@ -174,7 +180,7 @@ def data_make(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same bytes.")] = 0,
 ) -> None:
     """Generate a bundled benchmark (georeferenced GeoTIFF scenes with label rasters)."""
-    from pipeline.data.synthetic import make_benchmark
+    from pipeline.training.data.synthetic import make_benchmark
 
     with user_errors():
         if name != "synthetic-ortho":
@@ -191,7 +197,7 @@ def data_info(
     check: Annotated[int, typer.Option(help="Samples of each split to read and check (0: none).", min=0)] = 1,
 ) -> None:
     """Check that a dataset folder reads: images per split, classes, and the first samples of each split."""
-    from pipeline.data import open_dataset
+    from pipeline.training.data import open_dataset
 
     opened = []
     for split in ("train", "val", "test"):
@@ -222,7 +228,7 @@ def data_scene(
     labels: Annotated[Path | None, typer.Option(help="Also write its label raster here.")] = None,
 ) -> None:
     """Write one synthetic orthophoto scene (0.5 m pixels, UTM 33N) to try the main job on."""
-    from pipeline.data.synthetic import generate_scene, write_scene
+    from pipeline.training.data.synthetic import generate_scene, write_scene
 
     with user_errors():
         image, label = generate_scene(size, seed)
@@ -241,7 +247,7 @@ def inspect_mosaic(
     """Describe a mosaic: size, chunks, CRS, classes, arrays, completeness, provenance."""
     import json
 
-    from pipeline.inspect import describe_mosaic, summary_lines
+    from pipeline.outputs.inspect import describe_mosaic, summary_lines
 
     with user_errors():
         info = describe_mosaic(mosaic)
@@ -270,7 +276,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
     """Export a mosaic as a COG (labels with colours, or probabilities) and/or polygons."""
-    from pipeline.export import export_cog, export_vector
+    from pipeline.outputs.export import export_cog, export_vector
 
     if cog is None and vector is None:
         fail("say what to write: --cog OUT.tif, --vector OUT.gpkg, or both.")

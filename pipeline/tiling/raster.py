@@ -20,7 +20,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window as RioWindow
 
 from fcn import FcnpipeError
-from pipeline.grid import Window
+from pipeline.tiling.grid import Window
 
 Transform = tuple[float, float, float, float, float, float]
 

@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fcn import FcnpipeError
-from pipeline.data import ConfusionMatrix, SegmentationDataset
-from pipeline.data.ortho import GeoTiffDataset
-from pipeline.segment import SegmentSettings, plan_scene, run_local
+from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
+from pipeline.training.data import ConfusionMatrix, SegmentationDataset
+from pipeline.training.data.ortho import GeoTiffDataset
 
 METRIC_NAMES = {
     "pixel_accuracy": "pixel acc.",

@@ -20,9 +20,9 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fcn import FcnpipeError, Normalization
-from pipeline.grid import Tile
-from pipeline.mosaic import PROBABILITY_NODATA, PROBABILITY_SCALE, label_dtype, label_nodata
-from pipeline.raster import RasterReader
+from pipeline.outputs.mosaic import PROBABILITY_NODATA, PROBABILITY_SCALE, label_dtype, label_nodata
+from pipeline.tiling.grid import Tile
+from pipeline.tiling.raster import RasterReader
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -30,9 +30,9 @@ from numpy.typing import NDArray
 
 from fcn.checkpoint import RGB
 from fcn.errors import FcnpipeError
-from pipeline.data.base import VOID, LabelArray
-from pipeline.data.files import read_lines
-from pipeline.data.ortho import GeoTiffDataset
+from pipeline.training.data.base import VOID, LabelArray
+from pipeline.training.data.files import read_lines
+from pipeline.training.data.ortho import GeoTiffDataset
 
 CLASS_NAMES = ("impervious surfaces", "building", "low vegetation", "tree", "car", "clutter")
 PALETTE: tuple[RGB, ...] = (

@@ -34,8 +34,8 @@ from pyogrio.raw import write as write_layer
 from rio_cogeo.cogeo import cog_validate
 
 from fcn import FcnpipeError
-from pipeline.grid import Window, windows
-from pipeline.mosaic import PROBABILITY_NODATA, PROBABILITY_SCALE, parse_geotransform, read_state
+from pipeline.outputs.mosaic import PROBABILITY_NODATA, PROBABILITY_SCALE, parse_geotransform, read_state
+from pipeline.tiling.grid import Window, windows
 
 BLOCK = 2048  # pixels per side of the windows read from the mosaic
 GDAL_CACHE_MB = 256  # GDAL's block cache while a COG is made (its default is 5 % of the RAM)

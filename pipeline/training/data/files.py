@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from fcn.errors import FcnpipeError
-from pipeline.data.base import ImageArray, LabelArray
+from pipeline.training.data.base import ImageArray, LabelArray
 
 
 def read_lines(path: Path) -> list[str]:

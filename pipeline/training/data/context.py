@@ -25,8 +25,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fcn.errors import FcnpipeError
-from pipeline.data.base import ImageArray, LabelArray, SegmentationDataset
-from pipeline.data.files import load_mat, read_lines, read_rgb, require_dirs, split_file
+from pipeline.training.data.base import ImageArray, LabelArray, SegmentationDataset
+from pipeline.training.data.files import load_mat, read_lines, read_rgb, require_dirs, split_file
 
 # Task spelling -> spelling in the full label list.
 RENAMED = {"diningtable": "table", "bedcloth": "bedclothes", "clothes": "cloth"}

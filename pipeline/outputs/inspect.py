@@ -10,7 +10,7 @@ import zarr
 from rasterio.crs import CRS
 
 from fcn import FcnpipeError
-from pipeline.mosaic import OUTPUTS, blocks_done, parse_geotransform, read_state
+from pipeline.outputs.mosaic import OUTPUTS, blocks_done, parse_geotransform, read_state
 
 
 def describe_mosaic(path: Path) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The command-line face: the ``fcnpipe`` app, flow files, typed configs, inputs and weights."""

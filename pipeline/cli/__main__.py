@@ -1,0 +1,5 @@
+"""``python -m pipeline.cli``: the ``fcnpipe`` command."""
+
+from pipeline.cli.main import app
+
+app()

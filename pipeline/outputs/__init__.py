@@ -1,0 +1,1 @@
+"""Outputs: the Zarr mosaic, its pyramid, exports, reports and what reads them."""

@@ -1,0 +1,1 @@
+"""Tiling: window geometry, raster reads, batched inference, and the plan / block / finish steps."""

@@ -1,0 +1,1 @@
+"""Training: the training loop, recipes, evaluation and the datasets."""
