@@ -21,7 +21,9 @@ QUIET_ENV = {
     "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
     # The embedded server can take longer than Prefect's 20 s to start on a small, busy machine.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-    "DASK_LOGGING__DISTRIBUTED": "warning",
+    # distributed's own lines (a worker restarted, a heartbeat racing the shutdown) are noise on a
+    # terminal: a block that fails reaches the user through its task, as one sentence.
+    "DASK_LOGGING__DISTRIBUTED": "critical",
 }
 for _key, _value in QUIET_ENV.items():
     os.environ.setdefault(_key, _value)

@@ -19,12 +19,13 @@ from fcn import FcnpipeError
 from flows.segment_mosaic import segment_mosaic
 from pipeline.cli.inputs import batch_outputs, expand_inputs
 from pipeline.outputs.mosaic import AlreadyComplete
+from pipeline.storage import Location
 
 
 @flow(name="segment-batch")
 def segment_batch(
     inputs: str,
-    output_dir: Path | None = None,
+    output_dir: str | None = None,
     weights: Path | None = None,
     config: Path | None = None,
     tile_size: int | None = None,
@@ -40,15 +41,17 @@ def segment_batch(
     dask_address: str | None = None,
     cog: bool = False,
 ) -> dict[str, Any]:
-    """Segment every raster INPUTS names (a folder, a glob such as 'scenes/*.tif', or a .txt list).
+    """Segment every raster INPUTS names: a folder or bucket prefix, a glob, or a .txt list.
 
-    Each scene gets scene.zarr beside it (or in --output-dir), and with --cog a scene.labels.tif.
+    For example 'scenes/*.tif' or 's3://bucket/incoming/*.tif'. Each scene gets scene.zarr beside
+    it (or in --output-dir, a folder or bucket prefix), and with --cog a scene.labels.tif.
     Complete mosaics are skipped, interrupted ones resumed; other options are the segment flow's.
     """
     paths = expand_inputs(inputs)
-    targets = batch_outputs(paths, output_dir)
-    if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Location.of(output_dir) if output_dir is not None else None
+    targets = batch_outputs(paths, out_dir)
+    if out_dir is not None and out_dir.is_local:
+        out_dir.path.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {
         "weights": weights, "config": config, "tile_size": tile_size, "halo": halo,
         "batch_size": batch_size, "device": device, "outputs": outputs,
@@ -60,14 +63,15 @@ def segment_batch(
     skipped: list[str] = []
     failed: list[str] = []
     for path, target in zip(paths, targets, strict=True):
-        labels_cog = target.with_suffix(".labels.tif") if cog else None
+        labels_cog = target.with_suffix(".labels.tif").text if cog else None
+        name = path.redacted()
         try:
-            segment_mosaic(input=path, output=target, cog=labels_cog, **options)
-            done.append(str(path))
+            segment_mosaic(input=path.text, output=target.text, cog=labels_cog, **options)
+            done.append(name)
         except AlreadyComplete:
-            skipped.append(str(path))
+            skipped.append(name)
         except FcnpipeError as exc:
-            sentence = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            sentence = str(exc) if name in str(exc) else f"{name}: {exc}"
             get_run_logger().error(sentence)
             failed.append(sentence)
     if failed:

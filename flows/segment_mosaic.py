@@ -22,11 +22,12 @@ from flows.runtime import dask_task_runner, progress_bar
 from flows.train import DEFAULT_STEPS, default_model
 from pipeline.cli.config import default_model_path, load_segment_config
 from pipeline.outputs.export import export_cog
+from pipeline.storage import Location
 from pipeline.tiling.segment import BlockReport, Plan, finish, plan_scene, segment_block
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan_task(input: Path, weights: Path, settings: Any, output: Path | None, overwrite: bool) -> Plan:
+def plan_task(input: str, weights: Path, settings: Any, output: str | None, overwrite: bool) -> Plan:
     """Check the inputs and prepare the store."""
     return plan_scene(input, weights, settings, output=output, overwrite=overwrite)
 
@@ -38,7 +39,7 @@ def segment_block_task(plan: Plan, index: int) -> BlockReport:
 
 
 @task(name="export-cog", cache_policy=NO_CACHE)
-def export_cog_task(mosaic: Path, out: Path, overwrite: bool) -> Path:
+def export_cog_task(mosaic: str, out: str, overwrite: bool) -> str:
     """The finished labels as a validated Cloud-Optimized GeoTIFF."""
     return export_cog(mosaic, out, overwrite=overwrite).path
 
@@ -79,8 +80,8 @@ def default_weights(device: str) -> Path:
 
 @flow(name="segment-mosaic")
 def segment_mosaic(
-    input: Path,
-    output: Path | None = None,
+    input: str,
+    output: str | None = None,
     weights: Path | None = None,
     config: Path | None = None,
     tile_size: int | None = None,
@@ -94,7 +95,7 @@ def segment_mosaic(
     overwrite: bool = False,
     workers: int = 0,
     dask_address: str | None = None,
-    cog: Path | None = None,
+    cog: str | None = None,
 ) -> dict[str, Any]:
     """Segment a raster into a georeferenced Zarr mosaic of labels (and probabilities / logits).
 
@@ -115,7 +116,9 @@ def segment_mosaic(
         runner = dask_task_runner(workers, dask_address)
     reports = segment_blocks.with_options(task_runner=runner)(plan)
     report = finish_task(plan, reports, time.perf_counter() - start)
-    create_markdown_artifact(report.pop("markdown"), key="segment-report", description=plan.output)
+    create_markdown_artifact(
+        report.pop("markdown"), key="segment-report", description=Location(plan.output).redacted()
+    )
     if cog is not None:
-        report["cog"] = str(export_cog_task(Path(plan.output), cog, overwrite))
-    return {"output": plan.output, "warnings": list(plan.warnings), **report}
+        report["cog"] = export_cog_task(plan.output, cog, overwrite)
+    return {"output": Location(plan.output).redacted(), "warnings": list(plan.warnings), **report}

@@ -1,5 +1,14 @@
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +20,8 @@ from rasterio.transform import from_origin
 from torch import nn
 
 from fcn import build_model, describe, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def randomize(model: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
@@ -93,3 +104,114 @@ def pointwise_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A stand-in model (one 1x1 convolution, 4 classes) for tests about plumbing, not the network."""
     model = randomize(build_model("pointwise", 4), seed=2, scale=1.0)
     return save_model(tmp_path_factory.mktemp("pointwise") / "pointwise.pt", model, "pointwise")
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One Prefect API (a real server in a subprocess, temporary database) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def fcnpipe(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start the real CLI in its own process group, reporting to the test's Prefect API."""
+    from prefect.settings import get_current_settings
+
+    base = env if env is not None else dict(os.environ)
+    clean = {k: v for k, v in base.items() if not k.startswith("PREFECT_")}
+    clean["PREFECT_API_URL"] = str(get_current_settings().api.url)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=clean, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """moto's standalone S3 server on 127.0.0.1, with IAM authentication switched on."""
+
+    endpoint: str
+    key_id: str
+    secret: str
+
+    def client(self, secret: str | None = None) -> Any:
+        """A boto3 S3 client with this server's credentials (or another secret)."""
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id=self.key_id, aws_secret_access_key=secret or self.secret,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3 API over HTTP (moto's ThreadedMotoServer, as s3fs's and zarr's suites use).
+
+    One user with full S3 access is created first; then moto checks every request's signature
+    and the user's policy, as S3 does, so a wrong secret is refused with 403.
+    """
+    import boto3
+    import moto.settings
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                       aws_access_key_id="setup", aws_secret_access_key="setup")  # fmt: skip
+    iam.create_user(UserName="fcnpipe")
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="fcnpipe", PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="fcnpipe")["AccessKey"]
+    before = moto.settings.INITIAL_NO_AUTH_ACTION_COUNT
+    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # moto's documented switch: authenticate from now on
+    try:
+        yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = before
+        server.stop()
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A fresh bucket on the test S3 server, and this process's environment pointed at it."""
+
+    name: str
+    server: S3Server
+
+    def url(self, key: str) -> str:
+        """``s3://bucket/key``."""
+        return f"s3://{self.name}/{key}"
+
+    def upload(self, path: Path, key: str) -> str:
+        """Put a local file into the bucket; its URL."""
+        self.server.client().upload_file(str(path), self.name, key)
+        return self.url(key)
+
+    def objects(self, prefix: str = "") -> dict[str, bytes]:
+        """Every object under ``prefix``, by key relative to it."""
+        client = self.server.client()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        return {k[len(prefix) :]: client.get_object(Bucket=self.name, Key=k)["Body"].read() for k in keys}
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Bucket:
+    """A new bucket, and AWS_* set as a user of an S3-compatible store would set them."""
+    for name in ("AWS_PROFILE", "AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "AWS_SESSION_TOKEN",
+                 "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"t-{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return Bucket(name, s3_server)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +17,14 @@ from typer.testing import CliRunner
 from pipeline.cli.main import app
 from pipeline.outputs.mosaic import MANIFEST, read_state
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
-from tests.conftest import noise_image, write_tif
+from tests.conftest import fcnpipe, noise_image, write_tif
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = str(ROOT / "flows" / "segment_mosaic.py")
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 def chunk_bytes(store: Path) -> dict[str, bytes]:
@@ -144,18 +137,6 @@ def test_the_disk_filling_up_leaves_the_mosaic_incomplete(tmp_path: Path, pointw
         assert state is not None and not state["complete"]
     finally:
         subprocess.run(["umount", str(small)], check=False)
-
-
-def fcnpipe(*args: str) -> subprocess.Popen[bytes]:
-    """Start the real CLI in its own process group, reporting to the test's Prefect server."""
-    from prefect.settings import get_current_settings
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_API_URL"] = str(get_current_settings().api.url)
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli.main", *args], cwd=ROOT, env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
 
 
 def test_rerun_after_kill_9_resumes_and_gives_identical_bytes(tmp_path: Path, fcn8s_checkpoint: Path) -> None:

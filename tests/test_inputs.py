@@ -8,6 +8,11 @@ import pytest
 
 from fcn import FcnpipeError
 from pipeline.cli.inputs import batch_outputs, expand_inputs
+from pipeline.storage import Location
+
+
+def loc(*paths: Path) -> list[Location]:
+    return [Location(str(p)) for p in paths]
 
 
 @pytest.fixture
@@ -24,13 +29,13 @@ def test_a_folder_means_its_rasters_sorted(scenes: Path) -> None:
 
 def test_globs_and_single_files(scenes: Path) -> None:
     assert [p.name for p in expand_inputs(f"{scenes}/**/*.tif")] == ["b.tif", "d.tif"]
-    assert expand_inputs(str(scenes / "c.vrt")) == [scenes / "c.vrt"]
+    assert expand_inputs(str(scenes / "c.vrt")) == loc(scenes / "c.vrt")
 
 
 def test_a_list_file_is_relative_to_itself_and_checked(scenes: Path) -> None:
     listing = scenes / "todo.txt"
     listing.write_text("# tonight\nsub/d.tif\n\nb.tif  # again\nb.tif\n")
-    assert expand_inputs(str(listing)) == [scenes / "b.tif", scenes / "sub" / "d.tif"]
+    assert expand_inputs(str(listing)) == loc(scenes / "b.tif", scenes / "sub" / "d.tif")
     listing.write_text("b.tif\nmissing.tif\n")
     with pytest.raises(FcnpipeError, match=r"lists files that do not exist: .*missing\.tif"):
         expand_inputs(str(listing))
@@ -42,10 +47,10 @@ def test_nothing_matched_is_one_sentence(tmp_path: Path) -> None:
 
 
 def test_outputs_go_beside_or_into_a_folder_and_never_collide(scenes: Path, tmp_path: Path) -> None:
-    inputs = [scenes / "b.tif", scenes / "sub" / "d.tif"]
-    assert batch_outputs(inputs, None) == [scenes / "b.zarr", scenes / "sub" / "d.zarr"]
+    inputs = loc(scenes / "b.tif", scenes / "sub" / "d.tif")
+    assert batch_outputs(inputs, None) == loc(scenes / "b.zarr", scenes / "sub" / "d.zarr")
     out = tmp_path / "out"
-    assert batch_outputs(inputs, out) == [out / "b.zarr", out / "d.zarr"]
-    twins = [scenes / "b.tif", scenes / "sub" / "b.tif"]
+    assert batch_outputs(inputs, Location(str(out))) == loc(out / "b.zarr", out / "d.zarr")
+    twins = loc(scenes / "b.tif", scenes / "sub" / "b.tif")
     with pytest.raises(FcnpipeError, match="would both write"):
-        batch_outputs(twins, tmp_path / "out")
+        batch_outputs(twins, Location(str(out)))

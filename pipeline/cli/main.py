@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,14 @@ app.add_typer(data_app, name="data")
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+
+
+@app.callback()
+def main() -> None:
+    """Segment gigapixel images and orthophotos with fully convolutional networks."""
+    if not os.environ.get("FCNPIPE_DEBUG"):
+        # rasterio logs each GDAL error too; the command says what went wrong in one sentence.
+        logging.getLogger("rasterio").setLevel(logging.CRITICAL)
 
 
 def fail(sentence: str) -> NoReturn:
@@ -241,7 +250,7 @@ def data_scene(
 
 @app.command("inspect")
 def inspect_mosaic(
-    mosaic: Annotated[Path, typer.Argument(help="A mosaic written by the segment flow.")],
+    mosaic: Annotated[str, typer.Argument(help="A mosaic written by the segment flow (a path or URL).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Describe a mosaic: size, chunks, CRS, classes, arrays, completeness, provenance."""
@@ -260,10 +269,14 @@ def inspect_mosaic(
 
 @app.command("export")
 def export(
-    mosaic: Annotated[Path, typer.Argument(help="A complete mosaic written by the segment flow.")],
-    cog: Annotated[Path | None, typer.Option(help="Write a Cloud-Optimized GeoTIFF here.")] = None,
+    mosaic: Annotated[
+        str, typer.Argument(help="A complete mosaic written by the segment flow (a path or URL).")
+    ],
+    cog: Annotated[
+        str | None, typer.Option(help="Write a Cloud-Optimized GeoTIFF here (path or URL).")
+    ] = None,
     vector: Annotated[
-        Path | None, typer.Option(help="Write polygons of the label regions (GeoPackage).")
+        str | None, typer.Option(help="Write polygons of the label regions (GeoPackage; path or URL).")
     ] = None,
     what: Annotated[str, typer.Option(help="For --cog: labels or probabilities.")] = "labels",
     class_name: Annotated[

@@ -1,7 +1,9 @@
 """From a finished mosaic to files GIS tools open: a Cloud-Optimized GeoTIFF and polygons.
 
 Both read the mosaic one window at a time, so a gigapixel mosaic never has to fit in memory, and
-both write beside the output under a temporary name that becomes the output only once it is whole.
+both write a local file under a temporary name that becomes the output only once it is whole: a
+rename beside a local output, an upload (which appears whole or not at all) for ``s3://`` and the
+other object stores. The mosaic itself may be local or in a bucket.
 
 - COG: the windows go into a tiled GeoTIFF, which GDAL's COG driver copies into the COG layout
   with its overviews (mode for labels, average for probabilities; nodata ignored), zstd; the
@@ -16,6 +18,10 @@ both write beside the output under a temporary name that becomes the output only
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,14 @@ from pyogrio.raw import write as write_layer
 from rio_cogeo.cogeo import cog_validate
 
 from fcn import FcnpipeError
-from pipeline.outputs.mosaic import PROBABILITY_NODATA, PROBABILITY_SCALE, parse_geotransform, read_state
+from pipeline.outputs.mosaic import (
+    PROBABILITY_NODATA,
+    PROBABILITY_SCALE,
+    open_mosaic_group,
+    parse_geotransform,
+    read_state,
+)
+from pipeline.storage import Location, check_writable, is_file, publish
 from pipeline.tiling.grid import Window, windows
 
 BLOCK = 2048  # pixels per side of the windows read from the mosaic
@@ -45,7 +58,7 @@ GDAL_CACHE_MB = 256  # GDAL's block cache while a COG is made (its default is 5 
 class Mosaic:
     """A complete mosaic, opened for reading."""
 
-    path: Path
+    path: Location
     group: zarr.Group
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
@@ -72,22 +85,24 @@ class Mosaic:
         return self.class_names.index(name)
 
 
-def open_mosaic(path: Path) -> Mosaic:
+def open_mosaic(path: str | Path | Location) -> Mosaic:
     """Open a mosaic for export; refuse one that is not a mosaic or not complete."""
-    state = read_state(path)
+    where = Location.of(path)
+    state = read_state(where)
     if state is None:
-        raise FcnpipeError(f"{path} is not an fcnpipe mosaic.")
+        raise FcnpipeError(f"{where.redacted()} is not an fcnpipe mosaic.")
     if not state.get("complete"):
         raise FcnpipeError(
-            f"{path} is not complete; finish the run (run the same command again) before exporting."
+            f"{where.redacted()} is not complete; finish the run (run the same command again) "
+            "before exporting."
         )
-    group = zarr.open_group(str(path), mode="r")
+    group = open_mosaic_group(where, "r")
     ref = dict(group["spatial_ref"].attrs)
     attrs: dict[str, Any] = dict(group.attrs)
     palette = tuple((int(p[0]), int(p[1]), int(p[2])) for p in attrs["palette"])
     crs_wkt = ref.get("crs_wkt")
     return Mosaic(
-        path,
+        where,
         group,
         tuple(str(n) for n in attrs["class_names"]),
         palette,
@@ -96,17 +111,35 @@ def open_mosaic(path: Path) -> Mosaic:
     )
 
 
-def refuse_existing(out: Path, overwrite: bool) -> None:
-    """An existing output is replaced only with ``overwrite``; its folder must exist."""
-    if out.exists() and not overwrite:
-        raise FcnpipeError(f"{out} exists; pass --overwrite to replace it.")
-    if not out.parent.is_dir():
-        raise FcnpipeError(f"the folder {out.parent} does not exist.")
+def refuse_existing(out: Location, overwrite: bool) -> None:
+    """An existing output is replaced only with ``overwrite``; a local output's folder must exist."""
+    check_writable(out)
+    if is_file(out) and not overwrite:
+        raise FcnpipeError(f"{out.redacted()} exists; pass --overwrite to replace it.")
+    if out.is_local and not out.path.parent.is_dir():
+        raise FcnpipeError(f"the folder {out.path.parent} does not exist.")
 
 
-def temporary(out: Path) -> Path:
-    """A name beside ``out`` for the file being written."""
-    return out.with_name(f".{out.name}.partial{out.suffix}")
+@contextmanager
+def staged(out: Location, suffix: str = "") -> Iterator[Path]:
+    """A local file to write ``out`` into, published to ``out`` only if the block ends cleanly.
+
+    Beside a local output (so that publishing is a rename on the same disk); in a temporary
+    folder for a URL. ``suffix`` tells two staged files of one output apart.
+    """
+    folder = out.path.parent if out.is_local else Path(tempfile.mkdtemp(prefix="fcnpipe-export-"))
+    partial = folder / f".{out.name}{suffix}.partial{out.suffix}"
+    partial.unlink(missing_ok=True)  # left by a killed export
+    try:
+        yield partial
+        if not suffix:
+            publish(partial, out)
+    except OSError as exc:
+        raise FcnpipeError(f"cannot write {out.redacted()}: {exc.strerror or exc}.") from None
+    finally:
+        partial.unlink(missing_ok=True)
+        if not out.is_local:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- COG ---------------------------------------------------------------------------------------
@@ -114,9 +147,9 @@ def temporary(out: Path) -> Path:
 
 @dataclass(frozen=True)
 class CogReport:
-    """What an export wrote."""
+    """What an export wrote (``path``: the output as given, a path or URL)."""
 
-    path: Path
+    path: str
     bands: int
     width: int
     height: int
@@ -124,8 +157,8 @@ class CogReport:
 
 
 def export_cog(
-    mosaic_path: Path,
-    out: Path,
+    mosaic_path: str | Path | Location,
+    out_path: str | Path | Location,
     *,
     what: str = "labels",
     class_name: str | None = None,
@@ -141,31 +174,28 @@ def export_cog(
     """
     if what not in ("labels", "probabilities"):
         raise FcnpipeError(f"--what must be labels or probabilities, not {what!r}.")
-    mosaic = open_mosaic(mosaic_path)
+    mosaic, out = open_mosaic(mosaic_path), Location.of(out_path)
     if what not in mosaic.group:
-        raise FcnpipeError(f"{mosaic_path} has no {what}; segment with --outputs labels,{what} to have them.")
+        raise FcnpipeError(
+            f"{mosaic.path.redacted()} has no {what}; segment with --outputs labels,{what} to have them."
+        )
     index = None if class_name is None else mosaic.class_index(class_name)
     refuse_existing(out, overwrite)
     layer = cog_layer(mosaic, what, index)
-    staging, partial = temporary(out.with_suffix(".staging.tif")), temporary(out)
-    try:
+    with staged(out, ".staging") as staging, staged(out) as partial:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):  # GDAL's default cache grows with the RAM
             write_staging(mosaic, layer, staging)
             rasterio.shutil.copy(
                 staging, partial, driver="COG", COMPRESS="ZSTD", BLOCKSIZE=blocksize, BIGTIFF="IF_SAFER",
                 OVERVIEWS="IGNORE_EXISTING", OVERVIEW_RESAMPLING=layer.resampling, NUM_THREADS="ALL_CPUS",
             )  # fmt: skip
+        staging.unlink()
         valid, errors, _ = cog_validate(partial, quiet=True)
         if not valid:
             raise FcnpipeError(f"GDAL wrote a GeoTIFF that does not validate as a COG: {'; '.join(errors)}.")
-        partial.replace(out)
-    except OSError as exc:
-        raise FcnpipeError(f"cannot write {out}: {exc.strerror or exc}.") from None
-    finally:
-        staging.unlink(missing_ok=True)
-        partial.unlink(missing_ok=True)
-    with rasterio.open(out) as cog:
-        return CogReport(out, cog.count, cog.width, cog.height, cog.overviews(1))
+        with rasterio.open(partial) as cog:
+            report = CogReport(out.text, cog.count, cog.width, cog.height, cog.overviews(1))
+    return report
 
 
 @dataclass(frozen=True)
@@ -200,7 +230,7 @@ class CogLayer:
 def cog_layer(mosaic: Mosaic, what: str, index: int | None) -> CogLayer:
     """Describe the bands to export."""
     names, palette = mosaic.class_names, mosaic.palette
-    tags = {"CLASS_NAMES": json.dumps(list(names)), "SOURCE_MOSAIC": str(mosaic.path)}
+    tags = {"CLASS_NAMES": json.dumps(list(names)), "SOURCE_MOSAIC": mosaic.path.redacted()}
     if what == "labels" and index is None:
         colormap = {i: (*palette[i], 255) for i in range(len(names))} | {mosaic.nodata: (0, 0, 0, 0)}
         tags |= {f"CLASS_{i}": name for i, name in enumerate(names)}
@@ -245,9 +275,9 @@ def write_staging(mosaic: Mosaic, layer: CogLayer, path: Path) -> None:
 
 @dataclass(frozen=True)
 class VectorReport:
-    """What a vector export wrote."""
+    """What a vector export wrote (``path``: the output as given, a path or URL)."""
 
-    path: Path
+    path: str
     polygons: int
     area_by_class: dict[str, float]
 
@@ -281,8 +311,8 @@ class PolygonWriter:
 
 
 def export_vector(
-    mosaic_path: Path,
-    out: Path,
+    mosaic_path: str | Path | Location,
+    out_path: str | Path | Location,
     *,
     class_name: str | None = None,
     min_area: float = 0.0,
@@ -295,14 +325,19 @@ def export_vector(
     CRS in metres) drops smaller polygons. Each polygon carries ``class``, ``class_index`` and
     its ``area``.
     """
-    mosaic = open_mosaic(mosaic_path)
+    mosaic, out = open_mosaic(mosaic_path), Location.of(out_path)
     if min_area < 0:
         raise FcnpipeError(f"--min-area must be zero or more, not {min_area}.")
     only = None if class_name is None else mosaic.class_index(class_name)
     refuse_existing(out, overwrite)
-    partial = temporary(out)
-    partial.unlink(missing_ok=True)
-    writer = PolygonWriter(partial, mosaic.crs_wkt, mosaic.class_names, min_area)
+    with staged(out) as partial:
+        writer = PolygonWriter(partial, mosaic.crs_wkt, mosaic.class_names, min_area)
+        write_polygons(mosaic, writer, only, block)
+    return VectorReport(out.text, writer.count, writer.area)
+
+
+def write_polygons(mosaic: Mosaic, writer: PolygonWriter, only: int | None, block: int) -> None:
+    """Polygonise the mosaic block by block, merging regions cut by block edges after each row."""
     t = mosaic.transform
     to_map = [t.a, t.b, t.d, t.e, t.xoff, t.yoff]
     height, width = mosaic.labels.shape
@@ -312,27 +347,20 @@ def export_vector(
         values = value if isinstance(value, list) else [value] * len(polygons)
         writer.write([shapely.affinity.affine_transform(p, to_map) for p in polygons], values)
 
-    try:
-        for row in range(0, height, block):
-            row_end = min(height, row + block)
-            for window in (w for w in windows(height, width, block) if w.row == row):
-                inner, edge = polygonise(mosaic, window, only, height, width)
-                for value, polygon in edge:
-                    pending.setdefault(value, []).append(polygon)
-                write([p for _, p in inner], [v for v, _ in inner])
-            # After a row of blocks: merge what is pending; a region that does not reach the row's
-            # bottom edge cannot grow any further, so it is written and forgotten.
-            for value in sorted(pending):
-                merged = list(shapely.get_parts(shapely.unary_union(pending[value])))
-                finished = [p for p in merged if p.bounds[3] < row_end or row_end == height]
-                pending[value] = [p for p in merged if not (p.bounds[3] < row_end or row_end == height)]
-                write(finished, value)
-        partial.replace(out)
-    except OSError as exc:
-        raise FcnpipeError(f"cannot write {out}: {exc.strerror or exc}.") from None
-    finally:
-        partial.unlink(missing_ok=True)
-    return VectorReport(out, writer.count, writer.area)
+    for row in range(0, height, block):
+        row_end = min(height, row + block)
+        for window in (w for w in windows(height, width, block) if w.row == row):
+            inner, edge = polygonise(mosaic, window, only, height, width)
+            for value, polygon in edge:
+                pending.setdefault(value, []).append(polygon)
+            write([p for _, p in inner], [v for v, _ in inner])
+        # After a row of blocks: merge what is pending; a region that does not reach the row's
+        # bottom edge cannot grow any further, so it is written and forgotten.
+        for value in sorted(pending):
+            merged = list(shapely.get_parts(shapely.unary_union(pending[value])))
+            finished = [p for p in merged if p.bounds[3] < row_end or row_end == height]
+            pending[value] = [p for p in merged if not (p.bounds[3] < row_end or row_end == height)]
+            write(finished, value)
 
 
 def polygonise(

@@ -10,15 +10,17 @@ import zarr
 from rasterio.crs import CRS
 
 from fcn import FcnpipeError
-from pipeline.outputs.mosaic import OUTPUTS, blocks_done, parse_geotransform, read_state
+from pipeline.outputs.mosaic import OUTPUTS, blocks_done, open_mosaic_group, parse_geotransform, read_state
+from pipeline.storage import Location
 
 
-def describe_mosaic(path: Path) -> dict[str, Any]:
+def describe_mosaic(path: str | Path | Location) -> dict[str, Any]:
     """Shape, chunks, georeferencing, classes, arrays, completeness and provenance of a mosaic."""
-    state = read_state(path)
+    where = Location.of(path)
+    state = read_state(where)
     if state is None:
-        raise FcnpipeError(f"{path} is not an fcnpipe mosaic.")
-    group = zarr.open_group(str(path), mode="r")
+        raise FcnpipeError(f"{where.redacted()} is not an fcnpipe mosaic.")
+    group = open_mosaic_group(where, "r")
     labels = group["labels"]
     assert isinstance(labels, zarr.Array)
     ref = dict(group["spatial_ref"].attrs)
@@ -27,7 +29,7 @@ def describe_mosaic(path: Path) -> dict[str, Any]:
     done = blocks_done(group)
     model = state["model"]
     return {
-        "path": str(path),
+        "path": where.redacted(),
         "complete": bool(state.get("complete")),
         "blocks_done": int(done.sum()),
         "blocks_total": int(done.size),

@@ -12,13 +12,15 @@ Layout (what ``xr.open_zarr(path, decode_coords="all")`` and rioxarray read):
 The manifest is the ``fcnpipe/blocks_done`` array, one chunk per block: each block writes only its
 own chunk, after its data chunks, so tasks never contend. The root attribute
 ``fcnpipe.complete`` turns true last, after every block is recorded.
+
+The store is a local folder or a bucket prefix (``pipeline.storage`` says how each guarantee
+holds on an object store).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from numpy.typing import NDArray
 from zarr.codecs import ZstdCodec
 
 from fcn import FcnpipeError, ModelCard
+from pipeline.storage import Location, access, check_writable, delete_tree, exists, is_file, zarr_store
 from pipeline.tiling.grid import Window
 from pipeline.tiling.raster import RasterInfo
 
@@ -70,7 +73,12 @@ class MosaicSpec:
     def fingerprint(self) -> str:
         """A hash of everything that changes the bytes written."""
         data = {
-            "scene": [self.scene.path, self.scene.height, self.scene.width, self.scene.bands],
+            "scene": [
+                Location(self.scene.path).redacted(),
+                self.scene.height,
+                self.scene.width,
+                self.scene.bands,
+            ],
             "value_range": self.scene.value_range,
             "model": self.model_sha256,
             "outputs": list(self.outputs),
@@ -104,50 +112,83 @@ def parse_geotransform(text: str) -> tuple[float, float, float, float, float, fl
     return a, b, c, d, e, f
 
 
-def read_state(path: Path) -> dict[str, Any] | None:
-    """The ``fcnpipe`` attributes of an existing mosaic, or None when ``path`` holds none."""
-    if not (path / "zarr.json").is_file():
+def open_mosaic_group(location: str | Path | Location, mode: str) -> zarr.Group:
+    """The mosaic's root group, on a disk or in a bucket (``mode`` "r" or "r+")."""
+    where = Location.of(location)
+    with access(where):
+        return zarr.open_group(store=zarr_store(where, read_only=mode == "r"), mode=mode)  # type: ignore[arg-type]
+
+
+def read_state(location: str | Path | Location) -> dict[str, Any] | None:
+    """The ``fcnpipe`` attributes of an existing mosaic, or None when ``location`` holds none."""
+    where = Location.of(location)
+    if not is_file(where.joinpath("zarr.json")):  # a bucket that cannot be read says so
         return None
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(store=zarr_store(where, read_only=True), mode="r")
     except Exception:  # any unreadable store is "not a mosaic" to the caller
         return None
     state = group.attrs.get("fcnpipe")
     return dict(state) if isinstance(state, dict) else None
 
 
-def prepare(path: Path, spec: MosaicSpec, *, overwrite: bool) -> zarr.Group:
+def prepare(location: str | Path | Location, spec: MosaicSpec, *, overwrite: bool) -> zarr.Group:
     """Create the store, or reopen it to resume; refuse to touch a store made by something else."""
-    state = read_state(path)
-    empty_dir = path.is_dir() and not any(path.iterdir())
-    if state is None and path.exists() and not empty_dir:  # never delete what fcnpipe did not make
-        raise FcnpipeError(f"{path} exists and is not an fcnpipe mosaic; choose another --output.")
+    where = Location.of(location)
+    shown = where.redacted()
+    check_writable(where)
+    state = read_state(where)
+    if state is None and exists(where) and not is_empty_folder(where):
+        # never delete what fcnpipe did not make
+        raise FcnpipeError(f"{shown} exists and is not an fcnpipe mosaic; choose another --output.")
     if state is not None and not overwrite:
         if state.get("fingerprint") != spec.fingerprint():
             raise FcnpipeError(
-                f"{path} was made from another scene, model or configuration; "
+                f"{shown} was made from another scene, model or configuration; "
                 "pass --overwrite to replace it or choose another --output."
             )
         if state.get("complete"):
-            raise AlreadyComplete(f"{path} is already complete; pass --overwrite to make it again.")
-        for partial in path.rglob("*.partial"):  # zarr's temporary files, left by a killed run
-            partial.unlink()
-        return zarr.open_group(str(path), mode="r+")
-    if path.exists():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+            raise AlreadyComplete(f"{shown} is already complete; pass --overwrite to make it again.")
+        if where.is_local:
+            for partial in where.path.rglob("*.partial"):  # zarr's temporary files, left by a killed run
+                partial.unlink()
+        return open_mosaic_group(where, "r+")
+    if state is not None:
+        discard(where)
+    elif where.is_local and where.path.is_file():
+        where.path.unlink()
     try:
-        group = create(path, spec)
+        group = create(where, spec)
     except OSError as exc:
-        raise FcnpipeError(f"cannot write {path}: {exc.strerror or exc}.") from None
+        raise FcnpipeError(f"cannot write {shown}: {exc.strerror or exc}.") from None
     consolidate(group)
     return group
 
 
-def create(path: Path, spec: MosaicSpec) -> zarr.Group:
+def is_empty_folder(location: Location) -> bool:
+    """A local folder with nothing in it (a bucket prefix with no keys does not exist)."""
+    return location.is_local and location.path.is_dir() and not any(location.path.iterdir())
+
+
+def discard(location: Location) -> None:
+    """Delete a mosaic fcnpipe made: first mark it incomplete, then its entries, its root last.
+
+    However a crash interrupts this, what is left is still recognisably an fcnpipe mosaic (its
+    root ``zarr.json`` goes last) and never one that claims to be complete.
+    """
+    group = open_mosaic_group(location, "r+")
+    state = group.attrs["fcnpipe"]
+    assert isinstance(state, dict)
+    group.attrs["fcnpipe"] = {**state, "complete": False}
+    delete_tree(location, last="zarr.json")
+
+
+def create(location: Location, spec: MosaicSpec) -> zarr.Group:
     """Write the empty store: arrays, coordinates, grid mapping, attributes, manifest."""
     scene, card = spec.scene, spec.card
     h, w, c, k = scene.height, scene.width, spec.chunk, card.num_classes
-    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    with access(location):
+        group = zarr.open_group(store=zarr_store(location, read_only=False), mode="w", zarr_format=3)
     zstd = ZstdCodec(level=3)
     nodata = label_nodata(k)
     common = {"grid_mapping": "spatial_ref"}
@@ -185,7 +226,7 @@ def create(path: Path, spec: MosaicSpec) -> zarr.Group:
                 "fingerprint": spec.fingerprint(),
                 "blocks_total": spec.blocks,
                 "outputs": list(spec.outputs),
-                "source": scene.path,
+                "source": Location(scene.path).redacted(),
                 "model": {**card.to_dict(), "sha256": spec.model_sha256},
                 "settings": spec.settings,
             },

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import zarr
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw
@@ -15,7 +14,8 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
 from fcn import ModelCard
-from pipeline.tiling.raster import RasterInfo
+from pipeline.storage import Location
+from pipeline.tiling.raster import RasterInfo, open_raster
 
 
 def class_pixels(labels: zarr.Array[Any], num_classes: int) -> NDArray[np.int64]:
@@ -55,7 +55,7 @@ def preview(
     step = max(1, math.ceil(max(labels.shape) / longest))
     small = np.asarray(labels[::step, ::step])
     h, w = small.shape
-    with rasterio.open(info.path) as src:
+    with open_raster(Location(info.path)) as src:
         rgb = src.read(list(info.bands), out_shape=(3, h, w), resampling=Resampling.average).astype(
             np.float32
         )

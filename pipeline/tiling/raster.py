@@ -1,5 +1,8 @@
 """Reading the input: any GDAL raster, checked once up front, then windowed reads with its mask.
 
+The input is a local path or a URL (``s3://``, ``gs://``, ``az://``, ``https://``; see
+``pipeline.storage``): each read fetches only its window's byte ranges.
+
 Reads are clipped to the image (the grid never asks for pixels outside it): the network takes any
 input size, and its own zero padding at the image edge is what a whole-image pass sees too.
 """
@@ -20,6 +23,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window as RioWindow
 
 from fcn import FcnpipeError
+from pipeline.storage import Location, gdal_env, probe
 from pipeline.tiling.grid import Window
 
 Transform = tuple[float, float, float, float, float, float]
@@ -46,12 +50,12 @@ class RasterInfo:
         return self.height * self.width
 
 
-def choose_bands(path: Path, src: Any, bands: tuple[int, ...] | None, channels: int) -> tuple[int, ...]:
+def choose_bands(path: Location, src: Any, bands: tuple[int, ...] | None, channels: int) -> tuple[int, ...]:
     """The 1-based bands to feed the model: as asked, or all colour bands when they fit exactly."""
     if bands is not None:
         bad = [b for b in bands if not 1 <= b <= src.count]
         if bad:
-            raise FcnpipeError(f"{path} has bands 1..{src.count}; band {bad[0]} does not exist.")
+            raise FcnpipeError(f"{path.redacted()} has bands 1..{src.count}; band {bad[0]} does not exist.")
         if len(bands) != channels:
             raise FcnpipeError(f"the model takes {channels} bands but --bands names {len(bands)}.")
         return bands
@@ -60,40 +64,48 @@ def choose_bands(path: Path, src: Any, bands: tuple[int, ...] | None, channels: 
         return colour
     example = ",".join(str(i + 1) for i in range(channels))
     raise FcnpipeError(
-        f"{path} has {len(colour)} bands but the model takes {channels}; "
+        f"{path.redacted()} has {len(colour)} bands but the model takes {channels}; "
         f"choose them with --bands (e.g. --bands {example})."
     )
 
 
+def open_raster(location: Location) -> Any:
+    """Open a raster for reading (in the GDAL environment its location needs)."""
+    with warnings.catch_warnings(), gdal_env(location):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(location.text)
+
+
 def inspect_raster(
-    path: Path,
+    path: str | Path | Location,
     *,
     channels: int = 3,
     bands: tuple[int, ...] | None = None,
     value_range: tuple[float, float] | None = None,
 ) -> RasterInfo:
     """Open ``path`` once and check that the pipeline can read it; raise one clear sentence if not."""
-    if not path.exists():
-        raise FcnpipeError(f"input {path} does not exist.")
+    location = Location.of(path)
+    if location.is_local and not location.path.exists():
+        raise FcnpipeError(f"input {location} does not exist.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            src_ctx = rasterio.open(path)
+        src_ctx = open_raster(location)
     except RasterioIOError:
-        raise FcnpipeError(f"{path} is not a raster that GDAL can read.") from None
+        probe(location)  # a missing object, bucket or permission gets its own sentence
+        raise FcnpipeError(f"{location.redacted()} is not a raster that GDAL can read.") from None
+    where = location.redacted()
     with src_ctx as src:
         if src.width < 1 or src.height < 1 or src.count < 1:
-            raise FcnpipeError(f"{path} holds no pixels ({src.width}x{src.height}, {src.count} bands).")
+            raise FcnpipeError(f"{where} holds no pixels ({src.width}x{src.height}, {src.count} bands).")
         if src.width < 2 or src.height < 2:
             raise FcnpipeError(
-                f"{path} is {src.width}x{src.height} pixels: too small to segment "
+                f"{where} is {src.width}x{src.height} pixels: too small to segment "
                 "(a scene needs at least 2 pixels on each side)."
             )
-        chosen = choose_bands(path, src, bands, channels)
+        chosen = choose_bands(location, src, bands, channels)
         dtype = src.dtypes[chosen[0] - 1]
         if dtype != "uint8" and value_range is None:
             raise FcnpipeError(
-                f"{path} holds {dtype} values; declare how they map to 0-255 with --value-range LO,HI "
+                f"{where} holds {dtype} values; declare how they map to 0-255 with --value-range LO,HI "
                 "(or value_range in the config)."
             )
         if value_range is not None and not value_range[1] > value_range[0]:
@@ -101,7 +113,7 @@ def inspect_raster(
         flags = [src.mask_flag_enums[b - 1] for b in chosen]
         masked = any(f != [MaskFlags.all_valid] for f in flags)
         return RasterInfo(
-            path=str(path),
+            path=location.text,
             height=src.height,
             width=src.width,
             dtype=dtype,
@@ -124,10 +136,7 @@ class RasterReader:
     def _dataset(self) -> Any:
         src = getattr(self._local, "src", None)
         if src is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                src = rasterio.open(self.info.path)
-            self._local.src = src
+            src = self._local.src = open_raster(Location(self.info.path))
         return src
 
     def valid(self, window: Window) -> NDArray[np.bool_]:

@@ -3,12 +3,13 @@
 ``plan_scene`` checks everything up front (input, weights, settings, output) and prepares the
 store; ``segment_block`` does one block of tiles and records it; ``finish`` marks the mosaic
 complete once every block is recorded. Each step takes plain, picklable values, so blocks can run
-in other processes or on other machines that see the same paths.
+in other processes or on other machines that see the same paths or buckets.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -27,11 +28,13 @@ from pipeline.outputs.mosaic import (
     label_nodata,
     mark_block_done,
     mark_complete,
+    open_mosaic_group,
     prepare,
     write_core,
 )
 from pipeline.outputs.pyramid import build_pyramid
 from pipeline.outputs.report import class_pixels, markdown_report, pixel_area, preview
+from pipeline.storage import Location, write_bytes
 from pipeline.tiling.engine import Engine, EngineSettings
 from pipeline.tiling.grid import Block, GridSpec, plan_blocks, round_up
 from pipeline.tiling.raster import RasterInfo, RasterReader, inspect_raster
@@ -133,25 +136,28 @@ def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentS
     return replace(settings, halo=halo, chunk=chunk, outputs=outputs), notes
 
 
-def default_output(input_path: Path) -> Path:
-    """``scene.zarr`` beside ``scene.tif``."""
+def default_output(input_path: Location) -> Location:
+    """``scene.zarr`` beside ``scene.tif`` (in the same folder or bucket prefix)."""
+    if input_path.scheme in ("http", "https"):
+        raise FcnpipeError(f"{input_path.redacted()} is read over HTTP; say where to write with --output.")
     return input_path.with_suffix(".zarr")
 
 
 def plan_scene(
-    input_path: Path,
+    input_path: str | Path | Location,
     weights: Path,
     settings: SegmentSettings,
     *,
-    output: Path | None = None,
+    output: str | Path | Location | None = None,
     overwrite: bool = False,
 ) -> Plan:
     """Check the input, weights and settings, prepare the store, and list the blocks still to do."""
+    source = Location.of(input_path)
     card = ModelCard.from_dict(read_checkpoint(weights)["card"])
     settings, notes = check_settings(settings, card)
-    info = inspect_raster(input_path, channels=3, bands=settings.bands, value_range=settings.value_range)
+    info = inspect_raster(source, channels=3, bands=settings.bands, value_range=settings.value_range)
     if info.crs_wkt is None:
-        notes.append(f"{input_path} has no CRS: the mosaic is written without one.")
+        notes.append(f"{source.redacted()} has no CRS: the mosaic is written without one.")
     assert settings.halo is not None
     grid = GridSpec(
         info.height, info.width, core=settings.tile_size, halo=settings.halo,
@@ -159,7 +165,7 @@ def plan_scene(
     )  # fmt: skip
     blocks = plan_blocks(grid)
     sha = file_sha256(weights)
-    out = output or default_output(input_path)
+    out = Location.of(output) if output is not None else default_output(source)
     spec = MosaicSpec(
         info, card, sha, settings.outputs, settings.logits_dtype, settings.chunk,
         settings_record(settings), len(blocks), settings.probabilities_dtype,
@@ -200,7 +206,7 @@ def segment_block(plan: Plan, index: int) -> BlockReport:
     start = time.perf_counter()
     block = plan.blocks[index]
     engine = cached_engine(plan.weights, plan.weights_sha256, plan.settings.engine())
-    group = zarr.open_group(plan.output, mode="r+")
+    group = open_mosaic_group(plan.output, "r+")
     reader = RasterReader(plan.input)
     skipped = pixels = 0
     try:
@@ -216,7 +222,7 @@ def segment_block(plan: Plan, index: int) -> BlockReport:
 
 def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, Any]:
     """Mark the mosaic complete (only if every block is recorded) and return the run's summary."""
-    group = zarr.open_group(plan.output, mode="r+")
+    group = open_mosaic_group(plan.output, "r+")
     tiles = sum(r.tiles for r in reports)
     pixels = sum(r.pixels for r in reports)
     report: dict[str, Any] = {
@@ -235,18 +241,21 @@ def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, 
     if area is not None:
         report["class_area_m2"] = {name: n * area for name, n in report["class_pixels"].items()}
     report["overviews"] = [list(shape) for shape in build_pyramid(group)]
-    group = zarr.open_group(plan.output, mode="r+")  # the pyramid changed the root's metadata
+    group = open_mosaic_group(plan.output, "r+")  # the pyramid changed the root's metadata
     path = preview_path(plan)
     levels = [labels, *(group[f"overviews/{k}/labels"] for k in range(1, len(report["overviews"]) + 1))]
-    preview(levels, plan.input, plan.card, label_nodata(plan.card.num_classes)).save(path)  # type: ignore[arg-type]
-    report["preview"] = str(path)
+    image = preview(levels, plan.input, plan.card, label_nodata(plan.card.num_classes))  # type: ignore[arg-type]
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    write_bytes(path, png.getvalue())
+    report["preview"] = path.redacted()
     mark_complete(group, report)
     return {**report, "markdown": markdown_report(plan.input, plan.card, report, counts)}
 
 
-def preview_path(plan: Plan) -> Path:
+def preview_path(plan: Plan) -> Location:
     """``scene.preview.png`` beside ``scene.zarr``."""
-    out = Path(plan.output)
+    out = Location(plan.output)
     return out.with_name(f"{out.stem}.preview.png")
 
 

@@ -1,0 +1,474 @@
+"""Where scenes are read from and mosaics written to: a local path or a URL, resolved in one place.
+
+**Reads** go through GDAL: rasterio maps ``s3://``, ``gs://``, ``az://`` and ``https://`` to
+``/vsis3/``, ``/vsigs/``, ``/vsiaz/`` and ``/vsicurl/``, which fetch only the byte ranges a window
+needs, so a COG in a bucket is never downloaded whole. **Writes and listings** go through obstore,
+whose stores zarr v3 wraps as ``zarr.storage.ObjectStore``. Why obstore rather than fsspec + s3fs:
+one compiled wheel with no Python dependencies serves S3, GCS and Azure (s3fs brings aiobotocore,
+which pins botocore to a narrow range, and GCS and Azure need two more packages); it reads the same
+``AWS_*`` variables as the AWS SDKs, ``AWS_ENDPOINT_URL`` included; and zarr's ObjectStore is
+natively async, with no event-loop thread of fsspec's in every worker.
+
+**Configuration** comes from the environment of the process that does the I/O, as with the cloud
+SDKs: a plan, a task, a mosaic or a log line holds URLs, never credentials. For S3, the SDKs'
+``AWS_ENDPOINT_URL`` and GDAL's ``AWS_S3_ENDPOINT`` / ``AWS_HTTPS`` / ``AWS_VIRTUAL_HOSTING`` each
+name an endpoint; whichever is given is translated for the client that does not read it, so reads
+and writes reach the same server. Credentials from a profile (``AWS_PROFILE``, ``~/.aws``) reach
+writes through boto3's credential chain; GDAL reads profiles itself.
+
+**The mosaic's guarantees on an object store**, which has no rename and no directories:
+
+- No torn chunks: a chunk is one PUT, and S3, GCS and Azure show an object only once it is whole.
+  (On a local disk zarr writes a temporary file and renames it; a killed run's temporaries are
+  removed on resume.)
+- Order: zarr returns from a write only after every chunk's PUT has succeeded, so a block's
+  manifest entry, one more PUT, always follows its chunks, and the complete-mark (a PUT of the
+  root ``zarr.json``) follows every entry. The stores are strongly read-after-write consistent
+  (S3 since December 2020), so a resumed run sees every entry that was written.
+- A folder is a key prefix: a mosaic "exists" when a key starts with its prefix, and only a
+  prefix whose root ``zarr.json`` is an fcnpipe mosaic is ever deleted (see ``mosaic.discard``).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import obstore
+import rasterio
+from obstore.store import AzureStore, GCSStore, S3Store
+from zarr.abc.store import Store
+from zarr.storage import LocalStore, ObjectStore
+
+from fcn import FcnpipeError
+
+WRITABLE_SCHEMES = ("s3", "gs", "az")
+READABLE_SCHEMES = (*WRITABLE_SCHEMES, "http", "https")
+FALSE_WORDS = ("no", "false", "off", "0")
+
+
+@dataclass(frozen=True, order=True)
+class Location:
+    """A local path or a URL, kept as the user wrote it; path-like helpers that work on both."""
+
+    text: str
+
+    @classmethod
+    def of(cls, value: str | Path | Location) -> Location:
+        """Wrap a path or URL (a Location passes through)."""
+        return value if isinstance(value, Location) else cls(str(value))
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def scheme(self) -> str:
+        """``s3``, ``gs``, ``az``, ``http``, ``https``, or ``""`` for a local path."""
+        scheme = urlsplit(self.text).scheme.lower()
+        return scheme if scheme in READABLE_SCHEMES else ""
+
+    @property
+    def is_local(self) -> bool:
+        """A path on this machine's file system (or a shared one)."""
+        return self.scheme == ""
+
+    @property
+    def path(self) -> Path:
+        """The local path; only for local locations."""
+        assert self.is_local, self.text
+        return Path(self.text).expanduser()
+
+    @property
+    def bucket(self) -> str:
+        """The bucket (or container) of an object-store URL."""
+        return urlsplit(self.text).netloc
+
+    @property
+    def key(self) -> str:
+        """The object key (or key prefix) of a URL, without leading or trailing slashes."""
+        return urlsplit(self.text).path.strip("/")
+
+    @property
+    def name(self) -> str:
+        """The last path component."""
+        return self.path.name if self.is_local else posixpath.basename(self.key)
+
+    @property
+    def stem(self) -> str:
+        """The name without its suffix."""
+        return self.path.stem if self.is_local else posixpath.splitext(self.name)[0]
+
+    @property
+    def suffix(self) -> str:
+        """The name's suffix, e.g. ``.tif``."""
+        return self.path.suffix if self.is_local else posixpath.splitext(self.name)[1]
+
+    @property
+    def parent(self) -> Location:
+        """The folder or key prefix that holds this location."""
+        if self.is_local:
+            return Location(str(self.path.parent))
+        return self.with_path(posixpath.dirname(self.key))
+
+    def with_path(self, key: str) -> Location:
+        """The same server and bucket with another key (query and fragment dropped)."""
+        parts = urlsplit(self.text)
+        return Location(urlunsplit((parts.scheme, parts.netloc, "/" + key.lstrip("/"), "", "")))
+
+    def with_name(self, name: str) -> Location:
+        """A sibling: the same folder or prefix, another name."""
+        if self.is_local:
+            return Location(str(self.path.with_name(name)))
+        return self.with_path(posixpath.join(posixpath.dirname(self.key), name))
+
+    def with_suffix(self, suffix: str) -> Location:
+        """The same name with another suffix (``scene.tif`` -> ``scene.zarr``)."""
+        return self.with_name(self.stem + suffix)
+
+    def joinpath(self, name: str) -> Location:
+        """A child: ``folder/name`` or ``s3://bucket/prefix/name``."""
+        if self.is_local:
+            return Location(str(self.path / name))
+        return self.with_path(posixpath.join(self.key, name))
+
+    def redacted(self) -> str:
+        """The location without user info or query (a pre-signed URL's signature): safe to store."""
+        if self.is_local:
+            return self.text
+        parts = urlsplit(self.text)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+# --- configuration from the environment -----------------------------------------------------
+
+
+def s3_endpoint() -> tuple[str | None, bool]:
+    """The S3 endpoint URL the environment names, if any, and whether it is virtual-hosted."""
+    url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if url:
+        return url, False
+    gdal = os.environ.get("AWS_S3_ENDPOINT")
+    if not gdal:
+        return None, False
+    https = os.environ.get("AWS_HTTPS", "YES").lower() not in FALSE_WORDS
+    virtual = os.environ.get("AWS_VIRTUAL_HOSTING", "TRUE").lower() not in FALSE_WORDS
+    url = gdal if "://" in gdal else f"{'https' if https else 'http'}://{gdal}"
+    return url, virtual
+
+
+def gdal_env(location: Location) -> rasterio.Env:
+    """The GDAL environment to open ``location`` in.
+
+    For a URL: never list the bucket "folder" to open one file (GDAL would, looking for sidecar
+    files), and the SDKs' ``AWS_ENDPOINT_URL`` as GDAL's own variables, unless those are set.
+    """
+    if location.is_local:
+        return rasterio.Env()
+    options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if url and not os.environ.get("AWS_S3_ENDPOINT"):
+        parts = urlsplit(url)
+        options |= {
+            "AWS_S3_ENDPOINT": parts.netloc + parts.path.rstrip("/"),
+            "AWS_HTTPS": "NO" if parts.scheme == "http" else "YES",
+            "AWS_VIRTUAL_HOSTING": "FALSE",  # path-style, as the SDKs address a custom endpoint
+        }
+    return rasterio.Env(**options)
+
+
+def s3_store(bucket: str, prefix: str) -> S3Store:
+    """An S3 store for ``bucket``/``prefix``, configured from the environment."""
+    options: dict[str, Any] = {}
+    endpoint, virtual = s3_endpoint()
+    if endpoint:
+        options |= {"endpoint": endpoint, "virtual_hosted_style_request": virtual}
+        if endpoint.startswith("http://"):
+            options["client_options"] = {"allow_http": True}
+    if not os.environ.get("AWS_ACCESS_KEY_ID"):
+        provider = boto3_credentials()
+        if provider is not None:
+            options["credential_provider"] = provider
+    return S3Store(bucket, prefix=prefix or None, **options)
+
+
+def boto3_credentials() -> Any:
+    """boto3's credential chain (profiles, SSO, roles) for obstore, when it finds credentials."""
+    import boto3
+    from obstore.auth.boto3 import Boto3CredentialProvider
+
+    session = boto3.Session()
+    if session.get_credentials() is None:
+        return None  # obstore's own chain: instance metadata, web identity, or anonymous
+    return Boto3CredentialProvider(session)
+
+
+def object_store(location: Location) -> Any:
+    """The obstore store whose root is ``location``, a bucket or container and a key prefix."""
+    scheme, bucket, key = location.scheme, location.bucket, location.key
+    if scheme == "s3":
+        return s3_store(bucket, key)
+    if scheme == "gs":
+        return GCSStore(bucket, prefix=key or None)
+    if scheme == "az":
+        return AzureStore(bucket, prefix=key or None)
+    raise AssertionError(f"not an object-store URL: {location.redacted()}")
+
+
+def check_writable(location: Location) -> None:
+    """Refuse, in one sentence, a location that cannot be written (an HTTP URL)."""
+    if not location.is_local and location.scheme not in WRITABLE_SCHEMES:
+        raise FcnpipeError(
+            f"cannot write to {location.redacted()}: outputs go to a local path or to "
+            f"{', '.join(s + '://' for s in WRITABLE_SCHEMES)}."
+        )
+
+
+def zarr_store(location: Location, *, read_only: bool) -> Store:
+    """The zarr v3 store at ``location``: LocalStore on a disk, ObjectStore on a bucket."""
+    if location.is_local:
+        return LocalStore(location.path, read_only=read_only)
+    if not read_only:
+        check_writable(location)
+    return ObjectStore(object_store(location), read_only=read_only)
+
+
+# --- errors: one sentence, never the server's text (it can echo signed headers) ---------------
+
+
+def error_code(exc: BaseException) -> str:
+    """The service's error code in an obstore error (``NoSuchBucket``), or ``""``."""
+    match = re.search(r"<Code>(\w+)</Code>", str(exc))
+    return match.group(1) if match else ""
+
+
+def describe_error(location: Location, exc: BaseException) -> str:
+    """One sentence for a failed access to ``location``; it names no credential, only where to look."""
+    where = location.redacted()
+    code = error_code(exc)
+    if code == "NoSuchBucket":
+        return f"{where}: the bucket {location.bucket!r} does not exist."
+    if code in ("NoSuchKey", "NotFound") or isinstance(exc, FileNotFoundError):
+        return f"{where} does not exist."
+    refused = ("PermissionDenied", "Unauthenticated", "AccessDenied", "SignatureDoesNotMatch",
+               "InvalidAccessKeyId", "ExpiredToken", "InvalidToken")  # fmt: skip
+    if code in refused or type(exc).__name__ in ("PermissionDeniedError", "UnauthenticatedError"):
+        reason = f" ({code})" if code else ""
+        return (
+            f"{where}: the storage service refused these credentials{reason}; check "
+            f"{credential_hint(location)}."
+        )
+    return f"cannot reach {where} ({type(exc).__name__}{f': {code}' if code else ''})."
+
+
+def credential_hint(location: Location) -> str:
+    """Where credentials for ``location``'s service are set."""
+    return {
+        "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+        "gs": "GOOGLE_APPLICATION_CREDENTIALS",
+        "az": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY",
+    }.get(location.scheme, "the URL")
+
+
+@contextmanager
+def access(location: Location) -> Iterator[None]:
+    """Turn a failed object-store access into one sentence about ``location``."""
+    if location.is_local:
+        yield
+        return
+    try:
+        yield
+    except FcnpipeError:
+        raise
+    except Exception as exc:  # obstore raises builtin and obstore.exceptions errors alike
+        raise FcnpipeError(describe_error(location, exc)) from None
+
+
+def probe(location: Location) -> None:
+    """Check that a file or object exists and can be read; raise one sentence if not."""
+    if location.is_local:
+        if not location.path.exists():
+            raise FcnpipeError(f"{location} does not exist.")
+        return
+    if location.scheme in ("http", "https"):
+        http_get(location, first_byte_only=True)
+        return
+    try:  # a GET, not a HEAD: a HEAD's error has no body to say why (no key? no bucket? refused?)
+        obstore.get_range(object_store(location.parent), location.name, start=0, length=1)
+    except Exception as exc:
+        if error_code(exc) != "InvalidRange":  # an empty object exists; it is just not a raster
+            raise FcnpipeError(describe_error(location, exc)) from None
+
+
+# --- objects and folders ------------------------------------------------------------------------
+
+
+def exists(location: Location) -> bool:
+    """A file or object is there, or (for a folder or prefix) anything under it."""
+    if location.is_local:
+        return location.path.exists()
+    with access(location):
+        return bool(list_keys(location, limit=1))
+
+
+def is_file(location: Location) -> bool:
+    """A file or object is at ``location`` (a missing bucket is an error, not a "no")."""
+    if location.is_local:
+        return location.path.is_file()
+    try:
+        obstore.head(object_store(location.parent), location.name)
+    except FileNotFoundError:
+        return False
+    except Exception as exc:
+        raise FcnpipeError(describe_error(location, exc)) from None
+    return True
+
+
+def list_keys(prefix: Location, *, limit: int | None = None) -> list[str]:
+    """Keys under ``prefix`` (recursive), relative to it."""
+    store = object_store(prefix)
+    keys: list[str] = []
+    for batch in obstore.list(store, chunk_size=1000):
+        keys.extend(item["path"] for item in batch)
+        if limit is not None and len(keys) >= limit:
+            break
+    return keys
+
+
+def http_get(location: Location, *, first_byte_only: bool = False) -> bytes:
+    """GET an HTTP(S) URL as given (a pre-signed URL's query included); one sentence on failure.
+
+    ``first_byte_only`` asks for one byte: a check that works where a HEAD would not (a URL
+    signed for GET refuses HEAD).
+    """
+    headers = {"Range": "bytes=0-0"} if first_byte_only else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(location.text, headers=headers), timeout=60) as r:
+            return bytes(r.read())
+    except urllib.error.HTTPError as exc:
+        where = location.redacted()
+        if exc.code == 404:
+            raise FcnpipeError(f"{where} does not exist.") from None
+        if exc.code in (401, 403):
+            raise FcnpipeError(
+                f"{where}: the server refused access (HTTP {exc.code}); check the URL."
+            ) from None
+        raise FcnpipeError(f"cannot read {where} (HTTP {exc.code}).") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise FcnpipeError(f"cannot reach {location.redacted()} ({type(exc).__name__}).") from None
+
+
+def read_bytes(location: Location) -> bytes:
+    """The whole content of a (small) file or object."""
+    if location.is_local:
+        return location.path.read_bytes()
+    if location.scheme in ("http", "https"):
+        return http_get(location)
+    with access(location):
+        return bytes(obstore.get(object_store(location.parent), location.name).bytes())
+
+
+def write_bytes(location: Location, data: bytes) -> None:
+    """Write a small file or object whole (one PUT: readers never see part of it)."""
+    if location.is_local:
+        location.path.write_bytes(data)
+        return
+    with access(location):
+        obstore.put(object_store(location.parent), location.name, data)
+
+
+def publish(local: Path, location: Location) -> None:
+    """Move a finished local file to ``location``: a rename on disk, an upload to a bucket.
+
+    Either way the destination appears whole or not at all (an upload becomes visible only
+    when it completes), so a reader never sees a half-written export.
+    """
+    if location.is_local:
+        os.replace(local, location.path)
+        return
+    with access(location):
+        obstore.put(object_store(location.parent), location.name, local)
+    local.unlink()
+
+
+def delete_tree(location: Location, *, last: str) -> None:
+    """Delete a folder or key prefix, the entry named ``last`` at the very end."""
+    if location.is_local:
+        root = location.path
+        for child in root.iterdir():
+            if child.name != last:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        root.joinpath(last).unlink(missing_ok=True)
+        root.rmdir()
+        return
+    store = object_store(location)
+    with access(location):
+        keys = list_keys(location)
+        first = [k for k in keys if k != last]
+        for start in range(0, len(first), 1000):  # one request deletes at most 1000 keys on S3
+            obstore.delete(store, first[start : start + 1000])
+        if last in keys:
+            obstore.delete(store, last)
+
+
+def match_keys(pattern: str, keys: list[str]) -> list[str]:
+    """The keys a glob matches, segment by segment: ``*`` stays inside a segment, ``**`` spans any."""
+
+    def match(parts: list[str], names: list[str]) -> bool:
+        if not parts:
+            return not names
+        if parts[0] == "**":
+            return any(match(parts[1:], names[i:]) for i in range(len(names) + 1))
+        return bool(names) and fnmatchcase(names[0], parts[0]) and match(parts[1:], names[1:])
+
+    wanted = pattern.split("/")
+    return [k for k in keys if match(wanted, k.split("/"))]
+
+
+def glob(location: Location) -> list[Location]:
+    """The objects a URL with wildcards names (``s3://bucket/incoming/*.tif``), sorted."""
+    key = location.key
+    segments = key.split("/")
+    fixed = next(i for i, s in enumerate(segments) if any(c in s for c in "*?["))
+    prefix = location.with_path("/".join(segments[:fixed]))
+    with access(prefix):
+        keys = list_keys(prefix)
+    pattern = "/".join(segments[fixed:])
+    return sorted(prefix.joinpath(k) for k in match_keys(pattern, keys))
+
+
+def has_wildcards(location: Location) -> bool:
+    """The location's path holds glob characters."""
+    text = location.text if location.is_local else location.key
+    return any(c in text for c in "*?[")
+
+
+__all__ = [
+    "Location",
+    "access",
+    "check_writable",
+    "delete_tree",
+    "describe_error",
+    "exists",
+    "gdal_env",
+    "glob",
+    "has_wildcards",
+    "is_file",
+    "list_keys",
+    "probe",
+    "publish",
+    "read_bytes",
+    "write_bytes",
+    "zarr_store",
+]
