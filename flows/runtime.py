@@ -6,6 +6,7 @@ module; a value the user has set wins.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -31,7 +32,7 @@ for _key, _value in QUIET_ENV.items():
 from prefect import Flow  # noqa: E402  (after the environment it reads)
 from prefect.context import refresh_global_settings_context  # noqa: E402
 from prefect.settings import get_current_settings  # noqa: E402
-from prefect.task_runners import TaskRunner  # noqa: E402
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 from prefect_dask.task_runners import DaskTaskRunner  # noqa: E402
 from rich.progress import (  # noqa: E402
     BarColumn,
@@ -41,10 +42,26 @@ from rich.progress import (  # noqa: E402
     TimeRemainingColumn,
 )
 
+from fcn import FcnpipeError  # noqa: E402
+from pipeline.cluster import (  # noqa: E402
+    check_worker_kind,
+    cpu_cluster_options,
+    gpu_cluster,
+    local_gpus,
+    require_gpu_workers,
+)
 from pipeline.tiling.segment import BlockReport, Plan  # noqa: E402
 from pipeline.training.train import StepReport  # noqa: E402
 
-__all__ = ["Flow", "dask_task_runner", "ensure_api", "prefect_session", "progress_bar"]
+__all__ = [
+    "Flow",
+    "block_runner",
+    "dask_task_runner",
+    "ensure_api",
+    "prefect_session",
+    "progress_bar",
+    "shared_cluster",
+]
 
 
 def ensure_api() -> str:
@@ -83,22 +100,56 @@ def prefect_session() -> Iterator[str]:
 
 
 def dask_task_runner(workers: int, address: str | None) -> TaskRunner[Any]:
-    """A runner on an existing scheduler, or on a local cluster of ``workers`` processes.
-
-    Local clusters bind to loopback, one thread per worker (the model uses the cores itself).
-    """
+    """A runner on an existing scheduler, or on a local cluster of ``workers`` CPU processes."""
     if address:
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "host": "127.0.0.1",
-            "dashboard_address": "127.0.0.1:0",  # None still binds 8787; keep it on loopback
-        },
+        cluster_class="distributed.LocalCluster", cluster_kwargs=cpu_cluster_options(workers)
     )
+
+
+def block_runner(
+    workers: int, address: str | None, gpus: str | None, device: str
+) -> tuple[TaskRunner[Any], bool]:
+    """The task runner for a run's blocks, and whether blocks must go to workers that declare a GPU.
+
+    No option: this process, one block at a time. ``--workers N``: a local cluster of N CPU
+    processes. ``--gpus N|all``: a local cluster of one worker per GPU. ``--dask-address``: that
+    cluster, and with ``--gpus`` only its GPU workers (checked first: without any, the blocks
+    would wait forever).
+    """
+    if gpus is None:
+        if workers > 0 or address:
+            return dask_task_runner(workers, address), False
+        return ThreadPoolTaskRunner(max_workers=1), False
+    check_worker_kind(workers, gpus)
+    if device not in ("auto", "cuda"):
+        raise FcnpipeError(f"--gpus runs each worker on its own GPU; --device {device} contradicts it.")
+    if address:
+        require_gpu_workers(address)
+        return DaskTaskRunner(address=address), True
+    return DaskTaskRunner(cluster_class=functools.partial(gpu_cluster, local_gpus(gpus))), True
+
+
+@contextmanager
+def shared_cluster(workers: int, gpus: str | None, address: str | None) -> Iterator[str | None]:
+    """One local cluster for many runs (a batch), so workers start and load the model once.
+
+    Yields the scheduler's address to pass as ``--dask-address``: the one given, a new local
+    cluster of CPU workers or of one worker per GPU, or None to run in this process.
+    """
+    if address or (workers == 0 and gpus is None):
+        yield address
+        return
+    check_worker_kind(workers, gpus)
+    from distributed import LocalCluster
+
+    if gpus is not None:
+        cluster = gpu_cluster(local_gpus(gpus))
+    else:
+        cluster = LocalCluster(**cpu_cluster_options(workers))  # type: ignore[no-untyped-call]
+    with cluster:
+        yield str(cluster.scheduler_address)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from fcn import FcnpipeError
+from flows.runtime import shared_cluster
 from flows.segment_mosaic import segment_mosaic
 from pipeline.cli.inputs import batch_outputs, expand_inputs
 from pipeline.outputs.mosaic import AlreadyComplete
@@ -38,6 +39,7 @@ def segment_batch(
     value_range: str | None = None,
     overwrite: bool = False,
     workers: int = 0,
+    gpus: str | None = None,
     dask_address: str | None = None,
     cog: bool = False,
 ) -> dict[str, Any]:
@@ -46,6 +48,7 @@ def segment_batch(
     For example 'scenes/*.tif' or 's3://bucket/incoming/*.tif'. Each scene gets scene.zarr beside
     it (or in --output-dir, a folder or bucket prefix), and with --cog a scene.labels.tif.
     Complete mosaics are skipped, interrupted ones resumed; other options are the segment flow's.
+    With --workers or --gpus, one local cluster serves every scene.
     """
     paths = expand_inputs(inputs)
     out_dir = Location.of(output_dir) if output_dir is not None else None
@@ -56,24 +59,25 @@ def segment_batch(
         "weights": weights, "config": config, "tile_size": tile_size, "halo": halo,
         "batch_size": batch_size, "device": device, "outputs": outputs,
         "probabilities_dtype": probabilities_dtype, "bands": bands,
-        "value_range": value_range, "overwrite": overwrite, "workers": workers,
-        "dask_address": dask_address,
+        "value_range": value_range, "overwrite": overwrite,
     }  # fmt: skip
     done: list[str] = []
     skipped: list[str] = []
     failed: list[str] = []
-    for path, target in zip(paths, targets, strict=True):
-        labels_cog = target.with_suffix(".labels.tif").text if cog else None
-        name = path.redacted()
-        try:
-            segment_mosaic(input=path.text, output=target.text, cog=labels_cog, **options)
-            done.append(name)
-        except AlreadyComplete:
-            skipped.append(name)
-        except FcnpipeError as exc:
-            sentence = str(exc) if name in str(exc) else f"{name}: {exc}"
-            get_run_logger().error(sentence)
-            failed.append(sentence)
+    with shared_cluster(workers, gpus, dask_address) as address:
+        for path, target in zip(paths, targets, strict=True):
+            labels_cog = target.with_suffix(".labels.tif").text if cog else None
+            name = path.redacted()
+            try:
+                segment_mosaic(input=path.text, output=target.text, cog=labels_cog, dask_address=address,
+                               gpus=gpus, **options)  # fmt: skip
+                done.append(name)
+            except AlreadyComplete:
+                skipped.append(name)
+            except FcnpipeError as exc:
+                sentence = str(exc) if name in str(exc) else f"{name}: {exc}"
+                get_run_logger().error(sentence)
+                failed.append(sentence)
     if failed:
         raise FcnpipeError(
             f"{len(failed)} of {len(paths)} scenes failed ({'; '.join(failed)}); "

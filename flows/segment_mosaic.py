@@ -1,26 +1,29 @@
 """One scene -> one mosaic: plan, segment blocks of tiles as tasks, finish.
 
 Run it with ``fcnpipe run flows/segment_mosaic.py --input scene.tif``. Blocks run in this process
-by default, on a local Dask cluster with ``--workers N``, or on an existing scheduler with
-``--dask-address tcp://host:8786``; every worker reads its own windows and writes its own chunks.
+by default, on a local Dask cluster of CPU workers with ``--workers N`` or of one worker per GPU
+with ``--gpus N|all``, or on an existing scheduler with ``--dask-address tcp://host:8786`` (its GPU
+workers only, with ``--gpus``); every worker reads its own windows and writes its own chunks.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from dask.base import annotate
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from rich.console import Console
 
-from flows.runtime import dask_task_runner, progress_bar
+from flows.runtime import block_runner, progress_bar
 from flows.train import DEFAULT_STEPS, default_model
 from pipeline.cli.config import default_model_path, load_segment_config
+from pipeline.cluster import GPU
 from pipeline.outputs.export import export_cog
 from pipeline.storage import Location
 from pipeline.tiling.segment import BlockReport, Plan, finish, plan_scene, segment_block
@@ -51,9 +54,14 @@ def finish_task(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[
 
 
 @flow(name="segment-blocks")
-def segment_blocks(plan: Plan) -> list[BlockReport]:
-    """Run every remaining block on this flow's task runner, showing progress."""
-    futures = [segment_block_task.submit(plan, index) for index in plan.todo]
+def segment_blocks(plan: Plan, on_gpus: bool = False) -> list[BlockReport]:
+    """Run every remaining block on this flow's task runner, showing progress.
+
+    With ``on_gpus`` the blocks carry the ``GPU: 1`` resource, so Dask runs them only on workers
+    that declare a GPU.
+    """
+    with annotate(resources={GPU: 1}) if on_gpus else nullcontext():
+        futures = [segment_block_task.submit(plan, index) for index in plan.todo]
     reports = []
     with progress_bar(plan) as advance:
         for future in as_completed(futures):
@@ -94,31 +102,35 @@ def segment_mosaic(
     value_range: str | None = None,
     overwrite: bool = False,
     workers: int = 0,
+    gpus: str | None = None,
     dask_address: str | None = None,
     cog: str | None = None,
 ) -> dict[str, Any]:
     """Segment a raster into a georeferenced Zarr mosaic of labels (and probabilities / logits).
 
-    Options given here override the config file (``--config``, a YAML in configs/). ``--cog`` also
-    exports the finished labels as a Cloud-Optimized GeoTIFF (as ``fcnpipe export --cog`` does).
+    INPUT is a path or URL GDAL reads (s3://, gs://, az://, https://); --output (default: beside
+    the input) a path or s3://, gs://, az:// URL. Options given here override the config file
+    (``--config``, a YAML in configs/). --workers N runs the blocks on N local CPU processes,
+    --gpus N|all on one local worker per GPU, --dask-address on an existing Dask cluster (with
+    --gpus, on its workers that declare a GPU). ``--cog`` also exports the finished labels as a
+    Cloud-Optimized GeoTIFF (as ``fcnpipe export --cog`` does).
     """
     options = {"weights": weights, "tile_size": tile_size, "halo": halo, "batch_size": batch_size,
                "device": device, "outputs": outputs, "probabilities_dtype": probabilities_dtype,
                "bands": bands, "value_range": value_range}  # fmt: skip
     cfg = load_segment_config(config, options)
+    runner, on_gpus = block_runner(workers, dask_address, gpus, cfg.device)  # checked before any write
     start = time.perf_counter()
     weights_path = cfg.weights or default_weights(device or cfg.device)
     plan = plan_task(input, weights_path, cfg.settings(), output, overwrite)
     for note in plan.warnings:
         get_run_logger().warning(note)
-    runner: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=1)
-    if workers > 0 or dask_address:
-        runner = dask_task_runner(workers, dask_address)
-    reports = segment_blocks.with_options(task_runner=runner)(plan)
+    reports = segment_blocks.with_options(task_runner=runner)(plan, on_gpus)
     report = finish_task(plan, reports, time.perf_counter() - start)
     create_markdown_artifact(
         report.pop("markdown"), key="segment-report", description=Location(plan.output).redacted()
     )
     if cog is not None:
         report["cog"] = export_cog_task(plan.output, cog, overwrite)
-    return {"output": Location(plan.output).redacted(), "warnings": list(plan.warnings), **report}
+    warnings = [*plan.warnings, *report.pop("warnings")]
+    return {"output": Location(plan.output).redacted(), "warnings": warnings, **report}

@@ -87,6 +87,18 @@ def noise_image(height: int, width: int, seed: int = 0, bands: int = 3) -> np.nd
     return np.clip(smooth * 200 + rng.random((bands, height, width)) * 55, 0, 255).astype(np.uint8)
 
 
+def one_thread_reference(scene: Path, weights: Path, settings: Any, out: Path) -> None:
+    """The in-process run under a Dask worker's layout: torch on one thread."""
+    from pipeline.tiling.segment import plan_scene, run_local
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_local(plan_scene(scene, weights, settings, output=out))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def save_model(path: Path, model: nn.Module, arch: str) -> Path:
     """Save ``model`` as a checkpoint with a measured card."""
     save_checkpoint(path, model, describe(model, arch))

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from pipeline.cli.main import app
 from pipeline.outputs.mosaic import MANIFEST, read_state
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
-from tests.conftest import fcnpipe, noise_image, write_tif
+from tests.conftest import fcnpipe, noise_image, one_thread_reference, write_tif
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = str(ROOT / "flows" / "segment_mosaic.py")
@@ -216,8 +216,9 @@ def test_dask_workers_write_the_same_bytes_and_report_to_one_api(
         "--config",
         str(config),
     ]
-    run_local(plan_scene(scene, pointwise_checkpoint, SegmentSettings(tile_size=32, chunk=32, block=1),
-                         output=tmp_path / "direct.zarr"))  # fmt: skip
+    # Workers run torch on one thread: the same bytes are promised for the same layout.
+    settings = SegmentSettings(tile_size=32, chunk=32, block=1)
+    one_thread_reference(scene, pointwise_checkpoint, settings, tmp_path / "direct.zarr")
 
     # The real CLI in its own process: everything it and its workers print is here.
     proc = fcnpipe("run", FLOW, *common, "--workers", "2", "--output", str(tmp_path / "local.zarr"))

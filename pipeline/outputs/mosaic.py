@@ -10,8 +10,10 @@ Layout (what ``xr.open_zarr(path, decode_coords="all")`` and rioxarray read):
   and GDAL's ``GeoTransform`` (CF and rioxarray conventions).
 
 The manifest is the ``fcnpipe/blocks_done`` array, one chunk per block: each block writes only its
-own chunk, after its data chunks, so tasks never contend. The root attribute
-``fcnpipe.complete`` turns true last, after every block is recorded.
+own chunk, after its data chunks, so tasks never contend. A finished block's entry is the layout
+that computed it (device, threads, precision, library versions: ``engine.compute_layout``), an
+unfinished one's is empty. The root attribute ``fcnpipe.complete`` turns true last, after every
+block is recorded.
 
 The store is a local folder or a bucket prefix (``pipeline.storage`` says how each guarantee
 holds on an object store).
@@ -218,7 +220,7 @@ def create(location: Location, spec: MosaicSpec) -> zarr.Group:
             attributes={**common, "long_name": "class logit"},
         )  # fmt: skip
     write_coordinates(group, (h, w), scene.transform, scene.crs_wkt, k)
-    group.create_array(MANIFEST, shape=(spec.blocks,), chunks=(1,), dtype="uint8", fill_value=0)
+    group.create_array(MANIFEST, shape=(spec.blocks,), chunks=(1,), dtype=str, fill_value="")
     group.attrs.update(
         {
             "fcnpipe": {
@@ -285,14 +287,36 @@ def write_core(
         group["logits"][:, rows, cols] = logits  # type: ignore[index]
 
 
-def mark_block_done(group: zarr.Group, index: int) -> None:
-    """Record a finished block (its own manifest chunk: no other writer touches it)."""
-    group[MANIFEST][index] = 1  # type: ignore[index]
+def mark_block_done(group: zarr.Group, index: int, layout: str) -> None:
+    """Record a finished block and the layout that computed it (its own chunk: no other writer)."""
+    manifest = group[MANIFEST]
+    assert isinstance(manifest, zarr.Array)
+    manifest[index] = layout if holds_layouts(manifest.dtype) else 1
+
+
+def holds_layouts(dtype: Any) -> bool:
+    """A manifest of layout strings (mosaics before layouts were recorded hold 0/1)."""
+    return np.dtype(dtype).kind in "UOT"
+
+
+def manifest_entries(group: zarr.Group) -> NDArray[Any]:
+    """The manifest as read: a layout per block ("" when not done), or 0/1 in older mosaics."""
+    return np.asarray(group[MANIFEST][:])  # type: ignore[index]
 
 
 def blocks_done(group: zarr.Group) -> NDArray[np.bool_]:
     """Which blocks the manifest records as finished."""
-    return np.asarray(group[MANIFEST][:], dtype=bool)  # type: ignore[index]
+    entries = manifest_entries(group)
+    return np.asarray(entries != ("" if holds_layouts(entries.dtype) else 0), dtype=bool)
+
+
+def block_layouts(group: zarr.Group) -> dict[str, int]:
+    """How many finished blocks each layout computed (empty for mosaics older than layouts)."""
+    entries = manifest_entries(group)
+    if not holds_layouts(entries.dtype):
+        return {}
+    layouts, counts = np.unique(entries[entries != ""], return_counts=True)
+    return {str(layout): int(count) for layout, count in zip(layouts, counts, strict=True)}
 
 
 def mark_complete(group: zarr.Group, report: dict[str, Any]) -> None:

@@ -97,6 +97,7 @@ def markdown_report(info: RasterInfo, card: ModelCard, run: dict[str, Any], coun
         f"skipped (no data): {run['tiles_skipped']}",
         f"- {run['megapixels']:.2f} Mpx in {run['seconds']:.1f} s ({run['mpx_per_s'] or 0:.3f} Mpx/s)",
         f"- model: {card.arch}, {card.num_classes} classes",
+        *(f"- computed on: {layout} ({n} blocks)" for layout, n in run.get("layouts", {}).items()),
         "",
         "| class | pixels | " + ("area (m²) |" if area else "share |"),
         "|---|---|---|",

@@ -8,6 +8,7 @@ only the core of each tile comes back.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +46,24 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise FcnpipeError("--device mps was asked for but MPS is not available.")
     return device
+
+
+def compute_layout(device: torch.device, bf16: bool) -> str:
+    """What decides the exact floating-point result besides the model and the input.
+
+    The same layout gives the same bytes; another thread count, device or library version can
+    sum a convolution in another order and change the last bits (README, "Which bytes are
+    promised").
+    """
+    version = f"torch {torch.__version__}"
+    if device.type == "cuda":
+        cudnn = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]
+        precision = "bf16" if bf16 else "fp32"
+        return f"cuda {torch.cuda.get_device_name(device)}, {precision}, {version}, cuDNN {cudnn}"
+    isa = torch.backends.cpu.get_cpu_capability()
+    threads = torch.get_num_threads()
+    plural = "s" if threads != 1 else ""
+    return f"{device.type} {platform.machine()} {isa}, {threads} thread{plural}, fp32, {version}"
 
 
 def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int, workers: int = 2) -> Iterator[R]:
@@ -112,6 +131,11 @@ class Engine:
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.autocast = self.cuda and settings.precision == "bf16"
+
+    @property
+    def layout(self) -> str:
+        """This engine's layout now (the thread count can change between blocks)."""
+        return compute_layout(self.device, self.autocast)
 
     @torch.inference_mode()
     def logits(self, rgb: torch.Tensor, crop: tuple[slice, slice] | None = None) -> torch.Tensor:

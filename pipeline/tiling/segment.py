@@ -23,6 +23,7 @@ from fcn.checkpoint import read_checkpoint
 from pipeline.outputs.mosaic import (
     OUTPUTS,
     MosaicSpec,
+    block_layouts,
     blocks_done,
     file_sha256,
     label_nodata,
@@ -102,6 +103,7 @@ class BlockReport:
     skipped: int
     pixels: int
     seconds: float
+    layout: str = ""
 
 
 def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentSettings, list[str]]:
@@ -216,8 +218,9 @@ def segment_block(plan: Plan, index: int) -> BlockReport:
             pixels += 0 if result.skipped else result.tile.core.height * result.tile.core.width
     finally:
         reader.close()
-    mark_block_done(group, index)
-    return BlockReport(index, len(block.tiles), skipped, pixels, time.perf_counter() - start)
+    mark_block_done(group, index, engine.layout)
+    seconds = time.perf_counter() - start
+    return BlockReport(index, len(block.tiles), skipped, pixels, seconds, engine.layout)
 
 
 def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, Any]:
@@ -240,6 +243,8 @@ def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, 
     report["class_pixels"] = dict(zip(plan.card.class_names, counts.tolist(), strict=True))
     if area is not None:
         report["class_area_m2"] = {name: n * area for name, n in report["class_pixels"].items()}
+    report["layouts"] = block_layouts(group)
+    report["warnings"] = layout_warnings(report["layouts"])
     report["overviews"] = [list(shape) for shape in build_pyramid(group)]
     group = open_mosaic_group(plan.output, "r+")  # the pyramid changed the root's metadata
     path = preview_path(plan)
@@ -251,6 +256,18 @@ def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, 
     report["preview"] = path.redacted()
     mark_complete(group, report)
     return {**report, "markdown": markdown_report(plan.input, plan.card, report, counts)}
+
+
+def layout_warnings(layouts: dict[str, int]) -> list[str]:
+    """A warning when the blocks were computed under more than one layout (a resume elsewhere)."""
+    if len(layouts) < 2:
+        return []
+    listed = "; ".join(f"{layout} ({n} blocks)" for layout, n in layouts.items())
+    return [
+        f"the blocks of this mosaic were computed under {len(layouts)} layouts ({listed}): "
+        "across them, values may differ in the last bits and a few near-tied labels may differ "
+        "(README, 'Which bytes are promised')."
+    ]
 
 
 def preview_path(plan: Plan) -> Location:

@@ -1,0 +1,165 @@
+"""Blocks on Dask clusters: GPU resources, lost workers, and which bytes each layout promises.
+
+Every cluster here is a real ``distributed`` cluster of worker processes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+import zarr
+from typer.testing import CliRunner
+
+from pipeline.cli.main import app
+from pipeline.outputs.mosaic import MANIFEST, block_layouts, open_mosaic_group, read_state
+from pipeline.tiling.segment import SegmentSettings, finish, plan_scene, run_local, segment_block
+from tests.conftest import ROOT, fcnpipe, noise_image, one_thread_reference, write_tif
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+FLOW = str(ROOT / "flows" / "segment_mosaic.py")
+runner = CliRunner()
+
+
+def chunk_bytes(store: Path) -> dict[str, bytes]:
+    """Every data chunk of a mosaic (the manifest and metadata left out)."""
+    files = (p for p in sorted(store.rglob("*")) if p.is_file() and "fcnpipe" not in p.parts)
+    return {str(p.relative_to(store)): p.read_bytes() for p in files if "/c/" in f"/{p.relative_to(store)}"}
+
+
+def test_a_resume_under_another_layout_is_recorded_and_warned(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    # Plumbing: the stand-in model; the point is the manifest.
+    scene = write_tif(tmp_path / "scene.tif", noise_image(96, 128, seed=3))
+    plan = plan_scene(scene, pointwise_checkpoint, SegmentSettings(tile_size=32, chunk=32, block=1))
+    first = [segment_block(plan, i) for i in plan.todo[:5]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # "another machine"
+    try:
+        rest = [segment_block(plan, i) for i in plan.todo[5:]]
+    finally:
+        torch.set_num_threads(threads)
+    layouts = block_layouts(open_mosaic_group(plan.output, "r"))
+    assert layouts == {first[0].layout: 5, rest[0].layout: len(plan.todo) - 5}
+    assert f"{threads} thread" in first[0].layout and f"{threads + 1} threads" in rest[0].layout
+    report = finish(plan, first + rest, 1.0)
+    assert len(report["warnings"]) == 1 and "computed under 2 layouts" in report["warnings"][0]
+    assert read_state(plan.output)["report"]["layouts"] == layouts  # type: ignore[index]
+    assert "computed on: " in report["markdown"]
+
+
+def test_gpus_on_a_machine_without_cuda_and_with_workers_are_one_sentence(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    scene = write_tif(tmp_path / "scene.tif", noise_image(40, 40))
+    common = ["run", FLOW, "--input", str(scene), "--weights", str(pointwise_checkpoint)]
+    for extra, message in [
+        (["--gpus", "1"], "--gpus was given but this machine has no CUDA GPU"),
+        (["--gpus", "all", "--workers", "2"], "give one of them"),
+        (["--gpus", "two"], "--gpus takes a number of GPUs or 'all'"),
+    ]:
+        result = runner.invoke(app, [*common, *extra])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "scene.zarr").exists()  # checked before anything is written
+
+
+def test_gpu_blocks_run_only_on_workers_that_declare_a_gpu_and_never_hang_without_one(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    # A mixed cluster: worker "gpu" declares GPU=1 as a GPU machine's worker would (it has no GPU
+    # here, so it runs the stand-in model on its CPU), worker "cpu" declares nothing.
+    from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_task_stream
+
+    scene = write_tif(tmp_path / "scene.tif", noise_image(96, 96, seed=5))
+    config = tmp_path / "one-block.yaml"
+    config.write_text("block: 1\n")
+    args = ["run", FLOW, "--input", str(scene), "--weights", str(pointwise_checkpoint), "--tile-size", "32",
+            "--config", str(config), "--gpus", "all"]  # fmt: skip
+    loopback = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+    with LocalCluster(n_workers=1, threads_per_worker=1, **loopback) as plain:
+        result = runner.invoke(app, [*args, "--dask-address", plain.scheduler_address])
+    assert result.exit_code == 1, result.output
+    assert "no worker of the Dask cluster" in result.output and "--resources GPU=1" in result.output
+    assert not (tmp_path / "scene.zarr").exists()
+
+    options = {"nthreads": 1, "host": "127.0.0.1"}
+    workers = {"gpu": {"cls": Nanny, "options": {**options, "resources": {"GPU": 1}}},
+               "cpu": {"cls": Nanny, "options": options}}  # fmt: skip
+    scheduler = {"cls": Scheduler, "options": loopback}
+    with SpecCluster(workers=workers, scheduler=scheduler) as mixed, Client(mixed) as client:
+        with get_task_stream(client) as stream:
+            result = runner.invoke(app, [*args, "--dask-address", mixed.scheduler_address])
+        assert result.exit_code == 0, result.output
+        gpu_worker = next(a for a, w in client.scheduler_info()["workers"].items() if w["resources"])
+    blocks = [t for t in stream.data if "segment" in t["key"] or "segment" in str(t.get("key"))]
+    assert len(blocks) == 9 and {t["worker"] for t in blocks} == {gpu_worker}
+
+
+def worker_processes(pid: int) -> list[psutil.Process]:
+    """The Dask worker processes a CLI process started (multiprocessing spawns them)."""
+    children = psutil.Process(pid).children(recursive=True)
+    return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+
+
+def test_a_worker_killed_mid_run_does_not_lose_the_run_or_change_its_bytes(
+    tmp_path: Path, fcn8s_checkpoint: Path
+) -> None:
+    scene = write_tif(tmp_path / "scene.tif", noise_image(256, 320, seed=4))
+    # Small halo: the test is about recovery, and cheaper tiles leave time to kill mid-run.
+    settings = SegmentSettings(tile_size=64, halo=32, block=1)
+    one_thread_reference(scene, fcn8s_checkpoint, settings, tmp_path / "reference.zarr")
+    config = tmp_path / "one-block.yaml"
+    config.write_text("block: 1\n")
+    out = tmp_path / "cluster.zarr"
+    args = ["--input", str(scene), "--weights", str(fcn8s_checkpoint), "--tile-size", "64", "--halo", "32",
+            "--config", str(config), "--workers", "2", "--output", str(out)]  # fmt: skip
+    proc = fcnpipe("run", FLOW, *args)
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        manifest = out / MANIFEST / "c"
+        workers = worker_processes(proc.pid)
+        if manifest.is_dir() and len(list(manifest.iterdir())) >= 3 and len(workers) == 2:
+            killed = workers[0].pid
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    output = proc.communicate(timeout=600)[0].decode()
+    assert killed is not None, output
+    assert proc.returncode == 0, output
+    assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+    state = read_state(out)
+    assert state is not None and state["complete"]
+    assert chunk_bytes(out) == chunk_bytes(tmp_path / "reference.zarr")  # same layout, same bytes
+    reference_layouts = block_layouts(open_mosaic_group(tmp_path / "reference.zarr", "r"))
+    assert set(state["report"]["layouts"]) == set(reference_layouts)
+    labels = zarr.open_group(str(out), mode="r")["labels"][:]  # type: ignore[index]
+    assert np.array_equal(labels, zarr.open_group(str(tmp_path / "reference.zarr"), mode="r")["labels"][:])  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_across_layouts_labels_agree_and_values_stay_within_rounding(
+    tmp_path: Path, fcn8s_checkpoint: Path
+) -> None:
+    """What the README promises between thread counts: near-equal values, near-all labels."""
+    scene = write_tif(tmp_path / "scene.tif", noise_image(256, 256, seed=7))
+    settings = SegmentSettings(tile_size=128, outputs=("labels", "logits"), logits_dtype="float32")
+    run_local(plan_scene(scene, fcn8s_checkpoint, settings, output=tmp_path / "many.zarr"))
+    one_thread_reference(scene, fcn8s_checkpoint, replace(settings), tmp_path / "one.zarr")
+    many = zarr.open_group(str(tmp_path / "many.zarr"), mode="r")
+    one = zarr.open_group(str(tmp_path / "one.zarr"), mode="r")
+    logits_a, logits_b = many["logits"][:], one["logits"][:]  # type: ignore[index]
+    scale = float(np.abs(logits_a).max())
+    assert float(np.abs(logits_a - logits_b).max()) <= 1e-5 * scale
+    differ = float((many["labels"][:] != one["labels"][:]).mean())  # type: ignore[index]
+    assert differ <= 1e-4
