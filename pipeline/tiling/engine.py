@@ -134,7 +134,7 @@ class Engine:
 
     @property
     def layout(self) -> str:
-        """This engine's layout now (the thread count can change between blocks)."""
+        """The engine's layout now (the thread count can change between blocks)."""
         return compute_layout(self.device, self.autocast)
 
     @torch.inference_mode()
