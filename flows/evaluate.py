@@ -1,6 +1,7 @@
 """Score a checkpoint on a dataset split with the FCN paper's four metrics."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: a served flow is pickled by value, and its
+# parameters' annotations must be types, not names of types (Prefect validates them).
 
 from pathlib import Path
 from typing import Any

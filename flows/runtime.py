@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 QUIET_ENV = {
@@ -60,6 +61,7 @@ __all__ = [
     "ensure_api",
     "prefect_session",
     "progress_bar",
+    "serve_on_schedule",
     "shared_cluster",
 ]
 
@@ -150,6 +152,56 @@ def shared_cluster(workers: int, gpus: str | None, address: str | None) -> Itera
         cluster = LocalCluster(**cpu_cluster_options(workers))  # type: ignore[no-untyped-call]
     with cluster:
         yield str(cluster.scheduler_address)
+
+
+def serve_on_schedule(
+    flow: Any,
+    parameters: dict[str, Any],
+    *,
+    name: str,
+    cron: str | None,
+    interval: timedelta | None,
+    say: Callable[[str], None],
+) -> None:
+    """Serve ``flow`` with ``parameters`` as a deployment on a schedule until interrupted.
+
+    Against the Prefect server in ``PREFECT_API_URL`` (an embedded one runs no scheduler). One
+    run at a time, and a run that falls due while the previous one still works is cancelled
+    rather than queued: the batch flow picks up whatever the skipped run would have found.
+    """
+    url = get_current_settings().api.url
+    if not url:
+        raise FcnpipeError(
+            "a schedule needs a Prefect server: start one with `prefect server start` and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api (the address it prints)."
+        )
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.types.entrypoint import EntrypointType
+
+    with get_client(sync_client=True) as client:
+        if client.api_healthcheck() is not None:
+            raise FcnpipeError(f"no Prefect server answers at {url}; start one with `prefect server start`.")
+    if cron is not None:
+        try:
+            CronSchedule(cron=cron)
+        except ValueError:
+            raise FcnpipeError(f"--cron {cron!r} is not a cron expression (e.g. '0 * * * *').") from None
+    when = " and ".join(
+        part
+        for part in (f"on cron '{cron}'" if cron else "", f"every {interval}" if interval else "")
+        if part
+    )
+    say(f"serving {flow.name} as deployment '{name}' {when} against {url}; Ctrl-C stops it.")
+    once = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+    # A flow in a package (flows/) is loaded by module name: loaded by file path, Prefect cannot
+    # resolve the postponed annotations (``from __future__ import annotations``) of its parameters.
+    by_module = EntrypointType.MODULE_PATH if "." in flow.fn.__module__ else EntrypointType.FILE_PATH
+    flow.serve(
+        name=name, cron=cron, interval=interval, parameters=parameters, limit=1, global_limit=once,
+        print_starting_message=False, entrypoint_type=by_module,
+    )  # fmt: skip
 
 
 @contextmanager

@@ -8,7 +8,8 @@ the run ends with a non-zero exit if any failed.
     fcnpipe run flows/segment_batch.py --inputs 'incoming/*.tif' --output-dir mosaics/
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: a served flow is pickled by value, and its
+# parameters' annotations must be types, not names of types (Prefect validates them).
 
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,10 @@ def segment_batch(
     With --workers or --gpus, one local cluster serves every scene.
     """
     paths = expand_inputs(inputs)
+    if not paths:
+        note = f"{Location(inputs).redacted()} names no rasters yet; nothing to do."
+        get_run_logger().warning(note)
+        return {"scenes": 0, "segmented": 0, "already_complete": 0, "warnings": [note]}
     out_dir = Location.of(output_dir) if output_dir is not None else None
     targets = batch_outputs(paths, out_dir)
     if out_dir is not None and out_dir.is_local:

@@ -6,7 +6,8 @@ with ``--gpus N|all``, or on an existing scheduler with ``--dask-address tcp://h
 workers only, with ``--gpus``); every worker reads its own windows and writes its own chunks.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: a served flow is pickled by value, and its
+# parameters' annotations must be types, not names of types (Prefect validates them).
 
 import time
 from contextlib import nullcontext

@@ -5,7 +5,8 @@ validation mean IU) and last.pt (everything a resume needs). ``--resume OUT/fcn1
 continues that stage exactly and then the stages after it.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: a served flow is pickled by value, and its
+# parameters' annotations must be types, not names of types (Prefect validates them).
 
 import math
 import shutil

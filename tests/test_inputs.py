@@ -41,9 +41,13 @@ def test_a_list_file_is_relative_to_itself_and_checked(scenes: Path) -> None:
         expand_inputs(str(listing))
 
 
-def test_nothing_matched_is_one_sentence(tmp_path: Path) -> None:
-    with pytest.raises(FcnpipeError, match="names no rasters"):
-        expand_inputs(str(tmp_path / "*.tif"))
+def test_nothing_there_yet_is_no_error_but_a_missing_folder_is(tmp_path: Path) -> None:
+    assert expand_inputs(str(tmp_path)) == []  # a watched folder, still empty
+    assert expand_inputs(str(tmp_path / "*.tif")) == []
+    with pytest.raises(FcnpipeError, match=r"the folder .*missing of .* does not exist"):
+        expand_inputs(str(tmp_path / "missing" / "*.tif"))
+    with pytest.raises(FcnpipeError, match=r"scene\.tif does not exist"):
+        expand_inputs(str(tmp_path / "scene.tif"))
 
 
 def test_outputs_go_beside_or_into_a_folder_and_never_collide(scenes: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any, get_type_hints
@@ -115,6 +116,20 @@ def parse_options(words: list[str], params: list[Param]) -> dict[str, Any]:
     if missing:
         raise FcnpipeError(f"missing required option {', '.join(missing)}.")
     return values
+
+
+def parse_interval(text: str) -> timedelta:
+    """``90``, ``30s``, ``10m``, ``2h`` or ``1d`` as a duration; one sentence if it is none of them."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip().lower()
+    number, unit = (value[:-1], value[-1]) if value[-1:] in units else (value, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise FcnpipeError(f"--interval {text!r} is not a duration; give seconds or e.g. 30s, 10m, 2h, 1d.")
+    return timedelta(seconds=seconds)
 
 
 def type_name(annotation: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+from itertools import takewhile
 from pathlib import Path
 
 from fcn import FcnpipeError
@@ -18,20 +19,16 @@ def is_raster_name(name: str) -> bool:
 
 
 def expand_inputs(spec: str) -> list[Location]:
-    """The rasters ``spec`` names, sorted and without repeats.
+    """The rasters ``spec`` names, sorted and without repeats; possibly none (a watched folder).
 
     ``spec`` is a folder or bucket prefix (its rasters, by suffix, not recursing), a text file
     (``.txt``: one path or URL per line, relative to the file's folder; blank lines and ``#``
     comments ignored), a glob such as ``scenes/**/*.tif`` or ``s3://bucket/incoming/*.tif``, or
-    one raster.
+    one raster. A folder, list or raster that does not exist is an error; an empty folder or a
+    glob that matches nothing yet is not.
     """
     where = Location.of(spec)
     found = expand_local(where) if where.is_local else expand_url(where)
-    if not found:
-        raise FcnpipeError(
-            f"{where.redacted()} names no rasters (give a folder, a glob such as 'scenes/*.tif', "
-            "or a .txt list)."
-        )
     return sorted(set(found))
 
 
@@ -44,6 +41,13 @@ def expand_local(where: Location) -> list[Location]:
         return read_list(where)
     if path.is_file():
         return [where]
+    if not storage.has_wildcards(where):
+        raise FcnpipeError(
+            f"{where} does not exist (give a folder, a glob such as 'scenes/*.tif', or a .txt list)."
+        )
+    base = Path(*[part for part in takewhile(lambda p: not storage.has_wildcards(Location(p)), path.parts)])
+    if not base.is_dir():
+        raise FcnpipeError(f"the folder {base} of {where} does not exist.")
     return [Location(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
 
 

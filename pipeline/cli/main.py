@@ -67,18 +67,12 @@ def user_errors() -> Iterator[None]:
         fail(f"{type(exc).__name__}: {exc} (set FCNPIPE_DEBUG=1 for the traceback).")
 
 
-@app.command(
-    "run",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)
-def run(
-    ctx: typer.Context,
-    flow_file: Annotated[
-        Path | None, typer.Argument(help="A flow file, e.g. flows/segment_mosaic.py.")
-    ] = None,
-) -> None:
-    """Run a flow file; its parameters are options (`fcnpipe run FLOW --help` lists them)."""
+FLOW_COMMAND = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def load_flow(ctx: typer.Context, flow_file: Path, command: str) -> tuple[Any, dict[str, Any]] | None:
+    """The flow a file defines and its options parsed from the command line (None after --help)."""
+    from flows.runtime import Flow
     from pipeline.cli.flowfile import (
         describe_params,
         find_flow,
@@ -87,32 +81,80 @@ def run(
         parse_options,
     )
 
+    module = import_flow_module(flow_file)
+    flow = find_flow(module, lambda obj: isinstance(obj, Flow))
+    params = flow_params(flow.fn)
+    if "--help" in ctx.args or "-h" in ctx.args:
+        print_flow_help(command, flow_file, flow, describe_params(params))
+        return None
+    return flow, parse_options(list(ctx.args), params)
+
+
+@app.command("run", context_settings=FLOW_COMMAND, add_help_option=False)
+def run(
+    ctx: typer.Context,
+    flow_file: Annotated[
+        Path | None, typer.Argument(help="A flow file, e.g. flows/segment_mosaic.py.")
+    ] = None,
+) -> None:
+    """Run a flow file; its parameters are options (`fcnpipe run FLOW --help` lists them)."""
     if flow_file is None or str(flow_file) in ("--help", "-h"):
         out.print(ctx.get_help())
         return
     with user_errors():
-        from flows.runtime import Flow, prefect_session
+        from flows.runtime import prefect_session
 
-        module = import_flow_module(flow_file)
-        flow = find_flow(module, lambda obj: isinstance(obj, Flow))
-        params = flow_params(flow.fn)
-        if "--help" in ctx.args or "-h" in ctx.args:
-            print_flow_help(flow_file, flow, describe_params(params))
+        loaded = load_flow(ctx, flow_file, "run")
+        if loaded is None:
             return
-        values = parse_options(list(ctx.args), params)
+        flow, values = loaded
         with prefect_session():
             result = flow(**values)
     print_summary(result)
 
 
-def print_flow_help(path: Path, flow: Any, rows: list[tuple[str, str, str]]) -> None:
+@app.command("schedule", context_settings=FLOW_COMMAND, add_help_option=False)
+def schedule(
+    ctx: typer.Context,
+    flow_file: Annotated[
+        Path | None, typer.Argument(help="A flow file, e.g. flows/segment_batch.py.")
+    ] = None,
+    cron: Annotated[str | None, typer.Option(help='A cron schedule, e.g. "0 * * * *" (hourly).')] = None,
+    interval: Annotated[
+        str | None, typer.Option(help="Run every INTERVAL: seconds, or 30s, 10m, 2h, 1d.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The deployment's name (default: scheduled).")] = None,
+) -> None:
+    """Serve a flow file as a Prefect deployment that runs on a schedule, with these options.
+
+    Needs a Prefect server (`prefect server start`) named by PREFECT_API_URL; runs until stopped
+    (Ctrl-C), one run at a time: a run due while the last one still works is skipped.
+    """
+    if flow_file is None or str(flow_file) in ("--help", "-h"):
+        out.print(ctx.get_help())
+        return
+    with user_errors():
+        from flows.runtime import serve_on_schedule
+        from pipeline.cli.flowfile import parse_interval
+
+        every = parse_interval(interval) if interval is not None else None
+        if cron is None and every is None:
+            raise FcnpipeError("say when to run: --cron EXPRESSION, --interval DURATION, or both.")
+        loaded = load_flow(ctx, flow_file, "schedule")
+        if loaded is None:
+            return
+        flow, values = loaded
+        serve_on_schedule(flow, values, name=name or "scheduled", cron=cron, interval=every, say=out.print)
+
+
+def print_flow_help(command: str, path: Path, flow: Any, rows: list[tuple[str, str, str]]) -> None:
     """The flow's docstring and its options as a table."""
     table = Table(box=None, show_header=True, header_style="bold")
     for column in ("option", "type", "default"):
         table.add_column(column)
     for row in rows:
         table.add_row(*row)
-    out.print(f"Usage: fcnpipe run {path} [OPTIONS]\n\n{inspect.getdoc(flow.fn) or ''}\n")
+    out.print(f"Usage: fcnpipe {command} {path} [OPTIONS]\n\n{inspect.getdoc(flow.fn) or ''}\n")
     out.print(table)
 
 

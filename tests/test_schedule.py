@@ -1,0 +1,169 @@
+"""Scheduled batch jobs: the batch flow served as a deployment on a real ``prefect server start``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli.main import app
+from pipeline.outputs.mosaic import read_state
+from tests.conftest import ROOT, noise_image, write_tif
+
+BATCH = str(ROOT / "flows" / "segment_batch.py")
+runner = CliRunner()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: object, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without Prefect settings from the test session, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return env | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", **extra}
+
+
+def stop(proc: subprocess.Popen[bytes]) -> str:
+    """Interrupt a process group as Ctrl-C would; its output."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.stdout.read().decode() if proc.stdout else ""
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``prefect server start`` on 127.0.0.1, a free port and a temporary database."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = clean_env(
+        PREFECT_HOME=str(home),
+        # The scheduler looks for deployments to schedule every 60 s by default; sooner here.
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+    )
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+               "--no-ui", "--analytics-off"]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return proc.poll() is not None  # stop waiting if it died
+
+    wait_for(healthy, 180, "prefect server start")
+    assert proc.poll() is None, stop(proc)
+    yield url
+    stop(proc)
+
+
+def flow_runs(url: str, deployment: str) -> list[tuple[str, float]]:
+    """(state, start time) of every run of the batch deployment, as the server recorded them."""
+    import json
+
+    body = json.dumps({"deployments": {"name": {"any_": [deployment]}}, "limit": 200}).encode()
+    request = urllib.request.Request(f"{url}/flow_runs/filter", data=body,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as response:
+        runs = json.loads(response.read())
+    return [(r["state_type"], r["start_time"] or "") for r in runs]
+
+
+def artifacts(url: str, key: str) -> int:
+    """How many artifacts with ``key`` the server holds."""
+    import json
+
+    body = json.dumps({"artifacts": {"key": {"any_": [key]}}}).encode()
+    request = urllib.request.Request(f"{url}/artifacts/filter", data=body,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return len(json.loads(response.read()))
+
+
+def test_a_scheduled_batch_segments_a_new_scene_once_and_skips_it_after(
+    prefect_server: str, tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    # Plumbing: the stand-in model; the point is the schedule.
+    incoming, mosaics = tmp_path / "incoming", tmp_path / "mosaics"
+    incoming.mkdir()
+    command = [sys.executable, "-m", "pipeline.cli", "schedule", BATCH, "--interval", "5s",
+               "--name", "every-5s", "--inputs", str(incoming), "--output-dir", str(mosaics),
+               "--weights", str(pointwise_checkpoint), "--tile-size", "32"]  # fmt: skip
+    env = clean_env(PREFECT_API_URL=prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="2")
+    served = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: any(s == "COMPLETED" for s, _ in flow_runs(prefect_server, "every-5s")), 240,
+                 "a first scheduled run (an empty folder: nothing to do)")  # fmt: skip
+        assert not mosaics.exists() or not list(mosaics.iterdir())
+        write_tif(incoming / "scene.tif", noise_image(64, 96, seed=1))
+        mosaic = mosaics / "scene.zarr"
+
+        def complete() -> bool:
+            state = read_state(mosaic) if mosaic.exists() else None
+            return bool(state and state["complete"])
+
+        wait_for(complete, 240, "the new scene's mosaic")
+        finished_at = time.time()
+        stamps = {p: p.stat().st_mtime_ns for p in mosaic.rglob("*") if p.is_file()}
+
+        def later_run_completed() -> bool:
+            starts = [s for state, s in flow_runs(prefect_server, "every-5s") if state == "COMPLETED" and s]
+            return any(time.mktime(time.strptime(s[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone > finished_at
+                       for s in starts)  # fmt: skip
+
+        wait_for(later_run_completed, 240, "a scheduled run after the mosaic was complete")
+        assert {p: p.stat().st_mtime_ns for p in mosaic.rglob("*") if p.is_file()} == stamps  # skipped
+        assert artifacts(prefect_server, "segment-report") >= 1  # the scene's run shows its report
+        states = [s for s, _ in flow_runs(prefect_server, "every-5s")]
+        assert "FAILED" not in states and "CRASHED" not in states, states
+    finally:
+        output = stop(served)
+    assert "serving segment-batch as deployment 'every-5s' every 0:00:05" in output, output
+    assert "Traceback" not in output, output
+
+
+def test_schedule_without_a_server_or_a_time_is_one_sentence(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    args = ["schedule", BATCH, "--inputs", str(tmp_path), "--weights", str(pointwise_checkpoint)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "say when to run: --cron" in result.output, result.output
+    with temporary_settings({PREFECT_API_URL: None}):
+        result = runner.invoke(app, [*args, "--interval", "10m"])
+    assert result.exit_code == 1 and "a schedule needs a Prefect server" in result.output, result.output
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        result = runner.invoke(app, [*args, "--interval", "10m"])
+    assert result.exit_code == 1 and "no Prefect server answers at" in result.output, result.output
+    assert "prefect server start" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, [*args, "--interval", "soon"])
+    assert result.exit_code == 1 and "--interval 'soon' is not a duration" in result.output
