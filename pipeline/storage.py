@@ -154,9 +154,14 @@ class Location:
 # --- configuration from the environment -----------------------------------------------------
 
 
+def sdk_endpoint() -> str | None:
+    """The S3 endpoint as the AWS SDKs read it from the environment, if one is set."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def s3_endpoint() -> tuple[str | None, bool]:
-    """The S3 endpoint URL the environment names, if any, and whether it is virtual-hosted."""
-    url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    """The S3 endpoint URL the environment names (the SDKs' or GDAL's), and whether it is virtual-hosted."""
+    url = sdk_endpoint()
     if url:
         return url, False
     gdal = os.environ.get("AWS_S3_ENDPOINT")
@@ -177,7 +182,7 @@ def gdal_env(location: Location) -> rasterio.Env:
     if location.is_local:
         return rasterio.Env()
     options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
-    url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    url = sdk_endpoint()
     if url and not os.environ.get("AWS_S3_ENDPOINT"):
         parts = urlsplit(url)
         options |= {

@@ -152,10 +152,12 @@ class S3Server:
         """A boto3 S3 client with this server's credentials (or another secret)."""
         import boto3
 
-        return boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
-            aws_access_key_id=self.key_id, aws_secret_access_key=secret or self.secret,
-        )  # fmt: skip
+        session = boto3.Session(  # a new session: it reads the environment as it is now
+            aws_access_key_id=self.key_id,
+            aws_secret_access_key=secret or self.secret,
+            region_name="us-east-1",
+        )
+        return session.client("s3", endpoint_url=self.endpoint)
 
 
 @pytest.fixture(scope="session")

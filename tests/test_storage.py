@@ -88,6 +88,26 @@ def test_gdal_variables_alone_reach_the_same_server_for_reads_and_writes(
     assert (info.height, info.width, info.path) == (70, 90, url)
 
 
+def test_a_profile_s_credentials_serve_reads_and_writes(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = bucket.upload(write_cog(tmp_path / "scene.tif", noise_image(50, 60)), "profile/scene.tif")
+    credentials, config = tmp_path / "credentials", tmp_path / "config"
+    credentials.write_text(
+        f"[imagery]\naws_access_key_id = {bucket.server.key_id}\n"
+        f"aws_secret_access_key = {bucket.server.secret}\n"
+    )
+    config.write_text("[profile imagery]\nregion = us-east-1\n")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "imagery")
+    assert inspect_raster(url).width == 60  # GDAL, credentials from the profile
+    write_bytes(Location(bucket.url("profile/out.txt")), b"written")  # obstore, the same
+    assert bucket.objects("profile/out.txt") == {"": b"written"}
+
+
 # --- the main job in a bucket -------------------------------------------------------------------
 
 
@@ -178,8 +198,9 @@ def test_the_batch_flow_takes_a_bucket_glob_and_skips_what_is_done(
     bucket.upload(write_tif(tmp_path / "deep.tif", noise_image(40, 40)), "incoming/older/deep.tif")
     (tmp_path / "notes.txt").write_text("not a raster\n")
     bucket.upload(tmp_path / "notes.txt", "incoming/notes.txt")
+    # Two worker processes (one cluster for the whole batch) write to the bucket themselves.
     args = ["run", BATCH, "--inputs", bucket.url("incoming/*.tif"), "--output-dir", bucket.url("mosaics"),
-            "--weights", str(pointwise_checkpoint), "--tile-size", "32"]  # fmt: skip
+            "--weights", str(pointwise_checkpoint), "--tile-size", "32", "--workers", "2"]  # fmt: skip
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "segmented: 2, already_complete: 0" in first.output
@@ -191,7 +212,7 @@ def test_the_batch_flow_takes_a_bucket_glob_and_skips_what_is_done(
     assert again.exit_code == 0 and "segmented: 0, already_complete: 2" in again.output, again.output
     assert bucket.objects("mosaics/") == before
 
-    folder = runner.invoke(app, [*args[:3], bucket.url("incoming/"), *args[4:]])  # a prefix: its rasters
+    folder = runner.invoke(app, [*args[:3], bucket.url("incoming/"), *args[4:-2]])  # a prefix: its rasters
     assert folder.exit_code == 0 and "already_complete: 2" in folder.output, folder.output
 
 
