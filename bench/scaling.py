@@ -2,10 +2,11 @@
 
 CPU (default): for the ``pointwise`` stand-in and for FCN-8s, the blocks run (a) in this process on
 one torch thread, the layout of a Dask worker, then on local clusters of (b) one and (c) two worker
-processes of one thread each (``pipeline.cluster.cpu_cluster_options``, as ``--workers N``). Prints
-each run's time and Mpx/s, the speed-up of two workers over one, the overhead per task ((b) − (a)
-per block: scheduling, pickling the plan, reopening the raster and the store), and whether each
-run's chunks equal (a)'s byte for byte.
+processes of one thread each (``pipeline.cluster.cpu_cluster_options``, as ``--workers N``), and
+(d) in this process on all its threads, the default of a run without workers. Prints each run's
+time and Mpx/s, the speed-up of two workers over one, the overhead per task ((b) − (a) per block:
+scheduling, pickling the plan, reopening the raster and the store), and whether each run's labels
+and probabilities equal (a)'s byte for byte, or how many values differ (d: another layout).
 
 GPU (``--gpus N``): the in-process engine on ``cuda`` against a cluster of one worker per GPU
 (``pipeline.cluster.gpu_cluster``, as ``--gpus N``), FCN-8s only, bytes compared.
@@ -27,7 +28,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import zarr
 from memory import draw_windows, write_scene_in_windows
 
 from fcn import save_checkpoint
@@ -49,6 +52,20 @@ def parse_args() -> argparse.Namespace:
         "--gpus", type=int, default=0, help="compare the in-process engine with N GPU workers"
     )
     return parser.parse_args()
+
+
+def differences(store: Path, reference: Path) -> str:
+    """Whether two mosaics' chunks are identical, or how many labels and probabilities differ."""
+    if chunks(store) == chunks(reference):
+        return "identical"
+    a, b = zarr.open_group(str(store), mode="r"), zarr.open_group(str(reference), mode="r")
+    labels_a, labels_b = np.asarray(a["labels"][:]), np.asarray(b["labels"][:])  # type: ignore[index]
+    probs_a = np.asarray(a["probabilities"][:], dtype=np.int16)  # type: ignore[index]
+    probs_b = np.asarray(b["probabilities"][:], dtype=np.int16)  # type: ignore[index]
+    quanta = int(np.abs(probs_a - probs_b).max())
+    labels = f"labels differ: {int((labels_a != labels_b).sum())} of {labels_a.size}"
+    probs = f"probabilities: {int((probs_a != probs_b).sum())} of {probs_a.size}, at most {quanta} quantum"
+    return f"{labels}; {probs}"
 
 
 def chunks(store: Path) -> dict[str, bytes]:
@@ -110,12 +127,15 @@ def cpu_rows(name: str, scene: Path, weights: Path, settings: SegmentSettings, f
         plan = fresh_plan(scene, weights, settings, folder / f"{name}-workers{workers}.zarr")
         result = on_cluster(lambda n=workers: LocalCluster(**cpu_cluster_options(n)), plan, None)  # type: ignore[misc]
         timings[workers] = result["seconds"]
-        same = chunks(Path(plan.output)) == chunks(Path(reference.output))
         costs = f"start {result['start']:.1f} s, load {result['load']:.1f} s"
         label = f"{workers} worker{'s' * (workers > 1)} ({costs})"
-        rows.append(
-            row(name, label, result["seconds"], mpx, len(plan.todo), "identical" if same else "DIFFER")
-        )
+        same = differences(Path(plan.output), Path(reference.output))
+        rows.append(row(name, label, result["seconds"], mpx, len(plan.todo), same))
+    threaded = fresh_plan(scene, weights, settings, folder / f"{name}-inprocess-all.zarr")
+    seconds_all = in_process(threaded, threads=None)
+    label = f"in-process, {torch.get_num_threads()} threads (another layout)"
+    rows.append(row(name, label, seconds_all, mpx, len(threaded.todo),
+                    differences(Path(threaded.output), Path(reference.output))))  # fmt: skip
     overhead = (timings[1] - seconds) / len(reference.todo)
     rows.append(f"{name}: speed-up of 2 workers over 1: {timings[1] / timings[2]:.2f}x; "
                 f"overhead per task (1 worker - in-process): {overhead * 1000:.0f} ms")  # fmt: skip
@@ -133,11 +153,9 @@ def gpu_rows(gpus: int, scene: Path, weights: Path, settings: SegmentSettings, f
     rows = [row("fcn8s", "in-process engine, cuda", seconds, mpx, len(reference.todo), "reference")]
     plan = fresh_plan(scene, weights, cuda, folder / "gpu-cluster.zarr")
     result = on_cluster(lambda: gpu_cluster(list(range(gpus))), plan, {GPU: 1})
-    same = chunks(Path(plan.output)) == chunks(Path(reference.output))
+    same = differences(Path(plan.output), Path(reference.output))
     label = f"--gpus {gpus} cluster (start {result['start']:.1f} s, load {result['load']:.1f} s)"
-    rows.append(
-        row("fcn8s", label, result["seconds"], mpx, len(plan.todo), "identical" if same else "DIFFER")
-    )
+    rows.append(row("fcn8s", label, result["seconds"], mpx, len(plan.todo), same))
     rows.append(f"fcn8s: --gpus {gpus} / in-process throughput: {seconds / result['seconds']:.2f}x")
     return rows
 
@@ -158,7 +176,7 @@ def checkpoint(folder: Path, arch: str) -> Path:
 def main() -> None:
     args = parse_args()
     settings = SegmentSettings(tile_size=args.tile_size, block=args.block, batch_size=args.batch_size,
-                               device="cpu")  # fmt: skip
+                               device="cpu", outputs=("labels", "probabilities"))  # fmt: skip
     print(f"fcnpipe scaling benchmark; torch {torch.__version__}, {torch.get_num_threads()} cores' threads")
     print(f"tile {args.tile_size}, block {args.block}x{args.block} cores per task, batch {args.batch_size}")
     header = f"{'model':<10} {'run':<52} {'tasks':>6} {'seconds':>9} {'Mpx/s':>9}  bytes vs reference"
