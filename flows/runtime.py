@@ -66,6 +66,11 @@ __all__ = [
 ]
 
 
+def setting(key: str) -> str:
+    """One of the settings above: the user's value, else ours (also if the environment was reset)."""
+    return os.environ.get(key, QUIET_ENV[key])
+
+
 def ensure_api() -> str:
     """The URL of the one Prefect API every process of a run reports to, starting the embedded one.
 
@@ -81,7 +86,7 @@ def ensure_api() -> str:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # the instance Prefect's client would start; stopped at exit
-    server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+    server.start(timeout=int(setting("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")))
     os.environ["PREFECT_API_URL"] = server.api_url
     os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
     refresh_global_settings_context()
@@ -94,7 +99,7 @@ def prefect_session() -> Iterator[str]:
     url = ensure_api()
     logger = logging.getLogger("prefect")
     level = logger.level
-    logger.setLevel(os.environ["PREFECT_LOGGING_LEVEL"])  # also when Prefect was imported before us
+    logger.setLevel(setting("PREFECT_LOGGING_LEVEL"))  # also when Prefect was imported before us
     try:
         yield url
     finally:
@@ -178,7 +183,6 @@ def serve_on_schedule(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
-    from prefect.types.entrypoint import EntrypointType
 
     with get_client(sync_client=True) as client:
         if client.api_healthcheck() is not None:
@@ -195,12 +199,9 @@ def serve_on_schedule(
     )
     say(f"serving {flow.name} as deployment '{name}' {when} against {url}; Ctrl-C stops it.")
     once = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
-    # A flow in a package (flows/) is loaded by module name: loaded by file path, Prefect cannot
-    # resolve the postponed annotations (``from __future__ import annotations``) of its parameters.
-    by_module = EntrypointType.MODULE_PATH if "." in flow.fn.__module__ else EntrypointType.FILE_PATH
     flow.serve(
         name=name, cron=cron, interval=interval, parameters=parameters, limit=1, global_limit=once,
-        print_starting_message=False, entrypoint_type=by_module,
+        print_starting_message=False,
     )  # fmt: skip
 
 

@@ -24,6 +24,16 @@ from fcn import build_model, describe, save_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def restore_environment() -> Iterator[None]:
+    """Undo what a test leaves in ``os.environ``: distributed's Nanny sets OMP_NUM_THREADS=1 (and
+    more) in the process that starts a cluster, and a later subprocess would inherit it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def randomize(model: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
     """Give every learnable parameter (score layers included) random values, in eval mode.
 

@@ -30,7 +30,9 @@ runner = CliRunner()
 
 def chunk_bytes(store: Path) -> dict[str, bytes]:
     """Every data chunk of a mosaic (the manifest and metadata left out)."""
-    files = (p for p in sorted(store.rglob("*")) if p.is_file() and "fcnpipe" not in p.parts)
+    files = (
+        p for p in sorted(store.rglob("*")) if p.is_file() and "fcnpipe" not in p.relative_to(store).parts
+    )
     return {str(p.relative_to(store)): p.read_bytes() for p in files if "/c/" in f"/{p.relative_to(store)}"}
 
 

@@ -42,14 +42,17 @@ def write_cog(path: Path, image: np.ndarray) -> Path:
 
 
 def chunks_on_disk(store: Path) -> dict[str, bytes]:
-    """Every data chunk of a local mosaic, by key (metadata, which holds timings, left out)."""
-    files = (p for p in sorted(store.rglob("*")) if p.is_file())
+    """Every data chunk of a local mosaic, by key (metadata and the manifest of layouts left out)."""
+    files = (
+        p for p in sorted(store.rglob("*")) if p.is_file() and "fcnpipe" not in p.relative_to(store).parts
+    )
     return {str(p.relative_to(store)): p.read_bytes() for p in files if "/c/" in f"/{p.relative_to(store)}"}
 
 
 def chunks_in(bucket: Bucket, prefix: str) -> dict[str, bytes]:
     """Every data chunk of a mosaic in a bucket, by key relative to the mosaic."""
-    return {k: v for k, v in bucket.objects(prefix + "/").items() if "/c/" in f"/{k}"}
+    objects = bucket.objects(prefix + "/").items()
+    return {k: v for k, v in objects if "/c/" in f"/{k}" and not k.startswith("fcnpipe/")}
 
 
 def one_sentence(output: str) -> str:
