@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fcn import (
     FcnpipeError,
@@ -221,3 +222,38 @@ def test_receptive_field_of_fcn8s_matches_the_reference_and_the_gradient(random_
     lo, hi = int(cols.min()) - column, int(cols.max()) - column
     assert union.lo <= lo and hi <= union.hi
     assert hi - lo > 0.8 * (union.hi - union.lo)
+
+
+class Toy(nn.Module):
+    """Dilation, batch norm, a concatenation and a max-unpool with the pool's indices."""
+
+    total_stride = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 2, 5, padding=2)
+        self.norm = nn.BatchNorm2d(6)
+        self.pool = nn.MaxPool2d(2, 2, return_indices=True)
+        self.dilated = nn.Conv2d(6, 6, 3, padding=4, dilation=4)
+        self.unpool = nn.MaxUnpool2d(2, 2)
+        self.score = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.norm(torch.cat([self.a(x), self.b(x)], 1)))
+        pooled, indices = self.pool(y)
+        z = self.unpool(self.dilated(pooled), indices, output_size=y.shape[-2:])
+        return self.score(z)
+
+
+def test_the_receptive_field_probe_handles_dilation_concatenation_and_unpooling() -> None:
+    # By hand: the 5x5 branch reaches 2 px; the dilated conv, at stride 2, 4 * 2 = 8 px more; the
+    # pool/unpool window adds 1 px on the side of the pixel's phase: -11..+11 over both phases.
+    field = measure_receptive_field(Toy(), size=128, phases=2)
+    assert (field.lo, field.hi) == (-11, 11)
+    # The real network, from one output pixel, stays inside it.
+    model = randomize(Toy())
+    x = torch.randn(1, 3, 8, 96, requires_grad=True)
+    model(x)[0, :, 4, 48].sum().backward()
+    cols = x.grad.abs().sum(dim=(0, 1, 2)).nonzero().flatten()  # type: ignore[union-attr]
+    assert field.lo <= int(cols.min()) - 48 and int(cols.max()) - 48 <= field.hi
