@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fcn.registry import Architecture
 from fcn.vgg import make_features, run_features, total_stride
 
 # Crop offsets of the reference release, fixed by conv1_1's padding of 100 and the kernel sizes.
@@ -145,3 +146,15 @@ class FCN(nn.Module):
         h = self.upscore_pool4(h)
         h = h + crop(self.score_pool3(scaled(taps.pool3, pool3_scale)), CROP_POOL3, h)
         return crop(self.upscore8(h), CROP_8S, x)
+
+
+PAPER = "Long et al., CVPR 2015"
+# Table 1 of the paper: FCN-VGG16 has 134 M parameters (21 classes).
+ARCHITECTURES = {
+    "fcn32s": Architecture(lambda num_classes, **kw: FCN(num_classes, 32, **kw), PAPER, 134.0),
+    "fcn16s": Architecture(lambda num_classes, **kw: FCN(num_classes, 16, **kw), PAPER, 134.0),
+    "fcn8s": Architecture(lambda num_classes, **kw: FCN(num_classes, 8, **kw), PAPER, 134.0),
+    "fcn8s-atonce": Architecture(
+        lambda num_classes, **kw: FCN(num_classes, 8, skip_scales=ATONCE_SCALES, **kw), PAPER, 134.0
+    ),
+}

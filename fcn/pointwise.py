@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fcn.registry import Architecture
+
 
 class Pointwise(nn.Module):
     """Logits = a 1x1 convolution of the normalised input."""
@@ -24,3 +26,7 @@ class Pointwise(nn.Module):
         """Per-pixel class logits."""
         out: torch.Tensor = self.score(x)
         return out
+
+
+# Not a segmentation network: a per-pixel stand-in for plumbing tests and I/O benchmarks.
+ARCHITECTURES = {"pointwise": Architecture(Pointwise, "a 1x1 convolution (fcnpipe's test stand-in)")}

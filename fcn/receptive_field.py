@@ -129,6 +129,21 @@ def one_channel_replica(model: nn.Module) -> nn.Module:
 
 
 def measure_receptive_field(model: nn.Module, size: int = 1024, phases: int = 32) -> ReceptiveField:
+    """Measure the receptive field, on strips of ``size`` px or wider ones until the field fits."""
+    while True:
+        try:
+            return measure_on_strips(model, size, phases)
+        except FieldTooWide:
+            if size >= 16384:
+                raise ValueError(f"the receptive field is wider than {size} px") from None
+            size *= 2
+
+
+class FieldTooWide(ValueError):
+    """The strips were too narrow for the receptive field."""
+
+
+def measure_on_strips(model: nn.Module, size: int, phases: int) -> ReceptiveField:
     """Measure the receptive field as the union over ``phases`` consecutive output pixels.
 
     Pixels at different positions relative to the pooling grid see slightly different fields; the
@@ -151,7 +166,7 @@ def measure_receptive_field(model: nn.Module, size: int = 1024, phases: int = 32
     for phase in range(phases):
         reached = strips.grad[phase, 0].abs().sum(0).nonzero()
         if reached.numel() == 0 or reached.min() == 0 or reached.max() == size - 1:
-            raise ValueError(f"an input of {size} px is too small to measure the receptive field")
+            raise FieldTooWide(f"an input of {size} px is too small to measure the receptive field")
         lo = min(lo, int(reached.min()) - center - phase)
         hi = max(hi, int(reached.max()) - center - phase)
     return ReceptiveField(lo, hi)

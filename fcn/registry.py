@@ -1,36 +1,56 @@
-"""Model registry: ``build_model(name, num_classes)`` and the list of names it knows."""
+"""Model registry: ``build_model(name, num_classes)``, the names it knows, and what is known of each.
+
+Each family module (``fcn.fcn``, ``fcn.dilated``, …) defines ``ARCHITECTURES``, a dict of name to
+:class:`Architecture`; a new family is one module and one line in ``FAMILIES``. What tiling needs
+from a model is on the model itself: ``total_stride`` (the alignment: the product of its pooling
+strides) and, for networks whose output is smaller than their input, ``margin``; the receptive
+field and the halo are measured from it (``fcn.receptive_field``), never typed in.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
 from fcn.errors import FcnpipeError
-from fcn.fcn import ATONCE_SCALES, FCN
-from fcn.pointwise import Pointwise
 
 Builder = Callable[..., nn.Module]
 
-MODELS: dict[str, Builder] = {
-    "fcn32s": lambda num_classes, **kw: FCN(num_classes, 32, **kw),
-    "fcn16s": lambda num_classes, **kw: FCN(num_classes, 16, **kw),
-    "fcn8s": lambda num_classes, **kw: FCN(num_classes, 8, **kw),
-    "fcn8s-atonce": lambda num_classes, **kw: FCN(num_classes, 8, skip_scales=ATONCE_SCALES, **kw),
-    # Not a segmentation network: a per-pixel stand-in for plumbing tests and I/O benchmarks.
-    "pointwise": Pointwise,
-}
+# The modules that define architectures, in the order ``fcnpipe weights archs`` lists them.
+FAMILIES = ("fcn.fcn", "fcn.pointwise")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A registered network: how to build it, and its paper's figures to check it against."""
+
+    build: Builder  # (num_classes, **options) -> module
+    paper: str  # who and where, e.g. "Long, Shelhamer & Darrell, CVPR 2015"
+    published_params_m: float | None = None  # millions of parameters, as published
+    published_classes: int = 21  # the class count that figure is for
+
+
+def architectures() -> dict[str, Architecture]:
+    """Every registered architecture by name, family by family."""
+    found: dict[str, Architecture] = {}
+    for module in FAMILIES:
+        found |= importlib.import_module(module).ARCHITECTURES
+    return found
 
 
 def available_models() -> list[str]:
     """Names accepted by :func:`build_model`."""
-    return sorted(MODELS)
+    return sorted(architectures())
 
 
 def build_model(name: str, num_classes: int, *, learnable_upsampling: bool = False) -> nn.Module:
     """Build an untrained model by name; an unknown name raises an error listing the valid ones."""
-    if name not in MODELS:
-        raise FcnpipeError(f"unknown architecture {name!r}; choose one of: {', '.join(available_models())}.")
+    known = architectures()
+    if name not in known:
+        raise FcnpipeError(f"unknown architecture {name!r}; choose one of: {', '.join(sorted(known))}.")
     if num_classes < 1:
         raise FcnpipeError(f"a model needs at least one class, not {num_classes}.")
-    return MODELS[name](num_classes, learnable_upsampling=learnable_upsampling)
+    return known[name].build(num_classes, learnable_upsampling=learnable_upsampling)

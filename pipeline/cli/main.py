@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fcn import FcnpipeError, available_models, save_checkpoint
+from fcn import FcnpipeError, available_models, build_model, save_checkpoint
 
 app = typer.Typer(
     name="fcnpipe",
@@ -179,6 +179,30 @@ def print_summary(result: Any) -> None:
             out.print(f"{stage}: {scores['best']} (val mean IU {scores['mean_iu']:.3f})", highlight=False)
     else:
         out.print(", ".join(f"{k}: {v}" for k, v in result.items() if k != "warnings"))
+
+
+@weights_app.command("archs")
+def weights_archs(
+    classes: Annotated[int, typer.Option(help="Classes to count parameters for.", min=1)] = 21,
+) -> None:
+    """List every architecture: parameters (against its paper's), measured receptive field and halo."""
+    from fcn import measure_receptive_field
+    from fcn.registry import architectures
+
+    table = Table(box=None, header_style="bold")
+    for column in ("arch", "parameters", "published", "receptive field", "halo", "alignment", "paper"):
+        table.add_column(column)
+    for name, spec in architectures().items():
+        model = build_model(name, classes)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        stride = int(model.total_stride)  # type: ignore[arg-type]
+        field = measure_receptive_field(model)
+        published = "—" if spec.published_params_m is None else f"{spec.published_params_m:g} M"
+        if spec.published_params_m is not None and spec.published_classes != classes:
+            published += f" ({spec.published_classes} classes)"
+        table.add_row(name, f"{params:.2f} M", published, f"{field.lo}..+{field.hi} px",
+                      f"{field.halo(stride)} px", f"{stride} px", spec.paper)  # fmt: skip
+    out.print(table)
 
 
 @weights_app.command("init")

@@ -1,0 +1,81 @@
+"""What every registered architecture must do, checked for each one: a new family gets these for free.
+
+Output size equals input size over odd sizes, the parameter count is its paper's, and the mosaic
+stitched from small tiles at the checkpoint's halo equals one whole-image pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from fcn import available_models, build_model, load_checkpoint
+from fcn.receptive_field import one_channel_replica
+from fcn.registry import architectures
+from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
+from tests.conftest import noise_image, randomize, save_model, write_tif
+
+ARCHS = available_models()
+# fcn8s stitches in test_segment.py on a larger scene; its siblings share its trunk, so their
+# 540 MB checkpoints are written only in the slow run.
+STITCH_SLOW = {"fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"}
+ODD_SIZES = [(1, 1), (7, 3), (33, 47), (65, 97), (97, 131), (161, 255), (257, 31)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_output_size_equals_input_size_over_odd_sizes(arch: str) -> None:
+    # Output size depends on the geometry only, which the one-channel replica keeps (and cheaply).
+    replica = one_channel_replica(build_model(arch, 3)).float()
+    with torch.no_grad():
+        for h, w in ODD_SIZES:
+            assert replica(torch.zeros(1, 1, h, w)).shape[-2:] == (h, w), (h, w)
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if architectures()[a].published_params_m is not None])
+def test_parameter_count_is_the_paper_s(arch: str) -> None:
+    spec = architectures()[arch]
+    model = build_model(arch, spec.published_classes)
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    assert millions == pytest.approx(spec.published_params_m, rel=0.03), millions
+
+
+@pytest.mark.parametrize(
+    "arch", [pytest.param(a, marks=pytest.mark.slow) if a in STITCH_SLOW else a for a in ARCHS]
+)
+def test_tiles_at_the_checkpoint_s_halo_stitch_to_the_whole_image_pass(arch: str, tmp_path: Path) -> None:
+    model = randomize(build_model(arch, 4), seed=3)
+    checkpoint = save_model(tmp_path / f"{arch}.pt", model, arch)
+    model, card = load_checkpoint(checkpoint)
+    image = noise_image(97, 131, seed=9)
+    scene = write_tif(tmp_path / "scene.tif", image)
+    tile = max(64, card.total_stride)  # small cores: every tile is cut by the image or the halo
+    settings = SegmentSettings(tile_size=tile, chunk=tile, block=2, outputs=("labels", "logits"),
+                               logits_dtype="float32", device="cpu")  # fmt: skip
+    plan = plan_scene(scene, checkpoint, settings)
+    assert plan.grid.halo >= card.receptive_field.radius
+    run_local(plan)
+    with torch.no_grad():
+        reference = model(card.normalization.apply(torch.from_numpy(image).float()[None]))[0].numpy()
+    group = zarr.open_group(str(tmp_path / "scene.zarr"), mode="r")
+    logits, labels = group["logits"][:], group["labels"][:]
+    span = float(reference.max() - reference.min())
+    assert span > 0
+    assert np.abs(logits - reference).max() <= 1e-4 * span
+    assert np.array_equal(labels, reference.argmax(0))
+
+
+@pytest.mark.slow
+def test_weights_archs_lists_every_architecture_with_its_measured_halo() -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli.main import app
+
+    result = CliRunner().invoke(app, ["weights", "archs"])
+    assert result.exit_code == 0, result.output
+    for arch in ARCHS:
+        assert arch[:10] in result.output
+    assert "256 px" in result.output  # the FCNs' halo
