@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -24,13 +25,23 @@ FAMILIES = ("fcn.fcn", "fcn.pointwise")
 
 
 @dataclass(frozen=True)
+class ImagenetInit:
+    """How a network starts from an ImageNet classifier by net surgery."""
+
+    source: str  # torchvision's model name, e.g. "vgg16" or "vgg16_bn"
+    filename: str  # torchvision's weights file, e.g. "vgg16_bn-6c64b313.pth"
+    apply: Callable[[nn.Module, dict[str, Any]], None]  # (model, ImageNet state dict) -> None, in place
+
+
+@dataclass(frozen=True)
 class Architecture:
     """A registered network: how to build it, and its paper's figures to check it against."""
 
     build: Builder  # (num_classes, **options) -> module
-    paper: str  # who and where, e.g. "Long, Shelhamer & Darrell, CVPR 2015"
+    paper: str  # who and where, e.g. "Long et al., CVPR 2015"
     published_params_m: float | None = None  # millions of parameters, as published
     published_classes: int = 21  # the class count that figure is for
+    imagenet: ImagenetInit | None = None  # None: trained from scratch only
 
 
 def architectures() -> dict[str, Architecture]:
