@@ -8,10 +8,12 @@ the input's height and width.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from fcn.registry import Architecture
+from fcn.registry import Architecture, ImagenetInit
 from fcn.vgg import make_features, run_features, total_stride
 
 # Crop offsets of the reference release, fixed by conv1_1's padding of 100 and the kernel sizes.
@@ -148,13 +150,30 @@ class FCN(nn.Module):
         return crop(self.upscore8(h), CROP_8S, x)
 
 
+def vgg16_surgery(model: nn.Module, state: dict[str, Any]) -> None:
+    """Net surgery from ImageNet VGG16 (``fcn.surgery.init_from_vgg16``, which imports this module)."""
+    from fcn.surgery import init_from_vgg16
+
+    assert isinstance(model, FCN)
+    init_from_vgg16(model, state)
+
+
 PAPER = "Long et al., CVPR 2015"
+VGG16 = ImagenetInit("vgg16", "vgg16-397923af.pth", vgg16_surgery)
 # Table 1 of the paper: FCN-VGG16 has 134 M parameters (21 classes).
+
+
+def fcn_architecture(stride: int, skip_scales: tuple[float, float] = (1.0, 1.0)) -> Architecture:
+    """An FCN of ``stride`` on the VGG16 trunk, as registered."""
+    return Architecture(
+        lambda num_classes, **kw: FCN(num_classes, stride, skip_scales=skip_scales, **kw),
+        PAPER, 134.0, imagenet=VGG16,
+    )  # fmt: skip
+
+
 ARCHITECTURES = {
-    "fcn32s": Architecture(lambda num_classes, **kw: FCN(num_classes, 32, **kw), PAPER, 134.0),
-    "fcn16s": Architecture(lambda num_classes, **kw: FCN(num_classes, 16, **kw), PAPER, 134.0),
-    "fcn8s": Architecture(lambda num_classes, **kw: FCN(num_classes, 8, **kw), PAPER, 134.0),
-    "fcn8s-atonce": Architecture(
-        lambda num_classes, **kw: FCN(num_classes, 8, skip_scales=ATONCE_SCALES, **kw), PAPER, 134.0
-    ),
+    "fcn32s": fcn_architecture(32),
+    "fcn16s": fcn_architecture(16),
+    "fcn8s": fcn_architecture(8),
+    "fcn8s-atonce": fcn_architecture(8, ATONCE_SCALES),
 }
