@@ -160,11 +160,10 @@ def vgg16_surgery(model: nn.Module, state: dict[str, Any]) -> None:
 
 PAPER = "Long et al., CVPR 2015"
 VGG16 = ImagenetInit("vgg16", "vgg16-397923af.pth", vgg16_surgery)
-# Table 1 of the paper: FCN-VGG16 has 134 M parameters (21 classes).
 
 
 def fcn_architecture(stride: int, skip_scales: tuple[float, float] = (1.0, 1.0)) -> Architecture:
-    """An FCN of ``stride`` on the VGG16 trunk, as registered."""
+    """An FCN of ``stride`` on the VGG16 trunk (Table 1 of the paper: 134 M parameters, 21 classes)."""
     return Architecture(
         lambda num_classes, **kw: FCN(num_classes, stride, skip_scales=skip_scales, **kw),
         PAPER, 134.0, imagenet=VGG16,
