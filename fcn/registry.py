@@ -21,7 +21,7 @@ from fcn.errors import FcnpipeError
 Builder = Callable[..., nn.Module]
 
 # The modules that define architectures, in the order ``fcnpipe weights archs`` lists them.
-FAMILIES = ("fcn.fcn", "fcn.pointwise")
+FAMILIES = ("fcn.fcn", "fcn.pointwise", "fcn.dilated")
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,17 @@ def available_models() -> list[str]:
     return sorted(architectures())
 
 
-def build_model(name: str, num_classes: int, *, learnable_upsampling: bool = False) -> nn.Module:
-    """Build an untrained model by name; an unknown name raises an error listing the valid ones."""
+def architecture(name: str) -> Architecture:
+    """The registered architecture ``name``; an unknown name raises an error listing the valid ones."""
     known = architectures()
     if name not in known:
         raise FcnpipeError(f"unknown architecture {name!r}; choose one of: {', '.join(sorted(known))}.")
+    return known[name]
+
+
+def build_model(name: str, num_classes: int, *, learnable_upsampling: bool = False) -> nn.Module:
+    """Build an untrained model by name; an unknown name raises an error listing the valid ones."""
+    spec = architecture(name)
     if num_classes < 1:
         raise FcnpipeError(f"a model needs at least one class, not {num_classes}.")
-    return known[name].build(num_classes, learnable_upsampling=learnable_upsampling)
+    return spec.build(num_classes, learnable_upsampling=learnable_upsampling)

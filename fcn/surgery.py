@@ -35,7 +35,34 @@ def feature_shapes() -> dict[str, tuple[int, ...]]:
 
 def default_vgg16_path() -> Path:
     """Where torchvision's hub cache keeps the ImageNet VGG16 weights (``$TORCH_HOME``-aware)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILENAME
+    return hub_path(VGG16_FILENAME)
+
+
+def hub_path(filename: str) -> Path:
+    """Where torchvision's hub cache keeps a weights file (``$TORCH_HOME``-aware)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def load_imagenet_state_dict(path: Path, source: str) -> StateDict:
+    """Load torchvision's ImageNet weights of ``source`` (``vgg16``, ``vgg16_bn``, ``alexnet``, …).
+
+    VGG16's names and shapes are checked here; other sources are checked by the surgery that reads
+    them. Nothing is downloaded: the file must be on disk.
+    """
+    if source == "vgg16":
+        return load_vgg16_state_dict(path)
+    if not path.is_file():
+        raise FcnpipeError(
+            f"no ImageNet {source} weights at {path}; pass the file (torchvision's {path.name}) or put it "
+            "in the torch hub cache."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FcnpipeError(f"{path} is not a readable PyTorch weights file ({exc}).") from exc
+    if not isinstance(state, dict):
+        raise FcnpipeError(f"{path} is not a state dict (found {type(state).__name__}).")
+    return dict(state)
 
 
 def load_vgg16_state_dict(path: Path | None = None) -> StateDict:

@@ -159,6 +159,7 @@ def test_cli_weights_init_errors_are_one_sentence(tmp_path: Path) -> None:
             ["--arch", "fcn8s", "--classes", "2", "--random", "--class-names", "a"],
             "2 classes but 1",
         ),
+        (["--arch", "pointwise", "--classes", "2"], "pointwise has no ImageNet start"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["weights", "init", *args, "--out", out])

@@ -210,22 +210,27 @@ def weights_init(
     arch: Annotated[str, typer.Option(help=f"One of: {', '.join(available_models())}.")],
     classes: Annotated[int, typer.Option(help="Number of classes the model predicts.", min=1)],
     out_path: Annotated[Path, typer.Option("--out", help="Checkpoint file to write.")],
-    vgg16: Annotated[
+    imagenet: Annotated[
         Path | None,
-        typer.Option(help="ImageNet VGG16 state dict (default: the torch hub cache)."),
+        typer.Option(
+            "--imagenet",
+            "--vgg16",
+            help="The ImageNet classifier's torchvision weights the architecture starts from "
+            "(`fcnpipe weights archs`; default: the torch hub cache).",
+        ),
     ] = None,
     caffe: Annotated[
         bool, typer.Option(help="The VGG16 file is the Caffe conversion (BGR, 0-255, mean).")
     ] = False,
     random: Annotated[
-        bool, typer.Option("--random", help="Random weights instead of VGG16 (for tests).")
+        bool, typer.Option("--random", help="Random weights instead of ImageNet ones.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed for --random.")] = 0,
     class_names: Annotated[
         str | None, typer.Option(help="Comma-separated class names, one per class.")
     ] = None,
 ) -> None:
-    """Write a starting checkpoint: an FCN initialised from ImageNet VGG16, or random."""
+    """Write a starting checkpoint: a network initialised from its ImageNet classifier, or random."""
     from pipeline.training.weights import starting_model
 
     with user_errors():
@@ -233,7 +238,7 @@ def weights_init(
         model, card = starting_model(
             arch,
             classes,
-            vgg16=vgg16,
+            imagenet=imagenet,
             caffe=caffe,
             random_seed=seed if random else None,
             class_names=names,

@@ -48,6 +48,7 @@ from fcn import (
     save_checkpoint,
 )
 from fcn.checkpoint import read_checkpoint
+from fcn.registry import architecture
 from pipeline.training.data import ConfusionMatrix, SegmentationDataset, open_dataset
 from pipeline.training.recipes import Recipe, make_optimizer, make_scheduler, validated
 from pipeline.training.weights import starting_model
@@ -58,8 +59,8 @@ STAGES = ("fcn32s", "fcn16s", "fcn8s")
 """The paper's staged training: each network starts from the one before it."""
 
 SCRATCH_WARNING = (
-    "training from scratch: the FCN paper's results assume a VGG16 trained on ImageNet; "
-    "expect much lower scores, or pass vgg16:PATH."
+    "training from scratch: the paper's results for this network assume an ImageNet start; "
+    "expect much lower scores, or pass imagenet:PATH."
 )
 METRIC_FIELDS = (
     "step",
@@ -275,20 +276,28 @@ def initial_model(
 ) -> tuple[nn.Module, ModelCard]:
     """The model a stage starts from, with a card carrying the dataset's class names and palette.
 
-    ``init`` is ``vgg16[:PATH]`` (ImageNet weights by net surgery; the torch hub cache without a
-    path), ``caffe-vgg16:PATH`` (the Caffe conversion), ``scratch`` (random, seeded; warns), or a
-    checkpoint: of the same architecture to continue from it, of another (FCN-32s for FCN-16s,
-    FCN-16s for FCN-8s) for the paper's staged initialisation.
+    ``init`` is ``imagenet[:PATH]`` (the architecture's ImageNet classifier by net surgery, e.g.
+    VGG16 for the FCNs; the torch hub cache without a path), ``vgg16[:PATH]`` (the same, for
+    architectures that start from VGG16), ``caffe-vgg16:PATH`` (the Caffe conversion), ``scratch``
+    (random, seeded; warns where the paper started from ImageNet), or a checkpoint: of the same
+    architecture to continue from it, of another (FCN-32s for FCN-16s, FCN-16s for FCN-8s) for the
+    paper's staged initialisation.
     """
     kind, _, path = init.partition(":")
     names = list(dataset.class_names)
-    if kind in ("vgg16", "caffe-vgg16"):
-        vgg16 = Path(path).expanduser() if path else None
+    if kind in ("imagenet", "vgg16", "caffe-vgg16"):
+        source = architecture(arch).imagenet
+        if kind == "vgg16" and source is not None and source.source != "vgg16":
+            raise FcnpipeError(
+                f"{arch} starts from ImageNet {source.source}, not VGG16: use imagenet[:PATH]."
+            )
+        weights = Path(path).expanduser() if path else None
         model, card = starting_model(
-            arch, dataset.num_classes, vgg16=vgg16, caffe=kind == "caffe-vgg16", class_names=names
+            arch, dataset.num_classes, imagenet=weights, caffe=kind == "caffe-vgg16", class_names=names
         )
     elif init == "scratch":
-        warnings.warn(SCRATCH_WARNING, UserWarning, stacklevel=2)
+        if architecture(arch).imagenet is not None:
+            warnings.warn(SCRATCH_WARNING, UserWarning, stacklevel=2)
         with torch.random.fork_rng(devices=[]):  # seeds torch's global generator: keep the caller's
             model, card = starting_model(arch, dataset.num_classes, random_seed=seed, class_names=names)
     else:

@@ -1,4 +1,4 @@
-"""Starting checkpoints: FCN weights from ImageNet VGG16 by net surgery, or random for tests."""
+"""Starting checkpoints: a network's weights from its ImageNet classifier by net surgery, or random."""
 
 from __future__ import annotations
 
@@ -15,36 +15,39 @@ from fcn import (
     ModelCard,
     build_model,
     describe,
-    init_from_vgg16,
-    load_vgg16_state_dict,
 )
 from fcn.fcn import init_from_scratch
-from fcn.surgery import default_vgg16_path
+from fcn.registry import architecture
+from fcn.surgery import hub_path, load_imagenet_state_dict
 
 
 def starting_model(
     arch: str,
     num_classes: int,
     *,
-    vgg16: Path | None = None,
+    imagenet: Path | None = None,
     caffe: bool = False,
     random_seed: int | None = None,
     class_names: list[str] | None = None,
 ) -> tuple[nn.Module, ModelCard]:
-    """Build an untrained FCN initialised from ImageNet VGG16 (default) or at random (with a seed).
+    """Build an untrained network initialised from its ImageNet classifier (default) or at random.
 
-    Random FCNs get He initialisation (:func:`fcn.fcn.init_from_scratch`).
+    The ImageNet classifier is the one the architecture's paper started from (VGG16 for the FCNs,
+    VGG16 with batch norm for SegNet, …; ``fcnpipe weights archs``); an architecture its paper
+    trains from scratch has none. Random FCNs get He initialisation
+    (:func:`fcn.fcn.init_from_scratch`), other networks their own initialisation.
 
-    Without ``vgg16`` the torch hub cache is looked in; nothing is downloaded. The Caffe
-    conversion (``caffe``) must be named: the cache holds torchvision's weights.
+    Without ``imagenet`` the torch hub cache is looked in; nothing is downloaded. The Caffe
+    conversion of VGG16 (``caffe``) must be named: the cache holds torchvision's weights.
     """
-    if random_seed is not None and (vgg16 is not None or caffe):
-        raise FcnpipeError("choose either ImageNet VGG16 weights or --random, not both.")
-    if caffe and vgg16 is None:
+    if random_seed is not None and (imagenet is not None or caffe):
+        raise FcnpipeError("choose either ImageNet weights or --random, not both.")
+    if caffe and imagenet is None:
         raise FcnpipeError(
-            "the Caffe VGG16 must be given by path (caffe-vgg16:PATH, or --caffe with --vgg16 PATH); "
+            "the Caffe VGG16 must be given by path (caffe-vgg16:PATH, or --caffe with --imagenet PATH); "
             "the torch hub cache holds torchvision's VGG16, which is plain vgg16."
         )
+    spec = architecture(arch)  # an unknown name says so here
     if random_seed is not None:
         torch.manual_seed(random_seed)
         model = build_model(arch, num_classes)
@@ -53,13 +56,19 @@ def starting_model(
         init = f"random(seed={random_seed})"
         norm = TORCHVISION_IMAGENET
     else:
-        path = vgg16 or default_vgg16_path()
-        state = load_vgg16_state_dict(path)
+        surgery = spec.imagenet
+        if surgery is None:
+            raise FcnpipeError(
+                f"{arch} has no ImageNet start (its paper trains it from scratch): use --random with "
+                "'weights init', or --init scratch for training."
+            )
+        if caffe and surgery.source != "vgg16":
+            raise FcnpipeError(f"--caffe is the Caffe VGG16; {arch} starts from {surgery.source}.")
+        path = imagenet or hub_path(surgery.filename)
+        state = load_imagenet_state_dict(path, surgery.source)
         model = build_model(arch, num_classes)
-        if not isinstance(model, FCN):
-            raise FcnpipeError(f"{arch} cannot be initialised from VGG16.")
-        init_from_vgg16(model, state)
-        init = f"{'caffe-vgg16' if caffe else 'vgg16'}:{path.name}"
+        surgery.apply(model, state)
+        init = f"{'caffe-vgg16' if caffe else surgery.source}:{path.name}"
         norm = CAFFE_VGG16 if caffe else TORCHVISION_IMAGENET
     card = describe(
         model,
