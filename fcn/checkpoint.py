@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fcn.errors import FcnpipeError
+from fcn.margin import margin_of
 from fcn.normalization import TORCHVISION_IMAGENET, Normalization
 from fcn.receptive_field import ReceptiveField, measure_receptive_field
 from fcn.registry import available_models, build_model
@@ -56,11 +57,12 @@ class ModelCard:
     receptive_field: ReceptiveField
     total_stride: int
     provenance: dict[str, Any] = field(default_factory=dict)
+    margin: int = 0  # pixels the output lacks on each side of the input (fcn.margin)
 
     @property
     def halo(self) -> int:
-        """Recommended tile halo: covers the receptive field, a multiple of the total stride."""
-        return self.receptive_field.halo(self.total_stride)
+        """Recommended tile halo: covers the receptive field and keeps tiles on the pooling grid."""
+        return self.receptive_field.halo(self.total_stride, self.margin)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``torch.save``."""
@@ -72,6 +74,7 @@ class ModelCard:
             "normalization": self.normalization.to_dict(),
             "receptive_field": {"lo": self.receptive_field.lo, "hi": self.receptive_field.hi},
             "total_stride": self.total_stride,
+            "margin": self.margin,
             "halo": self.halo,
             "provenance": dict(self.provenance),
         }
@@ -89,6 +92,7 @@ class ModelCard:
             receptive_field=ReceptiveField(int(rf["lo"]), int(rf["hi"])),
             total_stride=int(data["total_stride"]),
             provenance=dict(data.get("provenance", {})),
+            margin=int(data.get("margin", 0)),
         )
 
 
@@ -119,6 +123,7 @@ def describe(
         receptive_field=measure_receptive_field(model),
         total_stride=int(model.total_stride),  # type: ignore[arg-type]
         provenance=provenance or {},
+        margin=margin_of(model),
     )
 
 

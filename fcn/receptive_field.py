@@ -20,6 +20,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from fcn.margin import aligned_halo
+
 Pair = tuple[int, int]
 
 
@@ -38,9 +40,9 @@ class ReceptiveField:
         """The halo that covers the field on every side."""
         return max(-self.lo, self.hi)
 
-    def halo(self, stride: int) -> int:
-        """The smallest halo that covers the field and is a multiple of ``stride``."""
-        return -(-self.radius // stride) * stride
+    def halo(self, stride: int, margin: int = 0) -> int:
+        """The smallest halo that covers the field and keeps tiles on the pooling grid (``fcn.margin``)."""
+        return aligned_halo(self.radius, stride, margin)
 
 
 class SummedConv(nn.Module):
@@ -154,7 +156,7 @@ def measure_on_strips(model: nn.Module, size: int, phases: int) -> ReceptiveFiel
     in it. ``size`` must exceed the field.
     """
     replica = one_channel_replica(model)
-    height = 2 * int(getattr(model, "total_stride", 32)) + 1
+    height = 2 * int(getattr(model, "total_stride", 32)) + 1 + 2 * int(getattr(model, "margin", 0))
     strips = torch.ones(phases, 1, height, size, dtype=torch.float64, requires_grad=True)
     out = replica(strips)
     top, left = (height - out.shape[-2]) // 2, (size - out.shape[-1]) // 2

@@ -21,7 +21,11 @@ from fcn.errors import FcnpipeError
 Builder = Callable[..., nn.Module]
 
 # The modules that define architectures, in the order ``fcnpipe weights archs`` lists them.
-FAMILIES = ("fcn.fcn", "fcn.pointwise", "fcn.dilated")
+FAMILIES = (
+    "fcn.fcn",
+    "fcn.pointwise",
+    "fcn.unet",
+)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 import zarr
 
 from fcn import available_models, build_model, load_checkpoint
+from fcn.margin import margin_of, mirror_pad, same_size_forward
 from fcn.receptive_field import one_channel_replica
 from fcn.registry import architectures
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
@@ -21,18 +22,27 @@ from tests.conftest import noise_image, randomize, save_model, write_tif
 
 ARCHS = available_models()
 # fcn8s stitches in test_segment.py on a larger scene; its siblings share its trunk, so their
-# 540 MB checkpoints are written only in the slow run.
-STITCH_SLOW = {"fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"}
+# 540 MB checkpoints are written only in the slow run. U-Net's tiles carry a 108-px halo and a
+# 92-px margin (40 s here); test_unet.py stitches a thinner scene in the default run. The default
+# run keeps one network of each other family: dilated8 holds its front-end, fcdensenet56 and 67
+# the blocks of 103 (38 s), and DeconvNet's 1 GB checkpoint is SegNet's encoder with fc layers.
+STITCH_SLOW = {
+    "fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "unet",
+    "dilated8-frontend", "fcdensenet103", "deconvnet",
+}  # fmt: skip
 ODD_SIZES = [(1, 1), (7, 3), (33, 47), (65, 97), (97, 131), (161, 255), (257, 31)]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_output_size_equals_input_size_over_odd_sizes(arch: str) -> None:
     # Output size depends on the geometry only, which the one-channel replica keeps (and cheaply).
-    replica = one_channel_replica(build_model(arch, 3)).float()
+    # A network with a margin sees the image mirrored by it first, as every whole-image pass does.
+    model = build_model(arch, 3)
+    replica = one_channel_replica(model).float()
     with torch.no_grad():
         for h, w in ODD_SIZES:
-            assert replica(torch.zeros(1, 1, h, w)).shape[-2:] == (h, w), (h, w)
+            out = replica(mirror_pad(torch.zeros(1, 1, h, w), margin_of(model)))
+            assert out.shape[-2:] == (h, w), (h, w)
 
 
 @pytest.mark.parametrize("arch", [a for a in ARCHS if architectures()[a].published_params_m is not None])
@@ -59,7 +69,8 @@ def test_tiles_at_the_checkpoint_s_halo_stitch_to_the_whole_image_pass(arch: str
     assert plan.grid.halo >= card.receptive_field.radius
     run_local(plan)
     with torch.no_grad():
-        reference = model(card.normalization.apply(torch.from_numpy(image).float()[None]))[0].numpy()
+        x = card.normalization.apply(torch.from_numpy(image).float()[None])
+        reference = same_size_forward(model, x)[0].numpy()
     group = zarr.open_group(str(tmp_path / "scene.zarr"), mode="r")
     logits, labels = group["logits"][:], group["labels"][:]
     span = float(reference.max() - reference.min())

@@ -76,7 +76,7 @@ def test_no_two_blocks_share_a_chunk(spec: GridSpec) -> None:
 def test_invalid_specs_are_rejected() -> None:
     with pytest.raises(ValueError, match="whole multiple of the chunk"):
         GridSpec(100, 100, core=96, halo=0, chunk=64)
-    with pytest.raises(ValueError, match="multiples of the stride"):
+    with pytest.raises(ValueError, match="multiple of the stride"):
         GridSpec(100, 100, core=64, halo=20, chunk=64)
     with pytest.raises(ValueError, match="at least one pixel"):
         GridSpec(0, 100, core=64, halo=0, chunk=64)

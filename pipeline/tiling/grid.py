@@ -11,6 +11,12 @@ Tile origins are core origins minus the halo (or 0), and both are multiples of t
 stride, so every tile sees the pooling grid the whole image would. With a halo at least as wide as
 the receptive field, the core of a tile's output equals the same pixels of a whole-image pass.
 Cores are grouped into **blocks** of ``block x block`` cores: the unit of work and of resume.
+
+A network whose output lacks ``margin`` pixels of its input on each side (unpadded convolutions)
+sees the whole image mirrored by ``margin`` past its edges (``fcn.margin``). Its tiles' reads
+reach up to ``margin`` past the image (the reader mirrors them), their origins lie ``margin``
+before a multiple of the stride, as the mirrored image's does, and the network's output covers
+the read shrunk by ``margin``: ``halo`` is then ``margin`` plus a multiple of the stride.
 """
 
 from __future__ import annotations
@@ -42,24 +48,32 @@ class Window:
         r, c = self.row - outer.row, self.col - outer.col
         return slice(r, r + self.height), slice(c, c + self.width)
 
-    def expand(self, margin: int, height: int, width: int) -> Window:
-        """Grow by ``margin`` on every side, clipped to an image of ``height x width``."""
-        r0, c0 = max(0, self.row - margin), max(0, self.col - margin)
-        r1 = min(height, self.row + self.height + margin)
-        c1 = min(width, self.col + self.width + margin)
+    def shrink(self, margin: int) -> Window:
+        """Lose ``margin`` on every side."""
+        return Window(self.row + margin, self.col + margin, self.height - 2 * margin, self.width - 2 * margin)
+
+    def expand(self, margin: int, height: int, width: int, border: int = 0) -> Window:
+        """Grow by ``margin`` on every side, clipped to an image of ``height x width`` grown by ``border``."""
+        r0, c0 = max(-border, self.row - margin), max(-border, self.col - margin)
+        r1 = min(height + border, self.row + self.height + margin)
+        c1 = min(width + border, self.col + self.width + margin)
         return Window(r0, c0, r1 - r0, c1 - c0)
 
 
 @dataclass(frozen=True)
 class Tile:
-    """One network input: the ``read`` window and the ``core`` of its output that is kept."""
+    """One network input: the ``read`` window and the ``core`` of its output that is kept.
+
+    The output covers ``read`` shrunk by ``margin`` on every side (0 for same-size networks).
+    """
 
     core: Window
     read: Window
+    margin: int = 0
 
     def crop(self) -> tuple[slice, slice]:
         """Slices that take the core out of the tile's output."""
-        return self.core.relative_to(self.read)
+        return self.core.relative_to(self.read.shrink(self.margin))
 
 
 @dataclass(frozen=True)
@@ -90,15 +104,17 @@ class GridSpec:
     chunk: int
     stride: int = 32
     block: int = 4
+    margin: int = 0
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
             raise ValueError(f"an image must have at least one pixel, not {self.height}x{self.width}")
         if self.chunk < 1 or self.core % self.chunk:
             raise ValueError(f"the core ({self.core}) must be a whole multiple of the chunk ({self.chunk})")
-        if self.core % self.stride or self.halo % self.stride or self.halo < 0:
+        if self.core % self.stride or (self.halo - self.margin) % self.stride or self.halo < self.margin:
             raise ValueError(
-                f"core ({self.core}) and halo ({self.halo}) must be multiples of the stride ({self.stride})"
+                f"the core ({self.core}) must be a multiple of the stride ({self.stride}) and the halo "
+                f"({self.halo}) the margin ({self.margin}) plus one"
             )
         if self.block < 1:
             raise ValueError(f"a block holds at least one core, not {self.block}")
@@ -115,7 +131,8 @@ def plan_tiles(spec: GridSpec) -> list[Tile]:
     for row in range(0, spec.height, spec.core):
         for col in range(0, spec.width, spec.core):
             core = Window(row, col, min(spec.core, spec.height - row), min(spec.core, spec.width - col))
-            tiles.append(Tile(core, core.expand(spec.halo, spec.height, spec.width)))
+            read = core.expand(spec.halo, spec.height, spec.width, border=spec.margin)
+            tiles.append(Tile(core, read, spec.margin))
     return tiles
 
 

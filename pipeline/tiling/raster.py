@@ -23,6 +23,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window as RioWindow
 
 from fcn import FcnpipeError
+from fcn.margin import reflect_indices
 from pipeline.storage import Location, gdal_env, probe
 from pipeline.tiling.grid import Window
 
@@ -150,8 +151,19 @@ class RasterReader:
         """The selected bands of ``window`` on the 0-255 scale the model expects.
 
         8-bit data stays uint8 (4x less to hold and copy; the engine converts it on the device);
-        other data is scaled by the declared value range into float32.
+        other data is scaled by the declared value range into float32. Where ``window`` reaches
+        past the image (networks with a margin), the image is mirrored (``fcn.margin``).
         """
+        if window == window.expand(0, self.info.height, self.info.width):
+            return self.read_inside(window)
+        rows = reflect_indices(window.row, window.row + window.height, self.info.height)
+        cols = reflect_indices(window.col, window.col + window.width, self.info.width)
+        r0, c0 = int(rows.min()), int(cols.min())  # the pixels the mirrored window is made of
+        data = self.read_inside(Window(r0, c0, int(rows.max()) + 1 - r0, int(cols.max()) + 1 - c0))
+        return np.ascontiguousarray(data[:, rows - r0][:, :, cols - c0])
+
+    def read_inside(self, window: Window) -> NDArray[Any]:
+        """:meth:`read` for a window inside the image."""
         bands, rio_window = list(self.info.bands), to_rasterio(window)
         if self.info.value_range is None:
             return np.asarray(self._dataset().read(bands, window=rio_window))

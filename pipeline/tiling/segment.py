@@ -20,6 +20,7 @@ import zarr
 
 from fcn import FcnpipeError, ModelCard, load_checkpoint
 from fcn.checkpoint import read_checkpoint
+from fcn.margin import aligned_halo
 from pipeline.outputs.mosaic import (
     OUTPUTS,
     MosaicSpec,
@@ -37,7 +38,7 @@ from pipeline.outputs.pyramid import build_pyramid
 from pipeline.outputs.report import class_pixels, markdown_report, pixel_area, preview
 from pipeline.storage import Location, write_bytes
 from pipeline.tiling.engine import Engine, EngineSettings
-from pipeline.tiling.grid import Block, GridSpec, plan_blocks, round_up
+from pipeline.tiling.grid import Block, GridSpec, plan_blocks
 from pipeline.tiling.raster import RasterInfo, RasterReader, inspect_raster
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentS
     chunk = min(settings.chunk, settings.tile_size)
     if settings.tile_size % chunk or chunk % stride:
         raise FcnpipeError(f"--tile-size ({settings.tile_size}) must be a multiple of the chunk ({chunk}).")
-    halo = card.halo if settings.halo is None else round_up(settings.halo, stride)
+    halo = card.halo if settings.halo is None else aligned_halo(settings.halo, stride, card.margin)
     if halo < card.receptive_field.radius:
         notes.append(
             f"halo {halo} px is below the receptive field ({card.receptive_field.radius} px): "
@@ -163,7 +164,7 @@ def plan_scene(
     assert settings.halo is not None
     grid = GridSpec(
         info.height, info.width, core=settings.tile_size, halo=settings.halo,
-        chunk=settings.chunk, stride=card.total_stride, block=settings.block,
+        chunk=settings.chunk, stride=card.total_stride, block=settings.block, margin=card.margin,
     )  # fmt: skip
     blocks = plan_blocks(grid)
     sha = file_sha256(weights)

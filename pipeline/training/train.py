@@ -48,6 +48,7 @@ from fcn import (
     save_checkpoint,
 )
 from fcn.checkpoint import read_checkpoint
+from fcn.margin import same_size_forward
 from fcn.registry import architecture
 from pipeline.training.data import ConfusionMatrix, SegmentationDataset, open_dataset
 from pipeline.training.recipes import Recipe, make_optimizer, make_scheduler, validated
@@ -233,7 +234,7 @@ def train_steps(
     for _ in range(steps):
         images, labels = next(batches)
         with autocast(device, recipe.precision):
-            logits = model(network_input(images, normalization, device))
+            logits = same_size_forward(model, network_input(images, normalization, device))
         loss = criterion(logits, labels.to(device), ignore_index, recipe.loss_reduction)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -261,7 +262,7 @@ def evaluate(
             image, label = dataset[index]
             rgb = torch.from_numpy(image).permute(2, 0, 1)[None]
             with autocast(device, precision):
-                logits = model(network_input(rgb, normalization, device))
+                logits = same_size_forward(model, network_input(rgb, normalization, device))
             matrix.update(label, logits.argmax(1)[0].cpu().numpy())
     finally:
         model.train(was_training)
