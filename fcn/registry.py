@@ -24,6 +24,7 @@ Builder = Callable[..., nn.Module]
 FAMILIES = (
     "fcn.fcn",
     "fcn.pointwise",
+    "fcn.dilated",
     "fcn.unet",
 )
 
