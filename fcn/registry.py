@@ -26,6 +26,7 @@ FAMILIES = (
     "fcn.pointwise",
     "fcn.dilated",
     "fcn.unet",
+    "fcn.densenet",
 )
 
 
