@@ -27,6 +27,7 @@ FAMILIES = (
     "fcn.dilated",
     "fcn.unet",
     "fcn.densenet",
+    "fcn.segnet",
 )
 
 
