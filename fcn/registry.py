@@ -28,6 +28,7 @@ FAMILIES = (
     "fcn.unet",
     "fcn.densenet",
     "fcn.segnet",
+    "fcn.deconvnet",
 )
 
 
