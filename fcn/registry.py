@@ -23,6 +23,8 @@ Builder = Callable[..., nn.Module]
 # The modules that define architectures, in the order ``fcnpipe weights archs`` lists them.
 FAMILIES = (
     "fcn.fcn",
+    "fcn.alexnet",
+    "fcn.googlenet",
     "fcn.pointwise",
     "fcn.dilated",
     "fcn.unet",
