@@ -187,6 +187,7 @@ def weights_archs(
 ) -> None:
     """List every architecture: parameters (against its paper's), measured receptive field and halo."""
     from fcn import measure_receptive_field
+    from fcn.margin import margin_of
     from fcn.registry import architectures
 
     table = Table(box=None, header_style="bold")
@@ -197,11 +198,13 @@ def weights_archs(
         params = sum(p.numel() for p in model.parameters()) / 1e6
         stride = int(model.total_stride)  # type: ignore[arg-type]
         field = measure_receptive_field(model)
+        margin = margin_of(model)
+        alignment = f"{stride} px" + (f", output {margin} px short per side" if margin else "")
         published = "—" if spec.published_params_m is None else f"{spec.published_params_m:g} M"
         if spec.published_params_m is not None and spec.published_classes != classes:
             published += f" ({spec.published_classes} classes)"
         table.add_row(name, f"{params:.2f} M", published, f"{field.lo}..+{field.hi} px",
-                      f"{field.halo(stride)} px", f"{stride} px", spec.paper)  # fmt: skip
+                      f"{field.halo(stride, margin)} px", alignment, spec.paper)  # fmt: skip
     out.print(table)
 
 
