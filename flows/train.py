@@ -27,7 +27,7 @@ from flows.runtime import training_bar
 from pipeline.cli.yamlfile import describe_errors
 from pipeline.tiling.engine import pick_device
 from pipeline.training.data import open_dataset
-from pipeline.training.recipes import load_recipe
+from pipeline.training.recipes import Recipe, load_recipe
 from pipeline.training.train import (
     STAGES,
     StageArgs,
@@ -75,7 +75,7 @@ def stage_progress(arch: str, args: StageArgs, run_dir: Path) -> Iterator[Callab
 
 @task(name="train-stage", cache_policy=NO_CACHE)
 def train_stage_task(
-    arch: str, init: str, recipe_name: str, args: StageArgs, run_dir: Path, device: str
+    arch: str, init: str, recipe: Recipe, args: StageArgs, run_dir: Path, device: str
 ) -> tuple[StageResult, list[str]]:
     """Train one stage from ``init`` (ImageNet VGG16, scratch or the previous stage's best.pt).
 
@@ -90,7 +90,6 @@ def train_stage_task(
     for note in notes:
         get_run_logger().warning(note)
     with stage_progress(arch, args, run_dir) as on_step:
-        recipe = load_recipe(recipe_name)
         result = train_stage(model, card, recipe, args, run_dir, device=pick_device(device), on_step=on_step)
     return result, notes
 
@@ -107,8 +106,10 @@ def train(
     dataset: str,
     out: Path | None = None,
     arch: str = "fcn8s",
-    init: str = "vgg16",
+    init: str = "imagenet",
     recipe: str = "modern",
+    class_weights: str = "none",
+    adversarial: float = 0.0,
     max_steps: int | None = None,
     epochs: int | None = None,
     eval_every: int | None = None,
@@ -122,8 +123,11 @@ def train(
 ) -> dict[str, Any]:
     """Train ARCH on DATASET (NAME:PATH, e.g. synthetic-ortho:data/synthetic or camvid:CamVid).
 
-    FCN-16s and FCN-8s are trained in stages from FCN-32s unless --staged false. INIT is
-    vgg16[:PATH] (ImageNet, torchvision layout), caffe-vgg16:PATH, a checkpoint, or scratch.
+    FCN-16s and FCN-8s are trained in stages from FCN-32s unless --staged false; every other
+    architecture (fcnpipe weights archs) in one stage. INIT is imagenet[:PATH] (the network's
+    ImageNet classifier by net surgery, torchvision layout), caffe-vgg16:PATH, a checkpoint, or
+    scratch (the networks whose papers train from scratch). --class-weights median-frequency
+    weighs the loss as SegNet does; --adversarial LAMBDA adds Luc et al.'s adversarial term.
     Give the length per stage as --max-steps or --epochs (of --train-split); the best checkpoint
     is chosen on --val-split. OUT defaults to runs/train, or to the run that --resume continues.
     """
@@ -139,7 +143,8 @@ def train(
             )
     out = out or Path("runs/train")
     train_size = len(open_dataset(dataset, train_split))
-    batch = load_recipe(recipe).batch_size
+    chosen = load_recipe(recipe).updated(class_weights=class_weights, adversarial=adversarial)
+    batch = chosen.batch_size
     if (max_steps is None) == (epochs is None):
         raise FcnpipeError("give the length of each stage with either --max-steps or --epochs.")
     steps = max_steps if max_steps is not None else epochs * math.ceil(train_size / batch)  # type: ignore[operator]
@@ -163,7 +168,7 @@ def train(
         if resume is not None and resumed_args is not None and stage == resumed_arch:
             result = resume_stage_task(resume, stage, resumed_args, device)
         else:
-            result, started = train_stage_task(stage, previous, recipe, args, run_dir, device)
+            result, started = train_stage_task(stage, previous, chosen, args, run_dir, device)
             notes += [note for note in started if note not in notes]
         results[stage] = {"best": str(result.best), "mean_iu": result.best_mean_iu, **result.scores}
         previous = str(result.best)
@@ -199,7 +204,8 @@ def default_model(path: Path, steps: int = DEFAULT_STEPS, device: str = "auto") 
     work = path.parent / "default-model"
     data = make_benchmark(work / "synthetic-ortho", scenes=DEFAULT_SCENES, size=DEFAULT_SIZE, seed=0)
     args = StageArgs(dataset=f"synthetic-ortho:{data}", steps=steps, eval_every=max(1, steps // 4))
-    result, _ = train_stage_task("fcn8s", "scratch", "default", args, work / f"run-{steps}", device)
+    recipe = load_recipe("default")
+    result, _ = train_stage_task("fcn8s", "scratch", recipe, args, work / f"run-{steps}", device)
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result.best, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)

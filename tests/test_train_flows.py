@@ -117,6 +117,8 @@ def test_train_flow_writes_checkpoints_metrics_and_resumes_exactly(benchmark: Pa
         ("--max-steps", "0", "invalid training settings: steps: Input should be greater than 0."),
         ("--val-limit", "0", "val_limit: Input should be greater than or equal to 1."),
         ("--val-split", "nope", "no nope.txt"),
+        ("--class-weights", "inverse", "class_weights: Input should be 'none' or 'median-frequency'"),
+        ("--adversarial", "-1", "adversarial: Input should be greater than or equal to 0"),
     ],
 )  # fmt: skip
 def test_train_flow_refuses_bad_settings_in_one_sentence(

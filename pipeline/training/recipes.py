@@ -49,6 +49,13 @@ class Recipe(BaseModel):
     hflip: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     """``bf16`` autocasts on CUDA only; other devices always train in fp32."""
+    class_weights: Literal["none", "median-frequency"] = "none"
+    """Weigh each class's pixels in the loss: ``median-frequency`` as SegNet on CamVid
+    (:mod:`pipeline.training.balance`, computed from the training split)."""
+    adversarial: float = Field(0.0, ge=0)
+    """lambda of the adversarial term (:mod:`pipeline.training.adversarial`); 0 trains without it."""
+    discriminator_lr: float = Field(1e-4, gt=0)
+    """Adam's learning rate for the discriminator when ``adversarial`` is above 0."""
 
     @model_validator(mode="after")
     def _whole_images_one_at_a_time(self) -> Recipe:

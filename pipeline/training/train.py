@@ -50,6 +50,8 @@ from fcn import (
 from fcn.checkpoint import read_checkpoint
 from fcn.margin import same_size_forward
 from fcn.registry import architecture
+from pipeline.training.adversarial import Adversary
+from pipeline.training.balance import class_weights
 from pipeline.training.data import ConfusionMatrix, SegmentationDataset, open_dataset
 from pipeline.training.recipes import Recipe, make_optimizer, make_scheduler, validated
 from pipeline.training.weights import starting_model
@@ -72,10 +74,13 @@ METRIC_FIELDS = (
     "mean_iu",
     "fw_iu",
     "seconds",
+    "discriminator_loss",
+    "discriminator_accuracy",
 )
 """Columns of ``metrics.csv``, one row per validation: ``epoch`` is fractional (samples seen over
 training images), ``train_loss`` the mean since the previous row, ``seconds`` the training time so
-far (validation not counted)."""
+far (validation not counted); the discriminator's mean loss and accuracy since the previous row are
+filled in by adversarial training only."""
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 """Float RGB images on the 0-255 scale (N, 3, H, W) and int64 label maps (N, H, W)."""
@@ -190,13 +195,20 @@ def batches(
 # --- steps and scores ----------------------------------------------------------------------------
 
 
-def criterion(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
-    """Pixel-wise cross-entropy without the ``ignore_index`` pixels.
+def criterion(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int,
+    reduction: str,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pixel-wise cross-entropy without the ``ignore_index`` pixels, each weighed by its class's ``weight``.
 
     ``sum`` adds over the labelled pixels (the reference); ``mean`` divides that by their count
-    (zero, not NaN, when there are none).
+    (zero, not NaN, when there are none), weighted or not, as Caffe's loss that SegNet's class
+    weighting was made for normalises (PyTorch's own weighted mean divides by the weights' sum).
     """
-    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index, reduction="sum")
     if reduction == "sum":
         return total
     if reduction != "mean":
@@ -227,15 +239,27 @@ def train_steps(
     normalization: Normalization,
     ignore_index: int,
     recipe: Recipe,
+    class_weight: torch.Tensor | None = None,
+    adversary: Adversary | None = None,
 ) -> float:
-    """Run ``steps`` optimiser steps (the schedule stepped after each) and return their mean loss."""
+    """Run ``steps`` optimiser steps (the schedule stepped after each) and return their mean loss.
+
+    With an ``adversary`` each step first updates its discriminator on the batch, then adds its
+    adversarial term to the segmenter's loss (the hybrid loss, whose mean is returned).
+    """
     model.train()
     total = 0.0
     for _ in range(steps):
         images, labels = next(batches)
+        labels = labels.to(device)
+        x = network_input(images, normalization, device)
         with autocast(device, recipe.precision):
-            logits = same_size_forward(model, network_input(images, normalization, device))
-        loss = criterion(logits, labels.to(device), ignore_index, recipe.loss_reduction)
+            logits = same_size_forward(model, x)
+        loss = criterion(logits, labels, ignore_index, recipe.loss_reduction, class_weight)
+        if adversary is not None:
+            probabilities = logits.float().softmax(1)
+            adversary.update(x, probabilities, labels)
+            loss = loss + adversary.segmenter_term(x, probabilities, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
@@ -338,6 +362,7 @@ class TrainState:
     scores: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
     """The training loss of each step since the last validation."""
+    adversary: Adversary | None = None
 
     def extra(self, recipe: Recipe, args: StageArgs, samples: int) -> dict[str, Any]:
         """The checkpoint entries beside the card and weights; plain data a weights-only load accepts."""
@@ -353,7 +378,7 @@ class TrainState:
             "rng": rng_state(self.device),
             "recipe": recipe.model_dump(),
             "args": args.model_dump(),
-        }
+        } | ({"adversary": self.adversary.state()} if self.adversary is not None else {})
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint's entries (the inverse of :meth:`extra` plus the weights)."""
@@ -366,6 +391,8 @@ class TrainState:
         self.seconds = float(payload["seconds"])
         self.scores = {k: float(v) for k, v in payload["scores"].items()}
         self.losses = [float(v) for v in payload["losses"]]
+        if self.adversary is not None:
+            self.adversary.restore(payload["adversary"])
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -454,7 +481,8 @@ def start_or_resume(
     if not resume:
         raise FcnpipeError(f"{run_dir} already holds a training run; resume it or choose another folder.")
     payload = read_checkpoint(last)
-    stored = (payload["card"]["arch"], payload["recipe"], payload["args"])
+    stored_recipe = validated(payload["recipe"], str(last)).model_dump()  # settings added since: defaults
+    stored = (payload["card"]["arch"], stored_recipe, payload["args"])
     if stored != (card.arch, recipe.model_dump(), args.model_dump()):
         raise FcnpipeError(
             f"{last} was made by another stage (architecture, recipe or arguments differ); a resume "
@@ -511,6 +539,8 @@ def validate(
     state.scores = matrix.scores()
     epoch = round(state.step * recipe.batch_size / len(train_set), 4)
     row = {"step": state.step, "epoch": epoch, "train_loss": train_loss, **state.scores}
+    if state.adversary is not None:
+        row |= state.adversary.take_scores()
     append_metrics(run_dir / "metrics.csv", row | {"seconds": round(state.seconds, 2)})
     log.info("step %d: loss %.4g, val mean IU %.4f", state.step, train_loss, state.scores["mean_iu"])
     score = state.scores["mean_iu"]  # NaN when the validation images hold no labelled pixel
@@ -547,9 +577,16 @@ def train_stage(
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe, card.arch)
     state = TrainState(model, optimizer, make_scheduler(optimizer, recipe, args.steps), device)
+    train_set = splits[0]
+    weights = class_weights(recipe.class_weights, train_set)
+    class_weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
     stop = args.steps if until is None else min(until, args.steps)
     with torch.random.fork_rng(devices=cuda_indices(device)):
         torch.manual_seed(args.seed)
+        if recipe.adversarial > 0:  # seeded: the discriminator starts the same on every run
+            state.adversary = Adversary.create(
+                card.num_classes, train_set.ignore_index, recipe.adversarial, recipe.discriminator_lr, device
+            )
         start_or_resume(run_dir, state, card, recipe, args, resume)
         fill = fill_colour(card.normalization)
         stream = batches(splits[0], recipe, seed=args.seed, fill=fill, start=state.step)
@@ -557,7 +594,8 @@ def train_stage(
             started = time.perf_counter()
             loss = train_steps(
                 model, optimizer, state.scheduler, stream, 1, device=device,
-                normalization=card.normalization, ignore_index=splits[0].ignore_index, recipe=recipe,
+                normalization=card.normalization, ignore_index=train_set.ignore_index, recipe=recipe,
+                class_weight=class_weight, adversary=state.adversary,
             )  # fmt: skip
             state.step += 1
             state.losses.append(loss)
