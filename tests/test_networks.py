@@ -25,11 +25,11 @@ from tests.conftest import randomize
 ARCHS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
 
 
-def test_registry_lists_the_four_architectures_and_rejects_others() -> None:
-    assert set(available_models()) == {*ARCHS, "pointwise"}
+def test_registry_lists_the_four_fcns_and_rejects_other_names() -> None:
+    assert {*ARCHS, "pointwise"} <= set(available_models())
     with pytest.raises(FcnpipeError) as info:
         build_model("fcn4s", 21)
-    for name in ARCHS:
+    for name in available_models():
         assert name in str(info.value)
 
 
