@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from itertools import islice, pairwise
 from pathlib import Path
 
@@ -67,8 +68,7 @@ def rows(run_dir: Path) -> list[dict[str, str]]:
 
 def pointwise(dataset: SegmentationDataset, seed: int = 0) -> tuple[nn.Module, object]:
     """The per-pixel stand-in with zero scores, like an FCN's: it starts out predicting class 0."""
-    with pytest.warns(UserWarning, match="ImageNet"):
-        model, card = initial_model("scratch", "pointwise", dataset, seed=seed)
+    model, card = initial_model("scratch", "pointwise", dataset, seed=seed)
     with torch.no_grad():
         model.score.weight.zero_()
         model.score.bias.zero_()
@@ -367,6 +367,16 @@ def test_a_checkpoint_for_other_classes_is_refused(train_split: SegmentationData
     save_checkpoint(tmp_path / "three.pt", other, describe(other, "pointwise"))
     with pytest.raises(FcnpipeError, match="3 classes, but 6"):
         initial_model(str(tmp_path / "three.pt"), "pointwise", train_split)
+
+
+def test_from_scratch_warns_only_where_the_paper_started_from_imagenet(
+    train_split: SegmentationDataset,
+) -> None:
+    with pytest.warns(UserWarning, match="assume an ImageNet start"):
+        initial_model("scratch", "fcn32s-googlenet", train_split)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the Tiramisu's paper trains it from scratch: nothing to warn
+        initial_model("scratch", "fcdensenet56", train_split)
 
 
 def test_staged_chain_32s_16s_8s(bench: str, train_split: SegmentationDataset, tmp_path: Path) -> None:
