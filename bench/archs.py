@@ -13,7 +13,7 @@ Part two (``--train-steps N``): trains each architecture from scratch for N step
 recipe on the synthetic benchmark (``pipeline.training.data.synthetic``), one after the other, and
 prints the best validation mean IU, i.e. what each network learns from the same small budget.
 
-    uv run python bench/archs.py                                  # forward table, CPU (~6 min)
+    uv run python bench/archs.py                                  # forward table, CPU (~25 min)
     uv run python bench/archs.py --train-steps 150                # plus training (~30 min on 2 cores)
     uv run python bench/archs.py --no-forward --train-steps 100 --archs unet segnet   # training only
     uv run python bench/archs.py --device cuda --size 2048 --train-steps 2000

@@ -33,6 +33,13 @@ step 50 train.log $py bench/train.py --device cuda --crop 320 --batch-size 8 --s
 # fp32 on a smaller scene, for the bf16 speed-up.
 step 45 overhead-fp32.log $py bench/overhead.py --size 4096 --tile-size 1024 --batch-size 4 \
     --device cuda --precision fp32 --repeats 1
+# Every architecture on the GPU (forward at 2048², rounds of 3 passes), then what each learns from
+# the same budget on the synthetic benchmark, when ARCH_STEPS is set (BENCHMARKS.md, issue 11).
+step 90 archs.log $py bench/archs.py --device cuda --size 2048 --rounds 1 --repeats 3
+if [ -n "${ARCH_STEPS:-}" ]; then
+    step 300 archs-train.log $py bench/archs.py --device cuda --no-forward --train-steps "$ARCH_STEPS" \
+        --crop 256 --batch-size 8 --scenes 8 --scene-size 512
+fi
 # The paper's staged training on CamVid.
 if [ -d .data/camvid ] && [ -n "${CAMVID_STEPS:-}" ]; then
     step 600 camvid.log $py bench/stages.py --dataset camvid:.data/camvid --init scratch --recipe modern \
