@@ -139,6 +139,9 @@ def test_the_disk_filling_up_leaves_the_mosaic_incomplete(tmp_path: Path, pointw
         subprocess.run(["umount", str(small)], check=False)
 
 
+# The default run kills and resumes a run into a bucket (tests/test_storage.py), which goes through
+# this same bookkeeping on the store with fewer guarantees; this local-disk twin runs under -m slow.
+@pytest.mark.slow
 def test_rerun_after_kill_9_resumes_and_gives_identical_bytes(tmp_path: Path, fcn8s_checkpoint: Path) -> None:
     scene = write_tif(tmp_path / "scene.tif", noise_image(256, 320, seed=4))
     # Small halo: this test is about bookkeeping, and a cheaper tile leaves time to kill mid-run.
