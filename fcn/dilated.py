@@ -1,4 +1,4 @@
-"""DilatedNet (Yu & Koltun, ICLR 2016): the dilated VGG16 front-end and the basic context module.
+"""DilatedNet (Yu & Koltun, ICLR 2016): the dilated VGG16 front-end and its context modules.
 
 Followed: the paper ("Multi-scale context aggregation by dilated convolutions") and the reference
 release (github.com/fyu/dilation: ``network.py`` and
@@ -16,6 +16,15 @@ release (github.com/fyu/dilation: ``network.py`` and
   identity initialisation: every kernel is zero except the centre tap from channel
   i to channel i, which is 1, and biases are 0, so at initialisation the module passes
   non-negative scores through unchanged (its ReLUs clip negative ones, as the reference's do).
+- The large context module (``dilated8-large``, the paper's Table 1): the same layers and
+  dilations, widened to 2C, 2C, 4C, 8C, 16C, 32C, 32C channels, then the 1x1 convolution back to C.
+  Its identity initialisation (the paper's Section 3): the weight from channel a of a layer with c_i
+  channels to channel b of one with c_{i+1} is C / c_{i+1} at the centre tap where
+  floor(a C / c_i) = floor(b C / c_{i+1}) (the two channels stand for the same class), and noise
+  elsewhere, N(0, sigma) with sigma much below C / c_{i+1}; biases 0. The paper leaves sigma
+  open: fcnpipe uses a thousandth of C / c_{i+1}. Without the noise the module is the identity on
+  non-negative scores, as the basic one is (tested); the noise breaks the symmetry between the
+  copies of a class.
 - Output: the stride-8 scores are upsampled x8 bilinearly.
 
 ImageNet surgery (``VGG16``): torchvision's VGG16 convolutions load into ``features``, which keeps
@@ -72,6 +81,9 @@ CONTEXT_LAYERS = (
     ("fc1", 1),
 )  # fmt: skip
 FINAL_STD = 0.001  # the reference's Gaussian filler for the class scores
+# The large context module's widths, in multiples of C, layer by layer (Table 1).
+LARGE_WIDTHS = (2, 2, 4, 8, 16, 32, 32)
+LARGE_NOISE = 1e-3  # sigma as a fraction of C / c_{i+1}
 
 
 def same_conv(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> nn.Conv2d:
@@ -114,13 +126,42 @@ def context_module(channels: int) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
+def widened_identity_conv(
+    classes: int, in_channels: int, out_channels: int, kernel_size: int, dilation: int, noise: float
+) -> nn.Conv2d:
+    """A same-padded convolution initialised as the paper's large context module's layers."""
+    layer = same_conv(in_channels, out_channels, kernel_size, dilation)
+    scale = classes / out_channels
+    centre = kernel_size // 2
+    with torch.no_grad():
+        layer.weight.normal_(0.0, noise * scale)
+        for b in range(out_channels):
+            for a in range(in_channels):
+                if a * classes // in_channels == b * classes // out_channels:
+                    layer.weight[b, a, centre, centre] = scale
+        layer.bias.zero_()  # type: ignore[union-attr]
+    return layer
+
+
+def large_context_module(classes: int, noise: float = LARGE_NOISE) -> nn.Sequential:
+    """The large context module: the basic one's layers widened to 2C ... 32C, identity-initialised."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    width = classes
+    for (name, dilation), factor in zip(CONTEXT_LAYERS, LARGE_WIDTHS, strict=True):
+        layers[name] = widened_identity_conv(classes, width, factor * classes, 3, dilation, noise)
+        layers[f"{name}_relu"] = nn.ReLU(inplace=True)
+        width = factor * classes
+    layers["final"] = widened_identity_conv(classes, width, classes, 1, 1, noise)
+    return nn.Sequential(layers)
+
+
 class DilatedNet(nn.Module):
-    """The dilated VGG16 front-end at output stride 8, with or without the basic context module.
+    """The dilated VGG16 front-end at output stride 8, with or without a context module.
 
     Tensors in (N, 3, H, W), already normalised; per-class logits out (N, num_classes, H, W).
     """
 
-    def __init__(self, num_classes: int, *, context: bool = False, **_: object) -> None:
+    def __init__(self, num_classes: int, *, context: str | None = None, **_: object) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.features = make_dilated_features()
@@ -134,7 +175,13 @@ class DilatedNet(nn.Module):
         with torch.no_grad():
             self.final.weight.normal_(0.0, FINAL_STD)
             self.final.bias.zero_()  # type: ignore[union-attr]
-        self.context = context_module(num_classes) if context else None
+        self.context: nn.Sequential | None = None
+        if context == "basic":
+            self.context = context_module(num_classes)
+        elif context == "large":
+            self.context = large_context_module(num_classes)
+        elif context is not None:
+            raise ValueError(f"context is basic, large or None, not {context!r}")
 
     @property
     def total_stride(self) -> int:
@@ -175,6 +222,8 @@ VGG16 = ImagenetInit("vgg16", "vgg16-397923af.pth", vgg16_surgery)
 ARCHITECTURES = {
     "dilated8-frontend": Architecture(lambda num_classes, **kw: DilatedNet(num_classes, **kw), PAPER,
                                       imagenet=VGG16),
-    "dilated8": Architecture(lambda num_classes, **kw: DilatedNet(num_classes, context=True, **kw), PAPER,
+    "dilated8": Architecture(lambda num_classes, **kw: DilatedNet(num_classes, context="basic", **kw), PAPER,
                              imagenet=VGG16),
+    "dilated8-large": Architecture(lambda num_classes, **kw: DilatedNet(num_classes, context="large", **kw),
+                                   PAPER, imagenet=VGG16),
 }  # fmt: skip

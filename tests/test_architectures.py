@@ -24,11 +24,12 @@ ARCHS = available_models()
 # fcn8s stitches in test_segment.py on a larger scene; its siblings share its trunk, so their
 # 540 MB checkpoints are written only in the slow run. U-Net's tiles carry a 108-px halo and a
 # 92-px margin (40 s here); test_unet.py stitches a thinner scene in the default run. The default
-# run keeps one network of each other family: dilated8 holds its front-end, fcdensenet56 and 67
-# the blocks of 103 (38 s), and DeconvNet's 1 GB checkpoint is SegNet's encoder with fc layers.
+# run keeps one network of each other family: dilated8 holds its front-end (dilated8-large only
+# widens its context module), fcdensenet56 and 67 the blocks of 103 (38 s), and DeconvNet's 1 GB
+# checkpoint is SegNet's encoder with fc layers.
 STITCH_SLOW = {
     "fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "unet",
-    "dilated8-frontend", "fcdensenet103", "deconvnet",
+    "dilated8-frontend", "dilated8-large", "fcdensenet103", "deconvnet",
 }  # fmt: skip
 ODD_SIZES = [(1, 1), (7, 3), (33, 47), (65, 97), (97, 131), (161, 255), (257, 31)]
 

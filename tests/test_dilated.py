@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcn import FcnpipeError, build_model, measure_receptive_field
-from fcn.dilated import DilatedNet, context_module
+from fcn.dilated import DilatedNet, context_module, large_context_module
 from fcn.registry import architectures
 from tests.conftest import randomize
 
-ARCHS = ["dilated8-frontend", "dilated8"]
+ARCHS = ["dilated8-frontend", "dilated8", "dilated8-large"]
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,22 @@ def test_identity_context_module_computes_relu_of_its_input() -> None:
         # The test can fail: mixing channel 1 into channel 0 changes the output.
         context.conv5_1.weight[0, 1, 1, 1] = 1.0
         assert not torch.allclose(context(positive), positive)
+
+
+def test_the_large_context_module_has_table_1_s_widths_and_starts_as_the_identity() -> None:
+    classes = 5
+    module = large_context_module(classes, noise=0.0).eval()
+    convs = [m for m in module if isinstance(m, torch.nn.Conv2d)]
+    widths = [c.out_channels // classes for c in convs]
+    assert widths == [2, 2, 4, 8, 16, 32, 32, 1]
+    assert [c.dilation[0] for c in convs] == [1, 1, 2, 4, 8, 16, 1, 1]
+    x = torch.randn(2, classes, 13, 17)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), torch.relu(x), rtol=0, atol=1e-5)
+        # With the paper's noise (sigma far below C / c_{i+1}) it is the identity only nearly.
+        noisy = large_context_module(classes).eval()(x.abs())
+    assert not torch.equal(noisy, x.abs())
+    torch.testing.assert_close(noisy, x.abs(), rtol=0, atol=0.05 * float(x.abs().max()))
 
 
 def test_dilated8_at_initialisation_equals_the_front_end_with_the_same_weights(front_end: DilatedNet) -> None:
