@@ -81,13 +81,18 @@ def test_tiles_at_the_checkpoint_s_halo_stitch_to_the_whole_image_pass(arch: str
 
 
 @pytest.mark.slow
-def test_weights_archs_lists_every_architecture_with_its_measured_halo() -> None:
+def test_weights_archs_lists_every_architecture_with_its_measured_halo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rich.console import Console
     from typer.testing import CliRunner
 
     from pipeline.cli.main import app
 
+    monkeypatch.setattr("pipeline.cli.main.out", Console(width=240))  # a wide terminal: rows unwrapped
     result = CliRunner().invoke(app, ["weights", "archs"])
     assert result.exit_code == 0, result.output
     for arch in ARCHS:
-        assert arch[:10] in result.output
+        assert arch in result.output
     assert "256 px" in result.output  # the FCNs' halo
+    assert "108 px" in result.output and "output 92 px short per side" in result.output  # U-Net's

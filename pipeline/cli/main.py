@@ -191,7 +191,8 @@ def weights_archs(
     from fcn.registry import architectures
 
     table = Table(box=None, header_style="bold")
-    for column in ("arch", "parameters", "published", "receptive field", "halo", "alignment", "paper"):
+    table.add_column("arch", no_wrap=True)  # a name to copy whole; the other columns wrap
+    for column in ("parameters", "published", "receptive field", "halo", "alignment", "paper"):
         table.add_column(column)
     for name, spec in architectures().items():
         model = build_model(name, classes)
