@@ -135,10 +135,11 @@ def widened_identity_conv(
     centre = kernel_size // 2
     with torch.no_grad():
         layer.weight.normal_(0.0, noise * scale)
-        for b in range(out_channels):
-            for a in range(in_channels):
-                if a * classes // in_channels == b * classes // out_channels:
-                    layer.weight[b, a, centre, centre] = scale
+        # Channel b of the output and a of the input stand for the same class: their centre tap.
+        same_class = (torch.arange(out_channels) * classes // out_channels)[:, None] == (
+            torch.arange(in_channels) * classes // in_channels
+        )[None, :]
+        layer.weight[:, :, centre, centre][same_class] = scale
         layer.bias.zero_()  # type: ignore[union-attr]
     return layer
 
