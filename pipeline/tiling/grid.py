@@ -160,6 +160,33 @@ def chunks_of(window: Window, chunk: int) -> list[tuple[int, int]]:
     ]
 
 
+def read_spans(size: int, core: int, halo: int, margin: int = 0) -> list[int]:
+    """Lengths of the tiles' reads along one axis of ``size`` pixels (as :func:`plan_tiles` cuts it)."""
+    return [
+        min(size + margin, start + core + halo) - max(-margin, start - halo) for start in range(0, size, core)
+    ]
+
+
+def compute_factor(spec: GridSpec) -> float:
+    """Pixels fed to the network over pixels of the scene: what exactness costs in compute.
+
+    Every tile's read (its core, its halo, and for a network with a margin the mirrored border)
+    goes through the network. Reads are separable (a tile's read is its row span by its column
+    span), so the sum over tiles is the product of the sums along each axis. 1.0 is one
+    whole-image pass of a same-size network.
+    """
+    rows = read_spans(spec.height, spec.core, spec.halo, spec.margin)
+    cols = read_spans(spec.width, spec.core, spec.halo, spec.margin)
+    return sum(rows) * sum(cols) / (spec.height * spec.width)
+
+
+def largest_read(spec: GridSpec) -> tuple[int, int]:
+    """(height, width) of the largest read of the grid: what sets one tile's memory."""
+    rows = read_spans(spec.height, spec.core, spec.halo, spec.margin)
+    cols = read_spans(spec.width, spec.core, spec.halo, spec.margin)
+    return max(rows), max(cols)
+
+
 def windows(height: int, width: int, size: int) -> list[Window]:
     """The ``size`` × ``size`` windows (clipped at the edge) that tile a ``height`` × ``width`` image."""
     return [
