@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` can read: no pickled
 classes, so a file can never run code. Its ``card`` carries the architecture, classes, palette,
-input normalisation, the measured receptive field with the halo that makes tiling exact, and
+input normalisation, the measured receptive field with the halo that makes tiling exact, the
+measured peak memory of a forward pass (``fcn.memory``, per kind of device it was probed on), and
 where the weights came from. Training adds its own entries (optimiser, schedule, RNG) beside it.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from torch import nn
 
 from fcn.errors import FcnpipeError
 from fcn.margin import margin_of
+from fcn.memory import MemoryProbe, probe_memory
 from fcn.normalization import TORCHVISION_IMAGENET, Normalization
 from fcn.receptive_field import ReceptiveField, measure_receptive_field
 from fcn.registry import available_models, build_model
@@ -58,6 +61,7 @@ class ModelCard:
     total_stride: int
     provenance: dict[str, Any] = field(default_factory=dict)
     margin: int = 0  # pixels the output lacks on each side of the input (fcn.margin)
+    memory: dict[str, MemoryProbe] = field(default_factory=dict)  # by device kind: "cpu", "cuda"
 
     @property
     def halo(self) -> int:
@@ -76,6 +80,7 @@ class ModelCard:
             "total_stride": self.total_stride,
             "margin": self.margin,
             "halo": self.halo,
+            "memory": {device: probe.to_dict() for device, probe in self.memory.items()},
             "provenance": dict(self.provenance),
         }
 
@@ -93,7 +98,25 @@ class ModelCard:
             total_stride=int(data["total_stride"]),
             provenance=dict(data.get("provenance", {})),
             margin=int(data.get("margin", 0)),
+            memory={k: MemoryProbe.from_dict(v) for k, v in data.get("memory", {}).items()},
         )
+
+
+def inference_forward(model: nn.Module, normalization: Normalization) -> Callable[[torch.Tensor], object]:
+    """What inference does with a batch of 0-255 pixels: normalise, run, take the labels."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = model(normalization.apply(x))
+        return logits.argmax(1)
+
+    return forward
+
+
+def probe_card_memory(model: nn.Module, normalization: Normalization) -> dict[str, MemoryProbe]:
+    """The model's memory probe on the device its weights are on ({} where it cannot be read)."""
+    device = next(model.parameters()).device
+    probe = probe_memory(model, inference_forward(model, normalization), device)
+    return {} if probe is None else {probe.device: probe}
 
 
 def describe(
@@ -104,8 +127,9 @@ def describe(
     palette: list[RGB] | None = None,
     normalization: Normalization = TORCHVISION_IMAGENET,
     provenance: dict[str, Any] | None = None,
+    memory: bool = True,
 ) -> ModelCard:
-    """Make the card of ``model``, measuring its receptive field."""
+    """Make the card of ``model``, measuring its receptive field and (unless not ``memory``) its memory."""
     num_classes = int(model.num_classes)  # type: ignore[arg-type]
     names = class_names or [f"class_{i}" for i in range(num_classes)]
     colours = palette or default_palette(num_classes)
@@ -124,6 +148,7 @@ def describe(
         total_stride=int(model.total_stride),  # type: ignore[arg-type]
         provenance=provenance or {},
         margin=margin_of(model),
+        memory=probe_card_memory(model, normalization) if memory else {},
     )
 
 
