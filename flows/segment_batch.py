@@ -12,7 +12,7 @@ the run ends with a non-zero exit if any failed.
 # parameters' annotations must be types, not names of types (Prefect validates them).
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
@@ -30,9 +30,10 @@ def segment_batch(
     output_dir: str | None = None,
     weights: Path | None = None,
     config: Path | None = None,
-    tile_size: int | None = None,
+    tile_size: int | Literal["auto"] | None = None,
     halo: int | None = None,
-    batch_size: int | None = None,
+    batch_size: int | Literal["auto"] | None = None,
+    memory_budget: str | None = None,
     device: str | None = None,
     outputs: str | None = None,
     probabilities_dtype: str | None = None,
@@ -62,7 +63,7 @@ def segment_batch(
         out_dir.path.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {
         "weights": weights, "config": config, "tile_size": tile_size, "halo": halo,
-        "batch_size": batch_size, "device": device, "outputs": outputs,
+        "batch_size": batch_size, "memory_budget": memory_budget, "device": device, "outputs": outputs,
         "probabilities_dtype": probabilities_dtype, "bands": bands,
         "value_range": value_range, "overwrite": overwrite,
     }  # fmt: skip
@@ -75,7 +76,7 @@ def segment_batch(
             name = path.redacted()
             try:
                 segment_mosaic(input=path.text, output=target.text, cog=labels_cog, dask_address=address,
-                               gpus=gpus, **options)  # fmt: skip
+                               gpus=gpus, workers=workers, **options)  # fmt: skip
                 done.append(name)
             except AlreadyComplete:
                 skipped.append(name)

@@ -12,7 +12,7 @@ workers only, with ``--gpus``); every worker reads its own windows and writes it
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dask.base import annotate
 from prefect import flow, get_run_logger, task
@@ -21,19 +21,22 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from rich.console import Console
 
+from fcn import FcnpipeError
 from flows.runtime import block_runner, progress_bar
 from flows.train import DEFAULT_STEPS, default_model
 from pipeline.cli.config import default_model_path, load_segment_config
-from pipeline.cluster import GPU
+from pipeline.cluster import GPU, local_gpus
 from pipeline.outputs.export import export_cog
 from pipeline.storage import Location
 from pipeline.tiling.segment import BlockReport, Plan, finish, plan_scene, segment_block
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan_task(input: str, weights: Path, settings: Any, output: str | None, overwrite: bool) -> Plan:
-    """Check the inputs and prepare the store."""
-    return plan_scene(input, weights, settings, output=output, overwrite=overwrite)
+def plan_task(
+    input: str, weights: Path, settings: Any, output: str | None, overwrite: bool, workers: int
+) -> Plan:
+    """Check the inputs, size the tiles and prepare the store."""
+    return plan_scene(input, weights, settings, output=output, overwrite=overwrite, workers=workers)
 
 
 @task(name="segment-block", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -72,6 +75,17 @@ def segment_blocks(plan: Plan, on_gpus: bool = False) -> list[BlockReport]:
     return reports
 
 
+def trained_default_model() -> Path:
+    """The default model if it exists; a dry run never trains it."""
+    path = default_model_path()
+    if not path.is_file():
+        raise FcnpipeError(
+            f"no --weights given and the default model ({path}) is not trained yet; a dry run does "
+            "not train it: pass --weights, or run once without --dry-run."
+        )
+    return path
+
+
 def default_weights(device: str) -> Path:
     """The default model, trained here on first use (announced, with its cost) when it is missing."""
     path = default_model_path()
@@ -93,9 +107,10 @@ def segment_mosaic(
     output: str | None = None,
     weights: Path | None = None,
     config: Path | None = None,
-    tile_size: int | None = None,
+    tile_size: int | Literal["auto"] | None = None,
     halo: int | None = None,
-    batch_size: int | None = None,
+    batch_size: int | Literal["auto"] | None = None,
+    memory_budget: str | None = None,
     device: str | None = None,
     outputs: str | None = None,
     probabilities_dtype: str | None = None,
@@ -106,6 +121,7 @@ def segment_mosaic(
     gpus: str | None = None,
     dask_address: str | None = None,
     cog: str | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Segment a raster into a georeferenced Zarr mosaic of labels (and probabilities / logits).
 
@@ -115,15 +131,26 @@ def segment_mosaic(
     --gpus N|all on one local worker per GPU, --dask-address on an existing Dask cluster (with
     --gpus, on its workers that declare a GPU). ``--cog`` also exports the finished labels as a
     Cloud-Optimized GeoTIFF (as ``fcnpipe export --cog`` does).
+
+    --tile-size auto (the default) takes the largest tile whose memory fits --memory-budget
+    (default: half the RAM available, or 80% of a GPU's free memory); --dry-run prints the plan
+    (tiles, blocks, halo, compute factor, memory) and neither runs the network nor writes.
     """
     options = {"weights": weights, "tile_size": tile_size, "halo": halo, "batch_size": batch_size,
-               "device": device, "outputs": outputs, "probabilities_dtype": probabilities_dtype,
-               "bands": bands, "value_range": value_range}  # fmt: skip
+               "memory_budget": memory_budget, "device": device, "outputs": outputs,
+               "probabilities_dtype": probabilities_dtype, "bands": bands,
+               "value_range": value_range}  # fmt: skip
     cfg = load_segment_config(config, options)
     runner, on_gpus = block_runner(workers, dask_address, gpus, cfg.device)  # checked before any write
+    sharing = workers or (len(local_gpus(gpus)) if gpus is not None and not dask_address else 1)
+    if dry_run:
+        plan = plan_scene(input, cfg.weights or trained_default_model(), cfg.settings(), output=output,
+                          overwrite=overwrite, workers=sharing, dry_run=True)  # fmt: skip
+        return {"dry_run": True, "output": Location(plan.output).redacted(), "warnings": list(plan.warnings),
+                **plan.summary()}  # fmt: skip
     start = time.perf_counter()
     weights_path = cfg.weights or default_weights(device or cfg.device)
-    plan = plan_task(input, weights_path, cfg.settings(), output, overwrite)
+    plan = plan_task(input, weights_path, cfg.settings(), output, overwrite, sharing)
     for note in plan.warnings:
         get_run_logger().warning(note)
     reports = segment_blocks.with_options(task_runner=runner)(plan, on_gpus)

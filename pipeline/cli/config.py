@@ -38,11 +38,12 @@ class SegmentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     weights: Path | None = None
-    tile_size: int = Field(1024, gt=0)
+    tile_size: int | Literal["auto"] = "auto"
     halo: int | None = Field(None, ge=0)
     chunk: int = Field(512, gt=0)
     block: int = Field(4, ge=1)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int | Literal["auto"] = "auto"
+    memory_budget: str | None = None
     device: str = "auto"
     precision: Literal["bf16", "fp32"] = "bf16"
     prefetch: int = Field(4, ge=1)
@@ -57,8 +58,10 @@ class SegmentConfig(BaseModel):
     def settings(self) -> SegmentSettings:
         """The pipeline's settings from this config."""
         return SegmentSettings(
-            tile_size=self.tile_size, halo=self.halo, chunk=self.chunk, block=self.block,
-            batch_size=self.batch_size, device=self.device, precision=self.precision,
+            tile_size=None if self.tile_size == "auto" else self.tile_size, halo=self.halo,
+            chunk=self.chunk, block=self.block, memory_budget=self.memory_budget,
+            batch_size=None if self.batch_size == "auto" else self.batch_size,
+            device=self.device, precision=self.precision,
             prefetch=self.prefetch, outputs=self.outputs, logits_dtype=self.logits_dtype,
             probabilities_dtype=self.probabilities_dtype, bands=self.bands, value_range=self.value_range,
         )  # fmt: skip

@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
-from typing import Any, get_type_hints
+from types import ModuleType, UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -133,7 +133,13 @@ def parse_interval(text: str) -> timedelta:
 
 
 def type_name(annotation: Any) -> str:
-    """A readable name for a parameter's type."""
+    """A readable name for a parameter's type: ``int or 'auto'`` for ``int | Literal["auto"] | None``."""
+    if get_origin(annotation) is Literal:
+        return " or ".join(repr(value) for value in get_args(annotation))
+    if isinstance(annotation, UnionType) or get_origin(annotation) is Union:
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) > 1:
+            return " or ".join(type_name(a) for a in members)
     text = getattr(annotation, "__name__", None) or str(annotation)
     return text.replace("pathlib.", "").replace("typing.", "").replace("NoneType", "None")
 

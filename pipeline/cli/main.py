@@ -165,12 +165,25 @@ def print_summary(result: Any) -> None:
         return
     for note in result.get("warnings", []):
         err.print(f"[yellow]warning:[/] {note}", highlight=False)
-    if "tiles" in result:
+    if result.get("dry_run"):
+        memory = result["peak_memory_gib"]
+        budget = result["memory_budget_gib"]
+        out.print(
+            f"plan for {result['output']} (dry run: nothing computed or written): {result['tiles']} tiles "
+            f"of {result['tile_size']} px with a {result['halo']} px halo in {result['blocks']} blocks "
+            f"({result['blocks_to_do']} to do), batches of {result['batch_size']}; compute factor "
+            f"{result['compute_factor']:.3f}; "
+            + (f"peak memory about {memory:.2f} GiB of a {budget:.2f} GiB budget." if memory is not None
+               else "memory not estimated (no probe for this device in the checkpoint)."),
+            highlight=False,
+        )  # fmt: skip
+    elif "tiles" in result:
         out.print(
             f"wrote {result['output']}: {result['tiles']} tiles "
             f"({result['tiles_skipped']} skipped, all nodata), "
             f"{result['megapixels']:.2f} Mpx in {result['seconds']:.1f} s "
-            f"({result['mpx_per_s'] or 0:.3f} Mpx/s); complete."
+            f"({result['mpx_per_s'] or 0:.3f} Mpx/s), tiles of {result['tile_size']} px, "
+            f"compute factor {result['compute_factor']:.2f}; complete."
         )
         if result.get("cog"):
             out.print(f"wrote {result['cog']}: the labels as a Cloud-Optimized GeoTIFF.", highlight=False)

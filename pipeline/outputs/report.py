@@ -83,6 +83,14 @@ def with_legend(image: Image.Image, card: ModelCard) -> Image.Image:
     return canvas
 
 
+def tiling_line(run: dict[str, Any]) -> str:
+    """How the scene was tiled and what exactness cost."""
+    return (
+        f"- tiles of {run['tile_size']} px with a {run['halo']} px halo, batches of {run['batch_size']}: "
+        f"compute factor {run['compute_factor']:.3f} (network pixels per scene pixel)"
+    )
+
+
 def markdown_report(info: RasterInfo, card: ModelCard, run: dict[str, Any], counts: NDArray[np.int64]) -> str:
     """The run report: scene, size, CRS, resolution, tiles, speed, time and area per class."""
     area = pixel_area(info)
@@ -96,6 +104,7 @@ def markdown_report(info: RasterInfo, card: ModelCard, run: dict[str, Any], coun
         f"- tiles processed: {run['tiles'] - run['tiles_skipped']}, "
         f"skipped (no data): {run['tiles_skipped']}",
         f"- {run['megapixels']:.2f} Mpx in {run['seconds']:.1f} s ({run['mpx_per_s'] or 0:.3f} Mpx/s)",
+        *([tiling_line(run)] if "compute_factor" in run else []),
         f"- model: {card.arch}, {card.num_classes} classes",
         *(f"- computed on: {layout} ({n} blocks)" for layout, n in run.get("layouts", {}).items()),
         "",

@@ -1,7 +1,8 @@
 """One scene into one mosaic, as three steps a flow (or a plain loop) composes: plan, block, finish.
 
-``plan_scene`` checks everything up front (input, weights, settings, output) and prepares the
-store; ``segment_block`` does one block of tiles and records it; ``finish`` marks the mosaic
+``plan_scene`` checks everything up front (input, weights, settings, output), sizes the tiles
+to the device (``pipeline.tiling.sizing``) and prepares the store (not in a dry run);
+``segment_block`` does one block of tiles and records it; ``finish`` marks the mosaic
 complete once every block is recorded. Each step takes plain, picklable values, so blocks can run
 in other processes or on other machines that see the same paths or buckets.
 """
@@ -16,11 +17,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import zarr
 
 from fcn import FcnpipeError, ModelCard, load_checkpoint
-from fcn.checkpoint import read_checkpoint
+from fcn.checkpoint import inference_forward, read_checkpoint
 from fcn.margin import aligned_halo
+from fcn.memory import MemoryProbe, probe_memory
 from pipeline.outputs.mosaic import (
     OUTPUTS,
     MosaicSpec,
@@ -32,14 +36,16 @@ from pipeline.outputs.mosaic import (
     mark_complete,
     open_mosaic_group,
     prepare,
+    read_state,
     write_core,
 )
 from pipeline.outputs.pyramid import build_pyramid
 from pipeline.outputs.report import class_pixels, markdown_report, pixel_area, preview
 from pipeline.storage import Location, write_bytes
-from pipeline.tiling.engine import Engine, EngineSettings
-from pipeline.tiling.grid import Block, GridSpec, plan_blocks
+from pipeline.tiling.engine import Engine, EngineSettings, pick_device
+from pipeline.tiling.grid import Block, GridSpec, compute_factor, plan_blocks
 from pipeline.tiling.raster import RasterInfo, RasterReader, inspect_raster
+from pipeline.tiling.sizing import Sizing, memory_budget_mib, size_tiles
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +54,11 @@ log = logging.getLogger(__name__)
 class SegmentSettings:
     """Tiling and inference settings of a segmentation run (validated by :func:`plan_scene`)."""
 
-    tile_size: int = 1024  # output core per tile, a multiple of the chunk and of the stride
+    tile_size: int | None = None  # output core per tile, a multiple of the chunk and stride; None: auto
     halo: int | None = None  # default: the checkpoint's, which covers the receptive field
     chunk: int = 512
     block: int = 4  # cores per side of one unit of work
-    batch_size: int = 4
+    batch_size: int | None = None  # None: auto (1 on CPU)
     device: str = "auto"
     precision: str = "bf16"
     prefetch: int = 4
@@ -61,9 +67,11 @@ class SegmentSettings:
     probabilities_dtype: str = "uint8"  # quantised, p = value / 254; or float16
     bands: tuple[int, ...] | None = None
     value_range: tuple[float, float] | None = None
+    memory_budget: str | None = None  # for auto sizing: "60%" or "8GB"; default a share of what is free
 
     def engine(self) -> EngineSettings:
-        """The part of the settings the engine needs."""
+        """The part of the settings the engine needs (once the batch is chosen)."""
+        assert self.batch_size is not None, "plan_scene chooses the batch"
         return EngineSettings(
             self.device,
             self.batch_size,
@@ -88,6 +96,23 @@ class Plan:
     settings: SegmentSettings
     todo: tuple[int, ...]
     warnings: tuple[str, ...] = field(default=())
+    compute_factor: float = 1.0  # network pixels fed over scene pixels
+    peak_mib: float | None = None  # predicted peak memory of one batch
+    budget_mib: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The plan's figures, for the dry run's output and the run's report."""
+        return {
+            "tiles": sum(len(b.tiles) for b in self.blocks),
+            "blocks": len(self.blocks),
+            "blocks_to_do": len(self.todo),
+            "tile_size": self.grid.core,
+            "halo": self.grid.halo,
+            "batch_size": self.settings.batch_size,
+            "compute_factor": round(self.compute_factor, 4),
+            "peak_memory_gib": None if self.peak_mib is None else round(self.peak_mib / 1024, 2),
+            "memory_budget_gib": None if self.budget_mib is None else round(self.budget_mib / 1024, 2),
+        }
 
     @property
     def blocks(self) -> list[Block]:
@@ -115,18 +140,25 @@ def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentS
     if unknown or not settings.outputs:
         raise FcnpipeError(f"--outputs takes a comma-separated list of {', '.join(OUTPUTS)}.")
     outputs = tuple(o for o in OUTPUTS if o in settings.outputs or o == "labels")
-    if settings.tile_size < stride or settings.tile_size % stride:
-        raise FcnpipeError(f"--tile-size must be a positive multiple of {stride}, not {settings.tile_size}.")
-    chunk = min(settings.chunk, settings.tile_size)
-    if settings.tile_size % chunk or chunk % stride:
-        raise FcnpipeError(f"--tile-size ({settings.tile_size}) must be a multiple of the chunk ({chunk}).")
+    tile = settings.tile_size
+    if tile is not None and (tile < stride or tile % stride):
+        raise FcnpipeError(f"--tile-size must be auto or a positive multiple of {stride}, not {tile}.")
+    chunk = settings.chunk if tile is None else min(settings.chunk, tile)
+    if chunk % stride:
+        raise FcnpipeError(f"the chunk ({chunk}) must be a multiple of the model's alignment ({stride}).")
+    if tile is not None and tile % chunk:
+        raise FcnpipeError(f"--tile-size ({tile}) must be a multiple of the chunk ({chunk}).")
     halo = card.halo if settings.halo is None else aligned_halo(settings.halo, stride, card.margin)
     if halo < card.receptive_field.radius:
         notes.append(
             f"halo {halo} px is below the receptive field ({card.receptive_field.radius} px): "
             "tile borders may show seams."
         )
-    if settings.batch_size < 1 or settings.prefetch < 1 or settings.block < 1:
+    if (
+        (settings.batch_size is not None and settings.batch_size < 1)
+        or settings.prefetch < 1
+        or (settings.block < 1)
+    ):
         raise FcnpipeError("--batch-size, prefetch and block must be at least 1.")
     if settings.logits_dtype not in ("float16", "float32"):
         raise FcnpipeError(f"logits are stored as float16 or float32, not {settings.logits_dtype!r}.")
@@ -153,36 +185,96 @@ def plan_scene(
     *,
     output: str | Path | Location | None = None,
     overwrite: bool = False,
+    workers: int = 1,
+    dry_run: bool = False,
 ) -> Plan:
-    """Check the input, weights and settings, prepare the store, and list the blocks still to do."""
+    """Check the input, weights and settings, size the tiles, prepare the store, list the blocks to do.
+
+    ``workers`` is how many processes will share the blocks (and, on a CPU, the memory). A
+    ``dry_run`` plans the same way but writes nothing and runs no network.
+    """
     source = Location.of(input_path)
     card = ModelCard.from_dict(read_checkpoint(weights)["card"])
     settings, notes = check_settings(settings, card)
     info = inspect_raster(source, channels=3, bands=settings.bands, value_range=settings.value_range)
     if info.crs_wkt is None:
         notes.append(f"{source.redacted()} has no CRS: the mosaic is written without one.")
-    assert settings.halo is not None
+    sha = file_sha256(weights)
+    out = Location.of(output) if output is not None else default_output(source)
+    state = None if overwrite else read_state(out)
+    settings, sizing = choose_sizing(settings, card, info, weights, sha, workers, state, dry_run)
+    notes.extend(sizing.notes)
+    assert settings.halo is not None and settings.tile_size is not None
     grid = GridSpec(
         info.height, info.width, core=settings.tile_size, halo=settings.halo,
         chunk=settings.chunk, stride=card.total_stride, block=settings.block, margin=card.margin,
     )  # fmt: skip
     blocks = plan_blocks(grid)
-    sha = file_sha256(weights)
-    out = Location.of(output) if output is not None else default_output(source)
     spec = MosaicSpec(
         info, card, sha, settings.outputs, settings.logits_dtype, settings.chunk,
         settings_record(settings), len(blocks), settings.probabilities_dtype,
     )  # fmt: skip
-    group = prepare(out, spec, overwrite=overwrite)
-    done = blocks_done(group)
+    if not dry_run:
+        done = blocks_done(prepare(out, spec, overwrite=overwrite))
+    elif state is not None and state.get("fingerprint") == spec.fingerprint():
+        done = blocks_done(open_mosaic_group(out, "r"))
+    else:
+        done = np.zeros(len(blocks), dtype=bool)
     todo = tuple(b.index for b in blocks if not done[b.index])
-    return Plan(info, str(out), str(weights), sha, card, grid, settings, todo, tuple(notes))
+    return Plan(info, str(out), str(weights), sha, card, grid, settings, todo, tuple(notes),
+                compute_factor(grid), sizing.peak_mib, sizing.budget_mib)  # fmt: skip
+
+
+def choose_sizing(
+    settings: SegmentSettings,
+    card: ModelCard,
+    info: RasterInfo,
+    weights: Path,
+    sha: str,
+    workers: int,
+    state: dict[str, Any] | None,
+    dry_run: bool,
+) -> tuple[SegmentSettings, Sizing]:
+    """Fill in the tile, batch and block (``pipeline.tiling.sizing``).
+
+    A mosaic being resumed keeps the block (and, unless one is given, the tile) it was started
+    with: its blocks are defined by them. The model's memory probe comes from its card, or is
+    measured here on the device (not in a dry run, which runs no network).
+    """
+    recorded = (state or {}).get("settings", {})
+    if settings.tile_size is None and recorded.get("tile_size"):
+        settings = replace(settings, tile_size=int(recorded["tile_size"]), block=int(recorded["block"]))
+    device = pick_device(settings.device)
+    probe = card.memory.get(device.type)
+    needs_probe = settings.tile_size is None or settings.batch_size is None
+    if probe is None and needs_probe and not dry_run:
+        probe = measured_probe(weights, sha, str(device))
+    assert settings.halo is not None
+    sizing = size_tiles(
+        info.height, info.width, halo=settings.halo, margin=card.margin, chunk=settings.chunk,
+        stride=card.total_stride, block=settings.block, probe=probe,
+        budget_mib=memory_budget_mib(settings.memory_budget, device, workers), device=device,
+        tile_size=settings.tile_size, batch_size=settings.batch_size, workers=workers,
+        classes=card.num_classes, outputs=settings.outputs, prefetch=settings.prefetch,
+    )  # fmt: skip
+    block = int(recorded["block"]) if recorded.get("block") else sizing.block
+    chosen = replace(settings, tile_size=sizing.tile_size, batch_size=sizing.batch_size, block=block)
+    return chosen, sizing
+
+
+@functools.lru_cache(maxsize=4)
+def measured_probe(weights: str | Path, sha256: str, device: str) -> MemoryProbe | None:
+    """Probe a checkpoint's memory on ``device`` (once per process) when its card has no probe there."""
+    model, card = load_checkpoint(Path(weights))
+    target = torch.device(device)
+    return probe_memory(model.to(target), inference_forward(model, card.normalization), target)
 
 
 def settings_record(settings: SegmentSettings) -> dict[str, Any]:
     """The settings that change the bytes written (not device or batch size, which do not)."""
     data = asdict(settings)
     for key in (
+        "memory_budget",
         "device",
         "batch_size",
         "prefetch",
@@ -236,6 +328,10 @@ def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, 
         "megapixels": pixels / 1e6,
         "seconds": round(seconds, 3),
         "mpx_per_s": round(pixels / 1e6 / seconds, 4) if seconds > 0 else None,
+        "tile_size": plan.grid.core,
+        "halo": plan.grid.halo,
+        "batch_size": plan.settings.batch_size,
+        "compute_factor": round(plan.compute_factor, 4),
     }
     labels = group["labels"]
     assert isinstance(labels, zarr.Array)

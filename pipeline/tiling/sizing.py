@@ -1,0 +1,184 @@
+"""Tiles sized to the device: the largest core, and its batch, whose peak memory fits a budget.
+
+Exactness has a price: every tile is read with a halo as wide as the receptive field, and the
+network computes the halo too (the compute factor, :func:`pipeline.tiling.grid.compute_factor`).
+A larger core spreads the same halo over more pixels, so the planner takes the largest core (a
+multiple of the chunk and of the network's alignment) whose peak memory fits the budget, as
+predicted by the model's measured memory probe (:mod:`fcn.memory`) plus what the engine holds
+beside the network (tiles read ahead, outputs). No activation may reach 2**31 elements (32-bit
+indexing in cuDNN and several kernels), whatever memory is free.
+
+Batches: a CPU gains little from batching convolutions, so it runs one tile at a time, as large
+as fits (BENCHMARKS.md, "Least-cost tiling"). On a GPU the same rule holds for an automatic tile;
+a tile size given by hand gets the largest batch (up to 8) that fits.
+
+With several workers, each needs tiles to work on: the core shrinks until there are at least as
+many tiles as workers, and blocks hold fewer cores until there are as many blocks.
+
+The budget is a share of the memory a run may take: on CPU (and MPS) of the RAM available now,
+split between the local workers; on CUDA of the device's free memory, per GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from fcn import FcnpipeError
+from fcn.memory import LARGEST_INDEXABLE, MemoryProbe
+from pipeline.tiling.grid import GridSpec, largest_read, tile_count
+
+CPU_SHARE = 0.5  # of the RAM available now: the rest is the page cache, Zarr's buffers, other work
+CUDA_SHARE = 0.8  # of the device's free memory
+MAX_BATCH = 8
+FALLBACK_TILE = 1024  # when the model's memory cannot be probed
+UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12,
+         "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The tile, batch and block a run uses, and the memory that was planned for."""
+
+    tile_size: int
+    batch_size: int
+    block: int
+    peak_mib: float | None  # predicted peak of one batch (None without a probe)
+    budget_mib: float | None
+    notes: tuple[str, ...] = ()
+
+
+def available_mib(device: torch.device) -> float:
+    """Memory a run could take now: the GPU's free memory, or the RAM available."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free / MIB
+    return float(psutil.virtual_memory().available) / MIB
+
+
+def memory_budget_mib(text: str | None, device: torch.device, workers: int = 1) -> float:
+    """The budget per worker, in MiB: ``None`` (the default share), ``"60%"``, or ``"8GB"``/``"512MiB"``.
+
+    On a CPU the budget is the whole machine's and local workers share it; on CUDA it is per GPU.
+    """
+    share = 1 if device.type == "cuda" else max(workers, 1)
+    if text is None:
+        return available_mib(device) * (CUDA_SHARE if device.type == "cuda" else CPU_SHARE) / share
+    if text.strip().endswith("%"):
+        try:
+            fraction = float(text.strip()[:-1]) / 100
+        except ValueError:
+            fraction = 0.0
+        if not 0 < fraction <= 1:
+            raise FcnpipeError(f"--memory-budget {text!r} is not a share between 1% and 100%.")
+        return available_mib(device) * fraction / share
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in UNITS or unit in ("", "b"):
+        raise FcnpipeError(
+            f"--memory-budget {text!r} is not an amount of memory; give e.g. 8GB, 512MiB or 60%."
+        )
+    return float(match.group(1)) * UNITS[unit] / MIB / share
+
+
+def beside_network_mib(read_px: int, core_px: int, batch: int, prefetch: int, classes: int,
+                       outputs: tuple[str, ...]) -> float:  # fmt: skip
+    """What the engine holds beside the network for one batch: reads ahead and the outputs."""
+    reads = (prefetch + batch) * read_px * 3 * 4  # the worst case: float32 bands
+    per_core_px = 1 + (classes * 2 * 4 if len(outputs) > 1 else 0)  # labels; softmax and copies
+    return (reads + batch * core_px * per_core_px) / MIB
+
+
+def size_tiles(
+    height: int,
+    width: int,
+    *,
+    halo: int,
+    margin: int,
+    chunk: int,
+    stride: int,
+    block: int,
+    probe: MemoryProbe | None,
+    budget_mib: float,
+    device: torch.device,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    workers: int = 1,
+    classes: int = 2,
+    outputs: tuple[str, ...] = ("labels",),
+    prefetch: int = 4,
+) -> Sizing:
+    """Choose the core and batch (where not given) and the block for a scene; see the module."""
+    unit = math.lcm(chunk, stride)
+    if probe is None:
+        tile = tile_size or max(unit, FALLBACK_TILE // unit * unit)
+        note = "no memory probe could be made on this device: tiles of {} px ({}).".format(
+            tile, "as given" if tile_size else "the fallback"
+        )
+        batch = batch_size or (4 if device.type == "cuda" else 1)
+        return Sizing(tile, batch, fewer_blocks(height, width, tile, block, workers), None, None, (note,))
+
+    def peak(core: int, batch: int) -> tuple[float, float]:
+        spec = GridSpec(height, width, core=core, halo=halo, chunk=min(chunk, core), stride=stride,
+                        block=block, margin=margin)  # fmt: skip
+        rows, cols = largest_read(spec)
+        core_px = min(core, height) * min(core, width)
+        memory = probe.peak_mib(batch * rows * cols)
+        memory += beside_network_mib(rows * cols, core_px, batch, prefetch, classes, outputs)
+        return memory, batch * probe.largest_activation(rows * cols)
+
+    def fits(core: int, batch: int) -> bool:
+        memory, elements = peak(core, batch)
+        return memory <= budget_mib and elements <= LARGEST_INDEXABLE
+
+    if tile_size is not None:
+        cores = [tile_size]
+    else:
+        last = -(-max(height, width) // unit)  # one core covers the scene
+        cores = [k * unit for k in range(1, last + 1)]
+    if batch_size is not None:
+        batches = [batch_size]
+    elif tile_size is not None and device.type == "cuda":
+        batches = list(range(MAX_BATCH, 0, -1))
+    else:
+        batches = [1]
+    notes: list[str] = []
+    choices = [(core, batch) for core in cores for batch in batches if fits(core, batch)]
+    if not choices:
+        core, batch = cores[0], batches[-1]
+        memory, elements = peak(core, batch)
+        if tile_size is None:
+            raise FcnpipeError(
+                f"a tile of {core} px (with its {halo} px halo) needs about {memory / 1024:.1f} GiB, "
+                f"more than the memory budget of {budget_mib / 1024:.1f} GiB; raise --memory-budget "
+                "or run on a device with more memory."
+                if elements <= LARGEST_INDEXABLE
+                else f"a tile of {core} px is too large for 32-bit indexing in the network's kernels."
+            )
+        notes.append(
+            f"tiles of {core} px in batches of {batch} need about {memory / 1024:.1f} GiB, "
+            f"above the memory budget of {budget_mib / 1024:.1f} GiB (--tile-size auto fits it)."
+        )
+        choices = [(core, batch)]
+    enough = [c for c in choices if tile_count_of(height, width, c[0]) >= workers]
+    core, batch = max(enough) if enough else min(choices)
+    return Sizing(core, batch, fewer_blocks(height, width, core, block, workers), peak(core, batch)[0],
+                  budget_mib, tuple(notes))  # fmt: skip
+
+
+def tile_count_of(height: int, width: int, core: int) -> int:
+    """Tiles of ``core`` px over a scene."""
+    return tile_count(GridSpec(height, width, core=core, halo=0, chunk=core, stride=1))
+
+
+def fewer_blocks(height: int, width: int, core: int, block: int, workers: int) -> int:
+    """The largest block (up to ``block`` cores a side) that gives every worker a block to do."""
+    rows, cols = math.ceil(height / core), math.ceil(width / core)
+    while block > 1 and math.ceil(rows / block) * math.ceil(cols / block) < workers:
+        block -= 1
+    return block
