@@ -60,17 +60,26 @@ PROBE = MemoryProbe("cpu", 200.0, 500.0, 0.0, 64.0, (256, 512))
 SCENE = {"height": 8192, "width": 8192, "halo": 256, "margin": 0, "chunk": 512, "stride": 32, "block": 4}
 
 
-def test_the_tile_is_the_largest_that_fits_and_a_smaller_budget_gets_a_smaller_one() -> None:
-    chosen = {}
+def factor_of(core: int) -> float:
+    return compute_factor(GridSpec(8192, 8192, core=core, halo=256, chunk=512, stride=32))
+
+
+def test_the_tile_is_the_cheapest_that_fits_and_a_smaller_budget_costs_more() -> None:
+    factors = {}
     for budget in (1500.0, 3000.0, 6000.0):
         sizing = size_tiles(**SCENE, probe=PROBE, budget_mib=budget, device=CPU)
         core = sizing.tile_size
         assert core % 512 == 0 and core % 32 == 0 and sizing.batch_size == 1
         assert sizing.peak_mib is not None and sizing.peak_mib <= budget
-        larger = size_tiles(**SCENE, probe=PROBE, budget_mib=1e9, device=CPU, tile_size=core + 512)
-        assert larger.peak_mib is not None and larger.peak_mib > budget  # the next size up does not fit
-        chosen[budget] = core
-    assert chosen[1500.0] < chosen[3000.0] < chosen[6000.0]
+        for other in range(512, 8192 + 512, 512):  # every core that fits computes at least as much
+            given = size_tiles(**SCENE, probe=PROBE, budget_mib=1e9, device=CPU, tile_size=other)
+            assert given.peak_mib is not None
+            if given.peak_mib <= budget:
+                assert factor_of(other) >= factor_of(core)
+        factors[budget] = factor_of(core)
+    assert factors[1500.0] > factors[3000.0] > factors[6000.0]
+    # On 8192 px, a core of 2560 leaves a last column of 512: no cheaper than 2048, and larger.
+    assert factor_of(2560) == pytest.approx(factor_of(2048))
 
 
 def test_no_activation_reaches_2_to_the_31_elements() -> None:

@@ -1,15 +1,16 @@
-"""Tiles sized to the device: the largest core, and its batch, whose peak memory fits a budget.
+"""Tiles sized to the device: the core (and batch) of least compute whose peak memory fits a budget.
 
 Exactness has a price: every tile is read with a halo as wide as the receptive field, and the
 network computes the halo too (the compute factor, :func:`pipeline.tiling.grid.compute_factor`).
-A larger core spreads the same halo over more pixels, so the planner takes the largest core (a
-multiple of the chunk and of the network's alignment) whose peak memory fits the budget, as
-predicted by the model's measured memory probe (:mod:`fcn.memory`) plus what the engine holds
-beside the network (tiles read ahead, outputs). No activation may reach 2**31 elements (32-bit
+A larger core spreads the same halo over more pixels, so among the cores (multiples of the chunk
+and of the network's alignment) whose peak memory fits the budget, the planner takes the one with
+the least compute factor, and of equal ones the least memory: on an 8192 px scene a core of 2048
+costs what one of 2560 does, whose last column of tiles is mostly halo. Peak memory is predicted
+by the model's measured memory probe (:mod:`fcn.memory`) plus what the engine holds beside the
+network (tiles read ahead, outputs). No activation may reach 2**31 elements (32-bit
 indexing in cuDNN and several kernels), whatever memory is free.
 
-Batches: a CPU gains little from batching convolutions, so it runs one tile at a time, as large
-as fits (BENCHMARKS.md, "Least-cost tiling"). On a GPU the same rule holds for an automatic tile;
+Batches: a CPU gains little from batching convolutions, so it runs one tile at a time (BENCHMARKS.md, "Least-cost tiling"). On a GPU the same rule holds for an automatic tile;
 a tile size given by hand gets the largest batch (up to 8) that fits.
 
 With several workers, each needs tiles to work on: the core shrinks until there are at least as
@@ -30,7 +31,7 @@ import torch
 
 from fcn import FcnpipeError
 from fcn.memory import LARGEST_INDEXABLE, MemoryProbe
-from pipeline.tiling.grid import GridSpec, largest_read, tile_count
+from pipeline.tiling.grid import GridSpec, compute_factor, largest_read, tile_count
 
 CPU_SHARE = 0.5  # of the RAM available now: the rest is the page cache, Zarr's buffers, other work
 CUDA_SHARE = 0.8  # of the device's free memory
@@ -166,7 +167,15 @@ def size_tiles(
         )
         choices = [(core, batch)]
     enough = [c for c in choices if tile_count_of(height, width, c[0]) >= workers]
-    core, batch = max(enough) if enough else min(choices)
+    if not enough:  # a scene too small to give every worker a tile: as many tiles as fit
+        enough = [min(choices)]
+
+    def cost(choice: tuple[int, int]) -> tuple[float, int, float]:
+        spec = GridSpec(height, width, core=choice[0], halo=halo, chunk=min(chunk, choice[0]),
+                        stride=stride, margin=margin)  # fmt: skip
+        return round(compute_factor(spec), 6), -choice[1], peak(*choice)[0]
+
+    core, batch = min(enough, key=cost)
     return Sizing(core, batch, fewer_blocks(height, width, core, block, workers), peak(core, batch)[0],
                   budget_mib, tuple(notes))  # fmt: skip
 
