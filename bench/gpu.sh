@@ -23,6 +23,9 @@ step 130 scaling-gpu.log $py bench/scaling.py --gpus 1 --fcn8s-size 8192 --tile-
 # Throughput and overhead of the engine against the bare network in bf16.
 step 110 overhead-bf16.log $py bench/overhead.py --size 9216 --tile-size 1024 --batch-size 4 \
     --device cuda --precision bf16 --repeats 2
+# Least-cost tiling (issue 12): fcnpipe with --tile-size auto against MONAI's sliding window on the
+# same 8192² scene and model, bf16 (MONAI from the bench group: its wheel must travel too).
+step 120 peers-gpu.log $py bench/peers.py --device cuda --size 8192 --methods fcnpipe monai-0.25 whole
 # The default model's recipe: what the first run on a fresh GPU machine costs and gives.
 $py -m pipeline.cli data make synthetic-ortho --out /tmp/synthetic --scenes 12 --size 256 --seed 0
 step 130 default.log $py bench/stages.py --dataset synthetic-ortho:/tmp/synthetic --init scratch \
