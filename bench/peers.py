@@ -74,7 +74,8 @@ def child(method: str, args: argparse.Namespace) -> dict[str, Any]:
         logits = zarr.open_group(str(store), mode="r")["logits"]
         np.save(args.out, np.asarray(logits[:]))  # after the clock and the peak: only for comparing
         return {"seconds": seconds, "peak_mib": peak_rss_mib(), "factor": plan.compute_factor,
-                "tile": plan.grid.core, "halo": plan.grid.halo}  # fmt: skip
+                "tile": plan.grid.core, "halo": plan.grid.halo, "planned_mib": plan.peak_mib,
+                "budget_mib": plan.budget_mib}  # fmt: skip
     model, card = load_checkpoint(args.weights)
     device = torch.device(args.device)
     model.to(device)
@@ -197,6 +198,9 @@ def table(args: argparse.Namespace, folder: Path, results: dict[str, Any], weigh
         name = f"fcnpipe (tile {r['tile']}, halo {r['halo']})" if method == "fcnpipe" else method
         print(f"| {name} | {r['seconds']:.1f} | {time_ratio} | {r['peak_mib']:.0f} | {mem_ratio} | "
               f"{r['factor']:.2f} | {delta} | {differ} |")  # fmt: skip
+    if base and base.get("planned_mib"):
+        print(f"\nfcnpipe planned {base['planned_mib']:.0f} MiB for one batch (network and buffers, "
+              f"above the loaded model) within a budget of {base['budget_mib']:.0f} MiB.")  # fmt: skip
     grid = GridSpec(args.size, args.size, core=1024, halo=card.halo, chunk=512, stride=card.total_stride)
     print(f"\n(for scale: fcnpipe's former default, tiles of 1024 with the {card.halo} px halo, has a "
           f"compute factor of {compute_factor(grid):.2f} here)")  # fmt: skip
