@@ -33,6 +33,16 @@ def evaluate(
     scene's nodata or mask, where the pipeline predicts nothing, are left out and counted.
     --report writes a JSON report (metrics, per-class IU, confusion matrix) and a confusion-matrix
     PNG beside it.
+
+    Args:
+        weights: The checkpoint to score.
+        dataset: The data as NAME:PATH.
+        split: The split to score.
+        limit: Score only this many images.
+        report: Write a JSON report here (and a confusion-matrix PNG beside it).
+        device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        tiled: Score GeoTIFF scenes through the tiling pipeline.
+        tile_size: The tile of --tiled, in px.
     """
     data = open_dataset(dataset, split)
     notes = []

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 
 from fcn import FcnpipeError
 from flows.runtime import shared_cluster
+from flows.segment_mosaic import option_defaults as option_defaults  # the same settings, for --help
 from flows.segment_mosaic import segment_mosaic
 from pipeline.cli.inputs import batch_outputs, expand_inputs
 from pipeline.outputs.mosaic import AlreadyComplete
@@ -51,6 +52,26 @@ def segment_batch(
     it (or in --output-dir, a folder or bucket prefix), and with --cog a scene.labels.tif.
     Complete mosaics are skipped, interrupted ones resumed; other options are the segment flow's.
     With --workers or --gpus, one local cluster serves every scene.
+
+    Args:
+        inputs: The rasters: a folder or bucket prefix, a glob, or a .txt file with one per line.
+        output_dir: Where the mosaics go (a folder or bucket prefix); default: beside each scene.
+        weights: The model checkpoint; default: fcnpipe's default model (trained on first use).
+        config: A YAML file of segment settings (configs/segment.yaml); options given here win.
+        tile_size: The output core of a tile in px, or auto (as the segment flow).
+        halo: Pixels read around each core; default: the checkpoint's (exact).
+        batch_size: Tiles per forward pass, or auto.
+        memory_budget: Memory a run may plan for: a share of what is free (60%) or an amount (8GB).
+        device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        outputs: What each mosaic holds: labels, and any of probabilities, logits.
+        probabilities_dtype: uint8 (p = value / 254) or float16.
+        bands: The raster bands that feed the model, e.g. 1,2,3; default: the colour bands.
+        value_range: LO,HI: raw values mapped linearly to 0-255 (needed for non-8-bit rasters).
+        overwrite: Make every mosaic again, complete ones included.
+        workers: One local cluster of this many CPU worker processes for every scene.
+        gpus: One local cluster of one worker per GPU (a number, or all) for every scene.
+        dask_address: An existing Dask scheduler for every scene, e.g. tcp://host:8786.
+        cog: Also export each scene's labels as scene.labels.tif, a Cloud-Optimized GeoTIFF.
     """
     paths = expand_inputs(inputs)
     if not paths:

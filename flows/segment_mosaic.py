@@ -75,6 +75,14 @@ def segment_blocks(plan: Plan, on_gpus: bool = False) -> list[BlockReport]:
     return reports
 
 
+def option_defaults(config: Path | None = None) -> dict[str, Any]:
+    """What each setting left out means for ``--help``: the config file's value, else the default."""
+    values = load_segment_config(config, {}).model_dump()
+    values["weights"] = values["weights"] or "the default model"
+    values["outputs"] = ",".join(values["outputs"])
+    return values
+
+
 def trained_default_model() -> Path:
     """The default model if it exists; a dry run never trains it."""
     path = default_model_path()
@@ -132,9 +140,35 @@ def segment_mosaic(
     --gpus, on its workers that declare a GPU). ``--cog`` also exports the finished labels as a
     Cloud-Optimized GeoTIFF (as ``fcnpipe export --cog`` does).
 
-    --tile-size auto (the default) takes the largest tile whose memory fits --memory-budget
-    (default: half the RAM available, or 80% of a GPU's free memory); --dry-run prints the plan
-    (tiles, blocks, halo, compute factor, memory) and neither runs the network nor writes.
+    --tile-size auto (the default) takes the tile of least compute whose memory fits
+    --memory-budget; --dry-run prints the plan (tiles, blocks, halo, compute factor, memory) and
+    neither runs the network nor writes.
+
+    Args:
+        input: The raster to segment: a path or a URL GDAL reads.
+        output: Where the Zarr mosaic goes (a path or s3://, gs://, az:// URL); default: beside the
+            input, as scene.zarr.
+        weights: The model checkpoint; default: fcnpipe's default model (trained on first use).
+        config: A YAML file of segment settings (configs/segment.yaml); options given here win.
+        tile_size: The output core of a tile in px (a multiple of the chunk and of the network's
+            alignment), or auto: the tile of least compute whose memory fits --memory-budget.
+        halo: Pixels read around each core; default: the checkpoint's, which covers the receptive
+            field so the mosaic is exact. Less is faster and may show seams.
+        batch_size: Tiles per forward pass, or auto: 1 on a CPU and with an automatic tile.
+        memory_budget: Memory a run may plan for: a share of what is free now (60%) or an amount
+            (8GB); default 50% of the RAM available (split between --workers), 80% of a GPU's.
+        device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        outputs: What the mosaic holds: labels, and any of probabilities, logits (comma-separated).
+        probabilities_dtype: uint8 (p = value / 254, 255 = nodata) or float16 (NaN = nodata).
+        bands: The raster bands that feed the model, e.g. 1,2,3; default: the colour bands.
+        value_range: LO,HI: raw values mapped linearly to 0-255 (needed for non-8-bit rasters).
+        overwrite: Replace an existing mosaic (one fcnpipe made) instead of resuming it.
+        workers: Run the blocks on this many local CPU worker processes (0: in this process).
+        gpus: Run the blocks on one local worker per GPU: a number of GPUs, or all.
+        dask_address: Run the blocks on an existing Dask scheduler, e.g. tcp://host:8786.
+        cog: Also export the finished labels as a Cloud-Optimized GeoTIFF to this path or URL.
+        dry_run: Print the plan (tiles, blocks, halo, compute factor, memory) and stop: nothing is
+            computed or written.
     """
     options = {"weights": weights, "tile_size": tile_size, "halo": halo, "batch_size": batch_size,
                "memory_budget": memory_budget, "device": device, "outputs": outputs,

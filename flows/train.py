@@ -130,6 +130,25 @@ def train(
     weighs the loss as SegNet does; --adversarial LAMBDA adds Luc et al.'s adversarial term.
     Give the length per stage as --max-steps or --epochs (of --train-split); the best checkpoint
     is chosen on --val-split. OUT defaults to runs/train, or to the run that --resume continues.
+
+    Args:
+        dataset: The training data as NAME:PATH (fcnpipe data info NAME:PATH checks it).
+        out: The run's folder (one subfolder per stage); default: runs/train.
+        arch: The network (fcnpipe weights archs lists them).
+        init: imagenet[:PATH], caffe-vgg16:PATH, a checkpoint to start from, or scratch.
+        recipe: modern, heavy (the reference's), default, or a recipe YAML file.
+        class_weights: none, or median-frequency (weights from the training split, as SegNet).
+        adversarial: LAMBDA of Luc et al.'s adversarial term (0: none).
+        max_steps: Steps per stage.
+        epochs: Epochs of the training split per stage (instead of --max-steps).
+        eval_every: Steps between validations; default: the recipe's.
+        staged: Train FCN-16s and FCN-8s in stages from FCN-32s, as the paper.
+        resume: A stage's last.pt to continue exactly (then the stages after it).
+        device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        seed: Random seed of initialisation, sampling and augmentation.
+        val_limit: Score only this many validation images.
+        train_split: The split to train on.
+        val_split: The split that chooses the best checkpoint.
     """
     chain = stages_for(arch, staged)
     resumed_arch, resumed_args, notes = None, None, []

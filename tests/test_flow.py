@@ -73,6 +73,36 @@ def test_help_after_the_flow_file_lists_its_options() -> None:
         assert option in result.output
 
 
+def test_help_describes_every_option_with_its_default_after_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "big-tiles.yaml"
+    config.write_text("tile_size: 1536\nbatch_size: 2\n")
+    plain = " ".join(runner.invoke(app, ["run", FLOW, "--help"], terminal_width=200).output.split())
+    configured = runner.invoke(app, ["run", FLOW, "--config", str(config), "--help"], terminal_width=200)
+    assert configured.exit_code == 0, configured.output
+    text = " ".join(configured.output.split())
+    assert "--tile-size int or 'auto' 1536 The output core of a tile" in text
+    assert "--batch-size int or 'auto' 2 Tiles per forward pass" in text
+    assert "--tile-size int or 'auto' auto The output core" in plain  # the built-in default
+    assert "None" not in plain
+
+
+@pytest.mark.parametrize("name", ["segment_mosaic", "segment_batch", "train", "evaluate"])
+def test_every_flow_parameter_has_a_description(name: str) -> None:
+    from pipeline.cli.flowfile import docstring_parts, find_flow, flow_params, import_flow_module
+
+    module = import_flow_module(ROOT / "flows" / f"{name}.py")
+    flow = find_flow(module, lambda obj: hasattr(obj, "fn") and hasattr(obj, "name"))
+    _, described = docstring_parts(flow.fn.__doc__ or "")
+    params = {p.name for p in flow_params(flow.fn)}
+    assert params == set(described), params ^ set(described)
+    assert all(len(text) > 10 for text in described.values())
+    from prefect.utilities.callables import parameter_schema
+
+    shown_in_ui = parameter_schema(flow.fn).model_dump()["properties"]  # Prefect reads the same section
+    for param, text in described.items():
+        assert " ".join(shown_in_ui[param]["description"].split()) == text
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

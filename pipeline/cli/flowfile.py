@@ -138,16 +138,58 @@ def type_name(annotation: Any) -> str:
         return " or ".join(repr(value) for value in get_args(annotation))
     if isinstance(annotation, UnionType) or get_origin(annotation) is Union:
         members = [a for a in get_args(annotation) if a is not type(None)]
-        if len(members) > 1:
-            return " or ".join(type_name(a) for a in members)
+        return " or ".join(type_name(a) for a in members)  # optional: "str", not "str | None"
     text = getattr(annotation, "__name__", None) or str(annotation)
     return text.replace("pathlib.", "").replace("typing.", "").replace("NoneType", "None")
 
 
-def describe_params(params: list[Param]) -> list[tuple[str, str, str]]:
-    """(option, type, default) rows for ``--help``."""
+def docstring_parts(doc: str) -> tuple[str, dict[str, str]]:
+    """A docstring's text before ``Args:`` and its Google-style argument descriptions, by name.
+
+    The same section Prefect reads for its UI, so the command line and the UI say the same.
+    """
+    lines = inspect.cleandoc(doc).splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Args:"), len(lines))
+    described: dict[str, str] = {}
+    name = None
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            continue
+        if not line.startswith(" ") and not line.startswith("\t"):
+            break  # the next section
+        key, colon, text = line.strip().partition(":")
+        if colon and key.isidentifier() and len(line) - len(line.lstrip()) <= 4:
+            name = key
+            described[name] = text.strip()
+        elif name is not None:
+            described[name] += " " + line.strip()
+    return "\n".join(lines[:start]).strip(), described
+
+
+def shown_default(value: Any) -> str:
+    """An option's default as a user would type it."""
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "—" if value is None else str(value)
+
+
+def describe_params(
+    params: list[Param], descriptions: dict[str, str], defaults: dict[str, Any] | None = None
+) -> list[tuple[str, str, str, str]]:
+    """(option, type, default, description) rows for ``--help``.
+
+    ``defaults`` are what an option left out means where the flow's own default is ``None``
+    (e.g. the config file's value).
+    """
     rows = []
     for p in params:
-        default = "required" if p.required else ("off" if p.is_flag and not p.default else repr(p.default))
-        rows.append((p.option, type_name(p.annotation), default))
+        if p.required:
+            default = "required"
+        elif p.default is None:  # the config's value, or what the description says
+            default = shown_default(defaults[p.name]) if defaults and p.name in defaults else "—"
+        else:
+            default = shown_default(p.default)
+        rows.append((p.option, type_name(p.annotation), default, descriptions.get(p.name, "")))
     return rows

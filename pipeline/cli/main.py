@@ -75,6 +75,7 @@ def load_flow(ctx: typer.Context, flow_file: Path, command: str) -> tuple[Any, d
     from flows.runtime import Flow
     from pipeline.cli.flowfile import (
         describe_params,
+        docstring_parts,
         find_flow,
         flow_params,
         import_flow_module,
@@ -85,7 +86,12 @@ def load_flow(ctx: typer.Context, flow_file: Path, command: str) -> tuple[Any, d
     flow = find_flow(module, lambda obj: isinstance(obj, Flow))
     params = flow_params(flow.fn)
     if "--help" in ctx.args or "-h" in ctx.args:
-        print_flow_help(command, flow_file, flow, describe_params(params))
+        text, descriptions = docstring_parts(inspect.getdoc(flow.fn) or "")
+        words = list(ctx.args)
+        config = words[words.index("--config") + 1] if "--config" in words[:-1] else None
+        defaults_of = getattr(module, "option_defaults", None)
+        defaults = defaults_of(Path(config) if config else None) if defaults_of else None
+        print_flow_help(command, flow_file, text, describe_params(params, descriptions, defaults))
         return None
     return flow, parse_options(list(ctx.args), params)
 
@@ -147,15 +153,17 @@ def schedule(
         serve_on_schedule(flow, values, name=name or "scheduled", cron=cron, interval=every, say=out.print)
 
 
-def print_flow_help(command: str, path: Path, flow: Any, rows: list[tuple[str, str, str]]) -> None:
-    """The flow's docstring and its options as a table."""
+def print_flow_help(command: str, path: Path, text: str, rows: list[tuple[str, str, str, str]]) -> None:
+    """The flow's description and its options as a table (default: after the config file)."""
     table = Table(box=None, show_header=True, header_style="bold")
-    for column in ("option", "type", "default"):
-        table.add_column(column)
+    table.add_column("option", no_wrap=True)
+    table.add_column("type")
+    table.add_column("default")
+    table.add_column("description", ratio=1)
     for row in rows:
         table.add_row(*row)
-    out.print(f"Usage: fcnpipe {command} {path} [OPTIONS]\n\n{inspect.getdoc(flow.fn) or ''}\n")
-    out.print(table)
+    out.print(f"Usage: fcnpipe {command} {path} [OPTIONS]\n\n{text}\n", highlight=False)
+    out.print(table, highlight=False)
 
 
 def print_summary(result: Any) -> None:

@@ -10,8 +10,10 @@ by the model's measured memory probe (:mod:`fcn.memory`) plus what the engine ho
 network (tiles read ahead, outputs). No activation may reach 2**31 elements (32-bit
 indexing in cuDNN and several kernels), whatever memory is free.
 
-Batches: a CPU gains little from batching convolutions, so it runs one tile at a time (BENCHMARKS.md, "Least-cost tiling"). On a GPU the same rule holds for an automatic tile;
-a tile size given by hand gets the largest batch (up to 8) that fits.
+Batches: a CPU gains little from batching convolutions, so it runs one tile at a time
+(BENCHMARKS.md, "Least-cost tiling"). On a GPU an automatic tile also runs alone (one large tile
+keeps the device busy; not yet measured against batches of smaller ones), and a tile size given
+by hand gets the largest batch (up to 8) that fits.
 
 With several workers, each needs tiles to work on: the core shrinks until there are at least as
 many tiles as workers, and blocks hold fewer cores until there are as many blocks.
