@@ -182,17 +182,36 @@ def segment_mosaic(
                           overwrite=overwrite, workers=sharing, dry_run=True)  # fmt: skip
         return {"dry_run": True, "output": Location(plan.output).redacted(), "warnings": list(plan.warnings),
                 **plan.summary()}  # fmt: skip
-    start = time.perf_counter()
-    weights_path = cfg.weights or default_weights(device or cfg.device)
+    phases: dict[str, float] = {}  # seconds of each phase that took time, in order
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = round(now - clock, 3)
+        clock = now
+
+    weights_path = cfg.weights
+    if weights_path is None:
+        untrained = not default_model_path().is_file()
+        weights_path = default_weights(device or cfg.device)
+        if untrained:
+            lap("training the default model")
+    clock = time.perf_counter()
     plan = plan_task(input, weights_path, cfg.settings(), output, overwrite, sharing)
+    lap("planning")
     for note in plan.warnings:
         get_run_logger().warning(note)
     reports = segment_blocks.with_options(task_runner=runner)(plan, on_gpus)
-    report = finish_task(plan, reports, time.perf_counter() - start)
+    lap("segmenting")
+    report = finish_task(plan, reports, phases["segmenting"])  # Mpx/s: segmentation only
+    lap("pyramid and preview")
     create_markdown_artifact(
         report.pop("markdown"), key="segment-report", description=Location(plan.output).redacted()
     )
     if cog is not None:
         report["cog"] = export_cog_task(plan.output, cog, overwrite)
+        lap("COG export")
+    report["phases"] = phases
     warnings = [*plan.warnings, *report.pop("warnings")]
     return {"output": Location(plan.output).redacted(), "warnings": warnings, **report}

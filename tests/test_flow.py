@@ -296,6 +296,34 @@ def test_the_default_model_is_used_when_no_weights_are_given(
     assert read_state(tmp_path / "scene.zarr")["model"]["arch"] == "pointwise"  # type: ignore[index]
 
 
+def test_the_summary_counts_training_the_default_model_apart_from_segmenting(
+    tmp_path: Path, pointwise_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Plumbing: "training" here takes 3 s and leaves the stand-in model where the default lives;
+    # the property is the accounting: Mpx/s and the segment time exclude it, the phases name it.
+    import flows.segment_mosaic
+    from pipeline.cli.config import default_model_path
+
+    monkeypatch.setenv("FCNPIPE_HOME", str(tmp_path / "home"))
+
+    def slow_default_model(device: str) -> Path:
+        time.sleep(3)
+        default_model_path().parent.mkdir(parents=True)
+        default_model_path().write_bytes(pointwise_checkpoint.read_bytes())
+        return default_model_path()
+
+    monkeypatch.setattr(flows.segment_mosaic, "default_weights", slow_default_model)
+    scene = write_tif(tmp_path / "scene.tif", noise_image(40, 50))
+    result = runner.invoke(app, ["run", FLOW, "--input", str(scene)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    report = read_state(tmp_path / "scene.zarr")["report"]  # type: ignore[index]
+    assert report["seconds"] < 3 and report["mpx_per_s"] > 0.002 / 3
+    line = " ".join(result.output.split())
+    assert "time: training the default model" in line and ", planning" in line and "segmenting" in line
+    trained = float(line.split("training the default model ")[1].split(" s")[0])
+    assert trained >= 3
+
+
 def test_flow_writes_a_preview_and_a_report_with_class_areas(
     tmp_path: Path, pointwise_checkpoint: Path
 ) -> None:

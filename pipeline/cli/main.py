@@ -189,12 +189,15 @@ def print_summary(result: Any) -> None:
         out.print(
             f"wrote {result['output']}: {result['tiles']} tiles "
             f"({result['tiles_skipped']} skipped, all nodata), "
-            f"{result['megapixels']:.2f} Mpx in {result['seconds']:.1f} s "
+            f"{result['megapixels']:.2f} Mpx segmented in {result['seconds']:.1f} s "
             f"({result['mpx_per_s'] or 0:.3f} Mpx/s), tiles of {result['tile_size']} px, "
             f"compute factor {result['compute_factor']:.2f}; complete."
         )
         if result.get("cog"):
             out.print(f"wrote {result['cog']}: the labels as a Cloud-Optimized GeoTIFF.", highlight=False)
+        if result.get("phases"):
+            spent = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result["phases"].items())
+            out.print(f"time: {spent}.", highlight=False)
     elif "stages" in result:
         for stage, scores in result["stages"].items():
             out.print(f"{stage}: {scores['best']} (val mean IU {scores['mean_iu']:.3f})", highlight=False)
