@@ -94,7 +94,7 @@ def trained_default_model() -> Path:
     return path
 
 
-def default_weights(device: str) -> Path:
+def default_weights(device: str, keep_training_files: bool = False) -> Path:
     """The default model, trained here on first use (announced, with its cost) when it is missing."""
     path = default_model_path()
     if not path.is_file():
@@ -105,7 +105,7 @@ def default_weights(device: str) -> Path:
             "mean IU about 0.6 on its validation scenes).",
             highlight=False,
         )
-        default_model(path, device=device)
+        default_model(path, device=device, keep_training_files=keep_training_files)
     return path
 
 
@@ -130,6 +130,7 @@ def segment_mosaic(
     dask_address: str | None = None,
     cog: str | None = None,
     dry_run: bool = False,
+    keep_training_files: bool = False,
 ) -> dict[str, Any]:
     """Segment a raster into a georeferenced Zarr mosaic of labels (and probabilities / logits).
 
@@ -169,6 +170,8 @@ def segment_mosaic(
         cog: Also export the finished labels as a Cloud-Optimized GeoTIFF to this path or URL.
         dry_run: Print the plan (tiles, blocks, halo, compute factor, memory) and stop: nothing is
             computed or written.
+        keep_training_files: When the default model is trained here, also keep its benchmark and
+            training run (about 2 GB) beside it.
     """
     options = {"weights": weights, "tile_size": tile_size, "halo": halo, "batch_size": batch_size,
                "memory_budget": memory_budget, "device": device, "outputs": outputs,
@@ -194,7 +197,7 @@ def segment_mosaic(
     weights_path = cfg.weights
     if weights_path is None:
         untrained = not default_model_path().is_file()
-        weights_path = default_weights(device or cfg.device)
+        weights_path = default_weights(device or cfg.device, keep_training_files)
         if untrained:
             lap("training the default model")
     clock = time.perf_counter()

@@ -8,11 +8,14 @@ continues that stage exactly and then the stages after it.
 # No ``from __future__ import annotations``: a served flow is pickled by value, and its
 # parameters' annotations must be types, not names of types (Prefect validates them).
 
+import json
 import math
 import shutil
+import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -212,20 +215,44 @@ DEFAULT_SCENES, DEFAULT_SIZE, DEFAULT_STEPS = 12, 256, 300
 
 
 @flow(name="default-model")
-def default_model(path: Path, steps: int = DEFAULT_STEPS, device: str = "auto") -> Path:
+def default_model(
+    path: Path, steps: int = DEFAULT_STEPS, device: str = "auto", keep_training_files: bool = False
+) -> Path:
     """Train fcnpipe's default model once: FCN-8s from scratch on the synthetic orthophoto benchmark.
 
-    The benchmark is generated beside the model (deterministic, no download); the best checkpoint
-    by validation mean IU is copied to ``path``.
+    The benchmark is generated (deterministic, no download) and the best checkpoint by validation
+    mean IU is copied to ``path``, with a small record beside it (``.json``: recipe, steps,
+    validation scores, seconds). Only those two files stay: the benchmark and the run's
+    checkpoints (1.6 GB of last.pt with its optimiser state, 0.5 GB of best.pt) are deleted,
+    unless ``keep_training_files`` keeps them in ``default-model/`` beside the model.
     """
     from pipeline.training.data.synthetic import make_benchmark
 
-    work = path.parent / "default-model"
-    data = make_benchmark(work / "synthetic-ortho", scenes=DEFAULT_SCENES, size=DEFAULT_SIZE, seed=0)
-    args = StageArgs(dataset=f"synthetic-ortho:{data}", steps=steps, eval_every=max(1, steps // 4))
-    recipe = load_recipe("default")
-    result, _ = train_stage_task("fcn8s", "scratch", recipe, args, work / f"run-{steps}", device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(result.best, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    start = time.perf_counter()
+    with ExitStack() as stack:
+        if keep_training_files:
+            work = path.parent / "default-model"
+        else:
+            work = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(dir=path.parent, prefix=".training-"))
+            )
+        data = make_benchmark(work / "synthetic-ortho", scenes=DEFAULT_SCENES, size=DEFAULT_SIZE, seed=0)
+        args = StageArgs(dataset=f"synthetic-ortho:{data}", steps=steps, eval_every=max(1, steps // 4))
+        recipe = load_recipe("default")
+        result, _ = train_stage_task("fcn8s", "scratch", recipe, args, work / f"run-{steps}", device)
+        record = {
+            "arch": "fcn8s",
+            "init": "scratch",
+            "dataset": f"synthetic-ortho, {DEFAULT_SCENES} scenes of {DEFAULT_SIZE}² px, seed 0",
+            "steps": steps,
+            "recipe": recipe.model_dump(mode="json"),
+            "best_mean_iu": result.best_mean_iu,
+            "validation": result.scores,
+            "seconds": round(time.perf_counter() - start, 1),
+            "device": str(pick_device(device)),
+        }
+        shutil.copyfile(result.best, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     return path

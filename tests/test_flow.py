@@ -306,7 +306,7 @@ def test_the_summary_counts_training_the_default_model_apart_from_segmenting(
 
     monkeypatch.setenv("FCNPIPE_HOME", str(tmp_path / "home"))
 
-    def slow_default_model(device: str) -> Path:
+    def slow_default_model(device: str, keep_training_files: bool = False) -> Path:
         time.sleep(3)
         default_model_path().parent.mkdir(parents=True)
         default_model_path().write_bytes(pointwise_checkpoint.read_bytes())

@@ -221,3 +221,25 @@ def test_tiled_scoring_reads_bands_1_to_3_and_leaves_masked_pixels_out(tmp_path:
     )
     assert unscored == labelled > 0
     assert np.array_equal(tiled.hist, whole.hist) and tiled.hist.sum() > 0
+
+
+def test_the_default_model_leaves_one_model_file_and_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real recipe and network, on a smaller benchmark and for 2 steps.
+    import flows.train
+
+    monkeypatch.setattr(flows.train, "DEFAULT_SCENES", 4)
+    monkeypatch.setattr(flows.train, "DEFAULT_SIZE", 128)
+    path = tmp_path / "models" / "default.pt"
+    flows.train.default_model(path, steps=2, device="cpu")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["default.json", "default.pt"]
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["steps"] == 2 and record["recipe"]["name"] == "default"
+    assert 0 <= record["best_mean_iu"] <= 1 and "mean_iu" in record["validation"]
+    _, card = load_checkpoint(path)
+    assert card.arch == "fcn8s"
+    flows.train.default_model(
+        tmp_path / "kept" / "default.pt", steps=2, device="cpu", keep_training_files=True
+    )
+    assert (tmp_path / "kept" / "default-model" / "run-2" / "last.pt").is_file()
