@@ -239,7 +239,16 @@ def test_the_default_model_leaves_one_model_file_and_its_record(
     assert 0 <= record["best_mean_iu"] <= 1 and "mean_iu" in record["validation"]
     _, card = load_checkpoint(path)
     assert card.arch == "fcn8s"
-    flows.train.default_model(
-        tmp_path / "kept" / "default.pt", steps=2, device="cpu", keep_training_files=True
-    )
-    assert (tmp_path / "kept" / "default-model" / "run-2" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_the_default_models_training_files_stay_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.train
+
+    monkeypatch.setattr(flows.train, "DEFAULT_SCENES", 4)
+    monkeypatch.setattr(flows.train, "DEFAULT_SIZE", 128)
+    path = tmp_path / "default.pt"
+    flows.train.default_model(path, steps=1, device="cpu", keep_training_files=True)
+    assert (tmp_path / "default-model" / "run-1" / "last.pt").is_file() and path.is_file()
