@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from zarr.codecs import ZstdCodec
 
 from fcn import FcnpipeError, ModelCard
+from pipeline.outputs.geozarr import geo_attributes
 from pipeline.storage import Location, access, check_writable, delete_tree, exists, is_file, zarr_store
 from pipeline.tiling.grid import Window
 from pipeline.tiling.raster import RasterInfo
@@ -234,6 +235,7 @@ def create(location: Location, spec: MosaicSpec) -> zarr.Group:
             },
             "class_names": list(card.class_names),
             "palette": [list(p) for p in card.palette],
+            **geo_attributes((h, w), scene.transform, scene.crs_wkt),
         }
     )
     return group

@@ -24,6 +24,7 @@ import zarr
 from numpy.typing import NDArray
 from zarr.codecs import ZstdCodec
 
+from pipeline.outputs.geozarr import declared, geo_attributes
 from pipeline.outputs.mosaic import PROBABILITY_NODATA, consolidate, parse_geotransform, write_coordinates
 from pipeline.tiling.grid import windows
 
@@ -127,8 +128,8 @@ def build_pyramid(group: zarr.Group) -> list[tuple[int, int]]:
     overviews = group.create_group("overviews")
     source: zarr.Group = group
     for level, shape in enumerate(shapes, start=1):
-        target = overviews.create_group(str(level))
         transform = scaled(root_transform, 2**level)
+        target = overviews.create_group(str(level), attributes=geo_attributes(shape, transform, crs_wkt))
         write_coordinates(target, shape, transform, crs_wkt, num_classes)
         for name in names:
             src = source[name]
@@ -146,7 +147,11 @@ def build_pyramid(group: zarr.Group) -> list[tuple[int, int]]:
                 block = np.asarray(src[(..., *read)])
                 dst[(..., rows, cols)] = downsample(name, block, nodata)
         source = target
-    group.attrs.update(multiscales_attrs(height, width, root_transform, shapes))
+    described = multiscales_attrs(height, width, root_transform, shapes)
+    existing = group.attrs.get("zarr_conventions", [])
+    assert isinstance(existing, list)
+    described["zarr_conventions"] = declared(existing, described["zarr_conventions"])
+    group.attrs.update(described)
     consolidate(group)
     return shapes
 
