@@ -13,6 +13,7 @@ import torch
 import xarray as xr
 import zarr
 from affine import Affine
+from rasterio.enums import ColorInterp
 from torch import nn
 
 from fcn import FcnpipeError, load_checkpoint
@@ -158,9 +159,48 @@ def test_nodata_cores_are_skipped_and_masked_pixels_are_nodata(
     assert np.abs(total - 1).max() < 4 / 254
 
 
+def labels_of(scene: Path, checkpoint: Path) -> np.ndarray:
+    run_local(plan_scene(scene, checkpoint, SegmentSettings(tile_size=64, chunk=32)))
+    return zarr.open_group(str(scene.with_suffix(".zarr")), mode="r")["labels"][:]  # type: ignore[index, return-value]
+
+
+def test_bands_follow_the_colour_interpretation_the_raster_declares(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    rgb = noise_image(40, 48, seed=5)
+    reference = labels_of(write_tif(tmp_path / "rgb.tif", rgb, photometric="rgb"), pointwise_checkpoint)
+    # Blue, green, red, near-infrared (declared so): read as red, green, blue.
+    bgrn = np.concatenate([rgb[::-1], noise_image(40, 48, seed=6, bands=1)])
+    path = write_tif(tmp_path / "bgrn.tif", bgrn, photometric="minisblack")
+    with rasterio.open(path, "r+") as dst:
+        dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined]
+    plan = plan_scene(path, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32))
+    assert plan.input.bands == (3, 2, 1) and "red, green and blue" in plan.input.why
+    assert np.array_equal(labels_of(path, pointwise_checkpoint), reference)
+    # A paletted band: its colour table expands it to the RGB image it stands for.
+    colours = np.unique(rgb.reshape(3, -1).T, axis=0)[:200]
+    index = np.abs(rgb.reshape(3, -1).T[:, None, :].astype(int) - colours[None].astype(int)).sum(-1).argmin(1)
+    paletted = index.reshape(1, 40, 48).astype(np.uint8)
+    path = write_tif(tmp_path / "paletted.tif", paletted)
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, {i: (*map(int, c), 255) for i, c in enumerate(colours)})
+    expanded = colours[paletted[0]].transpose(2, 0, 1).copy()
+    expected = labels_of(
+        write_tif(tmp_path / "expanded.tif", expanded, photometric="rgb"), pointwise_checkpoint
+    )
+    assert np.array_equal(labels_of(path, pointwise_checkpoint), expected)
+    # Hints name bands that exist; complex values are refused plainly.
+    two = write_tif(tmp_path / "two.tif", noise_image(40, 48, bands=2))
+    with pytest.raises(FcnpipeError, match=r"--bands 1,2,2\)"):
+        plan_scene(two, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32))
+    slc = write_tif(tmp_path / "slc.tif", (noise_image(40, 48, bands=1) + 1j).astype(np.complex64))
+    with pytest.raises(FcnpipeError, match=r"complex values \(complex64.*amplitude"):
+        plan_scene(slc, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32, bands=(1, 1, 1)))
+
+
 def test_bands_dtypes_and_scaling(tmp_path: Path, pointwise_checkpoint: Path) -> None:
     rgbn = write_tif(tmp_path / "rgbn.tif", noise_image(40, 40, bands=4), photometric="minisblack")
-    with pytest.raises(FcnpipeError, match=r"has 4 bands but the model takes 3; choose them with --bands"):
+    with pytest.raises(FcnpipeError, match=r"declares no red, green and blue.*--bands 1,2,3\)"):
         plan_scene(rgbn, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32))
     plan_scene(rgbn, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32, bands=(1, 2, 3)))
     # RGBA: the alpha band is the mask, not a fourth channel.
@@ -172,7 +212,7 @@ def test_bands_dtypes_and_scaling(tmp_path: Path, pointwise_checkpoint: Path) ->
     labels = zarr.open_group(str(tmp_path / "rgba.zarr"), mode="r")["labels"][:]  # type: ignore[index]
     assert (labels[:10] == 255).all() and (labels[10:] < 4).all()
     grey = write_tif(tmp_path / "grey.tif", noise_image(40, 40, bands=1))
-    with pytest.raises(FcnpipeError, match="has 1 bands"):
+    with pytest.raises(FcnpipeError, match=r"has one band .* repeat it with --bands 1,1,1"):
         plan_scene(grey, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32))
     plan_scene(grey, pointwise_checkpoint, SegmentSettings(tile_size=64, chunk=32, bands=(1, 1, 1)))
     with pytest.raises(FcnpipeError, match="band 5 does not exist"):
@@ -388,3 +428,22 @@ def test_signed_and_float_rasters_with_a_declared_range(
     a = zarr.open_group(str(tmp_path / f"{dtype}.zarr"), mode="r")["labels"][:]  # type: ignore[index]
     b = zarr.open_group(str(tmp_path / "u8.zarr"), mode="r")["labels"][:]  # type: ignore[index]
     assert np.mean(a == b) > 0.999  # float rounding may move a pixel that sits on a class boundary
+
+
+def test_inspect_raster_says_what_would_be_read(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli.main import app
+
+    image = np.concatenate([noise_image(40, 48)[::-1], noise_image(40, 48, bands=1)])
+    path = write_tif(tmp_path / "bgrn.tif", image, photometric="minisblack", nodata=0)
+    with rasterio.open(path, "r+") as dst:
+        dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined]
+    result = CliRunner().invoke(app, ["inspect-raster", str(path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "48 x 40 px, 4 band(s), CRS EPSG:32633" in text
+    assert "bands fed to the model: 3,2,1 (the bands the raster declares red, green and blue" in text
+    assert "values: uint8, fed as they are" in text and "mask: the nodata value 0" in text
+    refused = CliRunner().invoke(app, ["inspect-raster", str(path), "--bands", "1,9,2"])
+    assert refused.exit_code == 1 and "band 9 does not exist" in refused.output

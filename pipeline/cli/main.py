@@ -366,6 +366,30 @@ def inspect_mosaic(
             out.print(line, highlight=False)
 
 
+@app.command("inspect-raster")
+def inspect_raster_command(
+    raster: Annotated[str, typer.Argument(help="A raster: a path or a URL GDAL reads.")],
+    bands: Annotated[str | None, typer.Option(help="Bands to feed the model, e.g. 1,2,3.")] = None,
+    value_range: Annotated[
+        str | None, typer.Option(help="LO,HI raw values mapped to 0-255 (non-8-bit rasters).")
+    ] = None,
+) -> None:
+    """Say what the segment flow would read from a raster: size, CRS, bands and why, values, mask."""
+    from pipeline.cli.config import split_list
+    from pipeline.tiling.raster import describe_raster, inspect_raster
+
+    with user_errors():
+        chosen = tuple(int(b) for b in split_list(bands)) if bands else None
+        span = tuple(float(v) for v in split_list(value_range)) if value_range else None
+        if span is not None and len(span) != 2:
+            raise FcnpipeError(f"--value-range takes LO,HI, not {value_range!r}.")
+        info = inspect_raster(raster, bands=chosen, value_range=span)
+    for line in describe_raster(info):
+        out.print(line, highlight=False)
+    out.print("tiles: `fcnpipe run flows/segment_mosaic.py --input … --dry-run` plans them for a model.",
+              highlight=False)  # fmt: skip
+
+
 @app.command("export")
 def export(
     mosaic: Annotated[

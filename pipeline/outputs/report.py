@@ -56,9 +56,13 @@ def preview(
     small = np.asarray(labels[::step, ::step])
     h, w = small.shape
     with open_raster(Location(info.path)) as src:
-        rgb = src.read(list(info.bands), out_shape=(3, h, w), resampling=Resampling.average).astype(
-            np.float32
-        )
+        if info.palette is not None:  # indices: sampled, not averaged, then coloured by the table
+            index = src.read(1, out_shape=(h, w), resampling=Resampling.nearest)
+            lut = np.asarray(info.palette, dtype=np.float32)
+            rgb = lut[np.minimum(index, len(lut) - 1)].transpose(2, 0, 1)
+        else:
+            rgb = src.read(list(info.bands), out_shape=(len(info.bands), h, w), resampling=Resampling.average)
+            rgb = rgb.astype(np.float32)
     if info.value_range is not None:
         lo, hi = info.value_range
         rgb = (rgb - lo) * (255.0 / (hi - lo))

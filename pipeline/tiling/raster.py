@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from numpy.typing import NDArray
+from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window as RioWindow
@@ -28,6 +29,7 @@ from pipeline.storage import Location, gdal_env, probe
 from pipeline.tiling.grid import Window
 
 Transform = tuple[float, float, float, float, float, float]
+RGB = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class RasterInfo:
     nodata: float | None
     masked: bool
     value_range: tuple[float, float] | None
+    palette: tuple[RGB, ...] | None = None  # a colour table: band values index it, giving RGB
+    why: str = ""  # why these bands
 
     @property
     def pixels(self) -> int:
@@ -51,22 +55,56 @@ class RasterInfo:
         return self.height * self.width
 
 
-def choose_bands(path: Location, src: Any, bands: tuple[int, ...] | None, channels: int) -> tuple[int, ...]:
-    """The 1-based bands to feed the model: as asked, or all colour bands when they fit exactly."""
+@dataclass(frozen=True)
+class BandChoice:
+    """The 1-based bands fed to the model, why, and the colour table that expands them (if any)."""
+
+    bands: tuple[int, ...]
+    why: str
+    palette: tuple[RGB, ...] | None = None
+
+
+def choose_bands(path: Location, src: Any, bands: tuple[int, ...] | None, channels: int) -> BandChoice:
+    """The bands to feed the model: as asked, else by the colour interpretation the raster declares.
+
+    Red, green and blue are taken where declared, in any order (a blue, green, red, near-infrared
+    image gives 3,2,1); a single band with a colour table is expanded to RGB; otherwise the bands
+    that are not alpha, when there are as many as the model takes. Hints name bands that exist.
+    """
+    where = path.redacted()
     if bands is not None:
         bad = [b for b in bands if not 1 <= b <= src.count]
         if bad:
-            raise FcnpipeError(f"{path.redacted()} has bands 1..{src.count}; band {bad[0]} does not exist.")
+            raise FcnpipeError(f"{where} has bands 1..{src.count}; band {bad[0]} does not exist.")
         if len(bands) != channels:
             raise FcnpipeError(f"the model takes {channels} bands but --bands names {len(bands)}.")
-        return bands
-    colour = tuple(i + 1 for i, ci in enumerate(src.colorinterp) if ci != ColorInterp.alpha)
+        return BandChoice(bands, "as given by --bands")
+    interp = list(src.colorinterp)
+    if channels == 3 and src.count == 1 and interp[0] == ColorInterp.palette:
+        table = src.colormap(1)
+        size = max(table) + 1
+        lut = tuple(tuple(int(v) for v in table.get(i, (0, 0, 0, 0))[:3]) for i in range(size))
+        return BandChoice((1,), "band 1's colour table, expanded to red, green and blue", lut)  # type: ignore[arg-type]
+    declared = {ci: i + 1 for i, ci in reversed(list(enumerate(interp)))}
+    rgb = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    if channels == 3 and all(ci in declared for ci in rgb):
+        chosen = tuple(declared[ci] for ci in rgb)
+        order = "" if chosen == (1, 2, 3) else f", in that order from bands {','.join(map(str, chosen))}"
+        return BandChoice(chosen, f"the bands the raster declares red, green and blue{order}")
+    colour = tuple(i + 1 for i, ci in enumerate(interp) if ci != ColorInterp.alpha)
     if len(colour) == channels:
-        return colour
-    example = ",".join(str(i + 1) for i in range(channels))
+        return BandChoice(colour, f"the raster's {channels} bands that are not alpha")
+    if len(colour) == 1:
+        hint = ",".join(str(colour[0]) for _ in range(channels))
+        raise FcnpipeError(
+            f"{where} has one band (grey, elevation or amplitude) but the model takes {channels}; "
+            f"repeat it with --bands {hint} (or train a model on such data)."
+        )
+    available = colour or tuple(range(1, src.count + 1))
+    example = ",".join(str(available[min(i, len(available) - 1)]) for i in range(channels))
     raise FcnpipeError(
-        f"{path.redacted()} has {len(colour)} bands but the model takes {channels}; "
-        f"choose them with --bands (e.g. --bands {example})."
+        f"{where} has {len(colour)} bands that are not alpha and declares no red, green and blue, "
+        f"but the model takes {channels}; choose them with --bands (e.g. --bands {example})."
     )
 
 
@@ -102,9 +140,15 @@ def inspect_raster(
                 f"{where} is {src.width}x{src.height} pixels: too small to segment "
                 "(a scene needs at least 2 pixels on each side)."
             )
-        chosen = choose_bands(location, src, bands, channels)
+        choice = choose_bands(location, src, bands, channels)
+        chosen = choice.bands
         dtype = src.dtypes[chosen[0] - 1]
-        if dtype != "uint8" and value_range is None:
+        if "complex" in dtype:
+            raise FcnpipeError(
+                f"{where} holds complex values ({dtype}, e.g. a single-look complex SAR image), which no "
+                "value range maps to colour; segment its amplitude (|value|, as a real raster) instead."
+            )
+        if dtype != "uint8" and value_range is None and choice.palette is None:
             raise FcnpipeError(
                 f"{where} holds {dtype} values; declare how they map to 0-255 with --value-range LO,HI "
                 "(or value_range in the config)."
@@ -123,8 +167,41 @@ def inspect_raster(
             transform=tuple(src.transform)[:6],
             nodata=src.nodata,
             masked=masked,
-            value_range=value_range,
+            value_range=None if choice.palette is not None else value_range,
+            palette=choice.palette,
+            why=choice.why,
         )
+
+
+def describe_raster(info: RasterInfo) -> list[str]:
+    """What fcnpipe reads from a raster, in lines for people: size, CRS, bands and why, values, mask."""
+    with open_raster(Location(info.path)) as src:
+        flags = [src.mask_flag_enums[b - 1] for b in info.bands]
+        count, resolution = src.count, src.res
+    crs = "none" if info.crs_wkt is None else CRS.from_wkt(info.crs_wkt).to_string()
+    bands = ",".join(str(b) for b in info.bands)
+    if info.palette is not None:
+        values = f"{info.dtype} indices into a colour table of {len(info.palette)} entries"
+    elif info.value_range is None:
+        values = f"{info.dtype}, fed as they are (0-255)"
+    else:
+        values = f"{info.dtype}, {info.value_range[0]:g}..{info.value_range[1]:g} mapped to 0-255"
+    kinds = {flag for band in flags for flag in band}
+    if MaskFlags.alpha in kinds:
+        mask = "the alpha band"
+    elif MaskFlags.nodata in kinds:
+        mask = f"the nodata value {info.nodata:g}"
+    elif MaskFlags.per_dataset in kinds:
+        mask = "the dataset's mask band"
+    else:
+        mask = "none (every pixel is data)"
+    return [
+        f"{Location(info.path).redacted()}: {info.width} x {info.height} px, {count} band(s), "
+        f"CRS {crs}, pixels {resolution[0]:g} x {resolution[1]:g}",
+        f"bands fed to the model: {bands} ({info.why})",
+        f"values: {values}",
+        f"mask: {mask}",
+    ]
 
 
 class RasterReader:
@@ -165,6 +242,10 @@ class RasterReader:
     def read_inside(self, window: Window) -> NDArray[Any]:
         """:meth:`read` for a window inside the image."""
         bands, rio_window = list(self.info.bands), to_rasterio(window)
+        if self.info.palette is not None:  # one band of indices into the colour table
+            lut = np.asarray(self.info.palette, dtype=np.uint8)
+            index = self._dataset().read(1, window=rio_window)
+            return np.ascontiguousarray(lut[np.minimum(index, len(lut) - 1)].transpose(2, 0, 1))
         if self.info.value_range is None:
             return np.asarray(self._dataset().read(bands, window=rio_window))
         data = self._dataset().read(bands, window=rio_window, out_dtype="float32")
