@@ -166,3 +166,17 @@ def test_cli_weights_init_errors_are_one_sentence(tmp_path: Path) -> None:
         assert result.exit_code == 1
         assert message in result.output and "Traceback" not in result.output
     assert not Path(out).exists()
+
+
+def test_a_file_is_hashed_again_when_it_changes(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    from pipeline.outputs.mosaic import file_sha256
+
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"first")
+    assert file_sha256(path) == hashlib.sha256(b"first").hexdigest()
+    path.write_bytes(b"second!")
+    os.utime(path, ns=(1, 1))  # even with an old timestamp, the size changed
+    assert file_sha256(path) == hashlib.sha256(b"second!").hexdigest()
