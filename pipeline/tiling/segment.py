@@ -246,7 +246,8 @@ def choose_sizing(
         settings = replace(settings, tile_size=int(recorded["tile_size"]), block=int(recorded["block"]))
     device = pick_device(settings.device)
     probe = card.memory.get(device.type)
-    needs_probe = settings.tile_size is None or settings.batch_size is None
+    # a CPU runs one tile at a time: a given tile needs no probe there
+    needs_probe = settings.tile_size is None or (settings.batch_size is None and device.type == "cuda")
     if probe is None and needs_probe and not dry_run:
         probe = measured_probe(weights, sha, str(device))
     assert settings.halo is not None

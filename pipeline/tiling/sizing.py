@@ -120,11 +120,10 @@ def size_tiles(
     unit = math.lcm(chunk, stride)
     if probe is None:
         tile = tile_size or max(unit, FALLBACK_TILE // unit * unit)
-        note = "no memory probe could be made on this device: tiles of {} px ({}).".format(
-            tile, "as given" if tile_size else "the fallback"
-        )
+        fallback = f"no memory probe could be made on this device: tiles of {tile} px, the fallback."
         batch = batch_size or (4 if device.type == "cuda" else 1)
-        return Sizing(tile, batch, fewer_blocks(height, width, tile, block, workers), None, None, (note,))
+        told = () if tile_size else (fallback,)
+        return Sizing(tile, batch, fewer_blocks(height, width, tile, block, workers), None, None, told)
 
     def peak(core: int, batch: int) -> tuple[float, float]:
         spec = GridSpec(height, width, core=core, halo=halo, chunk=min(chunk, core), stride=stride,
