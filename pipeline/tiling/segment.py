@@ -41,7 +41,7 @@ from pipeline.outputs.mosaic import (
 )
 from pipeline.outputs.pyramid import build_pyramid
 from pipeline.outputs.report import class_pixels, markdown_report, pixel_area, preview
-from pipeline.storage import Location, write_bytes
+from pipeline.storage import Location, check_writable, write_bytes
 from pipeline.tiling.engine import Engine, EngineSettings, pick_device
 from pipeline.tiling.grid import Block, GridSpec, compute_factor, plan_blocks
 from pipeline.tiling.raster import RasterInfo, RasterReader, inspect_raster
@@ -201,6 +201,7 @@ def plan_scene(
         notes.append(f"{source.redacted()} has no CRS: the mosaic is written without one.")
     sha = file_sha256(weights)
     out = Location.of(output) if output is not None else default_output(source)
+    check_writable(out)  # before reading what is there: an HTTP URL is refused, not fetched
     state = None if overwrite else read_state(out)
     settings, sizing = choose_sizing(settings, card, info, weights, sha, workers, state, dry_run)
     notes.extend(sizing.notes)

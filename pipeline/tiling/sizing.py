@@ -160,7 +160,8 @@ def size_tiles(
                 f"more than the memory budget of {budget_mib / 1024:.1f} GiB; raise --memory-budget "
                 "or run on a device with more memory."
                 if elements <= LARGEST_INDEXABLE
-                else f"a tile of {core} px is too large for 32-bit indexing in the network's kernels."
+                else f"even a tile of {core} px would hold an activation of more than 2**31 elements, "
+                "which the network's kernels cannot index; set a smaller chunk in the config (chunk:)."
             )
         notes.append(
             f"tiles of {core} px in batches of {batch} need about {memory / 1024:.1f} GiB, "
