@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from affine import Affine
 from rasterio.crs import CRS
+from rasterio.transform import array_bounds
 
 PROJ_CONVENTION = {
     "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
@@ -45,14 +47,13 @@ def geo_attributes(
     """``spatial:`` (and, with a CRS, ``proj:``) attributes of a grid of ``shape`` pixels."""
     a, b, c, d, e, f = transform[:6]
     height, width = shape
-    xs = [c + a * col + b * row for col, row in ((0, 0), (width, 0), (0, height), (width, height))]
-    ys = [f + d * col + e * row for col, row in ((0, 0), (width, 0), (0, height), (width, height))]
+    west, south, east, north = array_bounds(height, width, Affine(a, b, c, d, e, f))
     attrs: dict[str, Any] = {
         "spatial:dimensions": ["y", "x"],
         "spatial:shape": [height, width],
         "spatial:transform_type": "affine",
         "spatial:transform": [a, b, c, d, e, f],
-        "spatial:bbox": [min(xs), min(ys), max(xs), max(ys)],
+        "spatial:bbox": [west, south, east, north],
         "spatial:registration": "pixel",
     }
     conventions = [SPATIAL_CONVENTION]

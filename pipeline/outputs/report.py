@@ -15,7 +15,7 @@ from rasterio.enums import Resampling
 
 from fcn import ModelCard
 from pipeline.storage import Location
-from pipeline.tiling.raster import RasterInfo, open_raster
+from pipeline.tiling.raster import RasterInfo, expand_palette, open_raster
 
 
 def class_pixels(labels: zarr.Array[Any], num_classes: int) -> NDArray[np.int64]:
@@ -58,11 +58,10 @@ def preview(
     with open_raster(Location(info.path)) as src:
         if info.palette is not None:  # indices: sampled, not averaged, then coloured by the table
             index = src.read(1, out_shape=(h, w), resampling=Resampling.nearest)
-            lut = np.asarray(info.palette, dtype=np.float32)
-            rgb = lut[np.minimum(index, len(lut) - 1)].transpose(2, 0, 1)
+            rgb: NDArray[Any] = expand_palette(index, info.palette)
         else:
             rgb = src.read(list(info.bands), out_shape=(len(info.bands), h, w), resampling=Resampling.average)
-            rgb = rgb.astype(np.float32)
+        rgb = rgb.astype(np.float32)
     if info.value_range is not None:
         lo, hi = info.value_range
         rgb = (rgb - lo) * (255.0 / (hi - lo))

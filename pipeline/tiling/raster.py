@@ -173,6 +173,12 @@ def inspect_raster(
         )
 
 
+def expand_palette(index: NDArray[Any], palette: tuple[RGB, ...]) -> NDArray[np.uint8]:
+    """(3, H, W) colours of a band of colour-table indices (indices past the table take its last)."""
+    lut = np.asarray(palette, dtype=np.uint8)
+    return np.ascontiguousarray(lut[np.minimum(index, len(lut) - 1)].transpose(2, 0, 1))
+
+
 def describe_raster(info: RasterInfo) -> list[str]:
     """What fcnpipe reads from a raster, in lines for people: size, CRS, bands and why, values, mask."""
     with open_raster(Location(info.path)) as src:
@@ -243,9 +249,7 @@ class RasterReader:
         """:meth:`read` for a window inside the image."""
         bands, rio_window = list(self.info.bands), to_rasterio(window)
         if self.info.palette is not None:  # one band of indices into the colour table
-            lut = np.asarray(self.info.palette, dtype=np.uint8)
-            index = self._dataset().read(1, window=rio_window)
-            return np.ascontiguousarray(lut[np.minimum(index, len(lut) - 1)].transpose(2, 0, 1))
+            return expand_palette(self._dataset().read(1, window=rio_window), self.info.palette)
         if self.info.value_range is None:
             return np.asarray(self._dataset().read(bands, window=rio_window))
         data = self._dataset().read(bands, window=rio_window, out_dtype="float32")

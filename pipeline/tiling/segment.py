@@ -43,7 +43,7 @@ from pipeline.outputs.pyramid import build_pyramid
 from pipeline.outputs.report import class_pixels, markdown_report, pixel_area, preview
 from pipeline.storage import Location, check_writable, write_bytes
 from pipeline.tiling.engine import Engine, EngineSettings, pick_device
-from pipeline.tiling.grid import Block, GridSpec, compute_factor, plan_blocks
+from pipeline.tiling.grid import Block, GridSpec, compute_factor, plan_blocks, tile_count
 from pipeline.tiling.raster import RasterInfo, RasterReader, inspect_raster
 from pipeline.tiling.sizing import Sizing, memory_budget_mib, size_tiles
 
@@ -96,14 +96,18 @@ class Plan:
     settings: SegmentSettings
     todo: tuple[int, ...]
     warnings: tuple[str, ...] = field(default=())
-    compute_factor: float = 1.0  # network pixels fed over scene pixels
     peak_mib: float | None = None  # predicted peak memory of one batch
     budget_mib: float | None = None
+
+    @property
+    def compute_factor(self) -> float:
+        """Network pixels fed over scene pixels (``pipeline.tiling.grid.compute_factor``)."""
+        return compute_factor(self.grid)
 
     def summary(self) -> dict[str, Any]:
         """The plan's figures, for the dry run's output and the run's report."""
         return {
-            "tiles": sum(len(b.tiles) for b in self.blocks),
+            "tiles": tile_count(self.grid),
             "blocks": len(self.blocks),
             "blocks_to_do": len(self.todo),
             "tile_size": self.grid.core,
@@ -223,7 +227,7 @@ def plan_scene(
         done = np.zeros(len(blocks), dtype=bool)
     todo = tuple(b.index for b in blocks if not done[b.index])
     return Plan(info, str(out), str(weights), sha, card, grid, settings, todo, tuple(notes),
-                compute_factor(grid), sizing.peak_mib, sizing.budget_mib)  # fmt: skip
+                sizing.peak_mib, sizing.budget_mib)  # fmt: skip
 
 
 def choose_sizing(

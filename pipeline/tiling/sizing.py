@@ -125,10 +125,12 @@ def size_tiles(
         told = () if tile_size else (fallback,)
         return Sizing(tile, batch, fewer_blocks(height, width, tile, block, workers), None, None, told)
 
+    def grid(core: int) -> GridSpec:
+        return GridSpec(height, width, core=core, halo=halo, chunk=min(chunk, core), stride=stride,
+                        margin=margin)  # fmt: skip
+
     def peak(core: int, batch: int) -> tuple[float, float]:
-        spec = GridSpec(height, width, core=core, halo=halo, chunk=min(chunk, core), stride=stride,
-                        block=block, margin=margin)  # fmt: skip
-        rows, cols = largest_read(spec)
+        rows, cols = largest_read(grid(core))
         core_px = min(core, height) * min(core, width)
         memory = probe.peak_mib(batch * rows * cols)
         memory += beside_network_mib(rows * cols, core_px, batch, prefetch, classes, outputs)
@@ -168,23 +170,16 @@ def size_tiles(
             f"above the memory budget of {budget_mib / 1024:.1f} GiB (--tile-size auto fits it)."
         )
         choices = [(core, batch)]
-    enough = [c for c in choices if tile_count_of(height, width, c[0]) >= workers]
+    enough = [c for c in choices if tile_count(grid(c[0])) >= workers]
     if not enough:  # a scene too small to give every worker a tile: as many tiles as fit
         enough = [min(choices)]
 
     def cost(choice: tuple[int, int]) -> tuple[float, int, float]:
-        spec = GridSpec(height, width, core=choice[0], halo=halo, chunk=min(chunk, choice[0]),
-                        stride=stride, margin=margin)  # fmt: skip
-        return round(compute_factor(spec), 6), -choice[1], peak(*choice)[0]
+        return round(compute_factor(grid(choice[0])), 6), -choice[1], peak(*choice)[0]
 
     core, batch = min(enough, key=cost)
     return Sizing(core, batch, fewer_blocks(height, width, core, block, workers), peak(core, batch)[0],
                   budget_mib, tuple(notes))  # fmt: skip
-
-
-def tile_count_of(height: int, width: int, core: int) -> int:
-    """Tiles of ``core`` px over a scene."""
-    return tile_count(GridSpec(height, width, core=core, halo=0, chunk=core, stride=1))
 
 
 def fewer_blocks(height: int, width: int, core: int, block: int, workers: int) -> int:
