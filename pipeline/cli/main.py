@@ -233,6 +233,37 @@ def weights_archs(
     out.print(table)
 
 
+def download_base() -> str | None:
+    """A mirror (or a test server) that serves every download by its file name, from the environment."""
+    return os.environ.get("FCNPIPE_DOWNLOAD_BASE") or None
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    source: Annotated[
+        str,
+        typer.Argument(help="The ImageNet classifier, e.g. vgg16, vgg16_bn, alexnet, googlenet."),
+    ] = "vgg16",
+    caffe: Annotated[
+        bool, typer.Option(help="The Caffe VGG16 the FCN reference started from (BGR, 0-255, mean).")
+    ] = False,
+) -> None:
+    """Download ImageNet weights into the torch hub cache, checked against the checksum in the code."""
+    from pipeline.training.downloads import progress_bar
+    from pipeline.training.sources import fetch_caffe_vgg16, fetch_imagenet
+
+    with user_errors(), progress_bar(err.is_terminal) as progress:
+        if caffe and source != "vgg16":
+            raise FcnpipeError(f"--caffe is the Caffe VGG16, not {source}.")
+        if caffe:
+            path = fetch_caffe_vgg16(base=download_base(), progress=progress)
+        else:
+            path = fetch_imagenet(source, base=download_base(), progress=progress)
+    use = f"--init caffe-vgg16:{path}" if caffe else "--init imagenet (it looks there)"
+    what = "the Caffe VGG16 in torchvision's layout" if caffe else f"torchvision's ImageNet {source}"
+    out.print(f"{path}: {what}, checksum checked; start from it with {use}.", highlight=False)
+
+
 @weights_app.command("init")
 def weights_init(
     arch: Annotated[str, typer.Option(help=f"One of: {', '.join(available_models())}.")],
@@ -270,6 +301,7 @@ def weights_init(
             caffe=caffe,
             random_seed=seed if random else None,
             class_names=names,
+            download_base=download_base(),
         )
         save_checkpoint(out_path, model, card)
     rf = card.receptive_field
@@ -326,6 +358,36 @@ def data_info(
     out.print(
         f"{len(names)} classes (ignore label {opened[0].ignore_index}): {', '.join(names)}", highlight=False
     )
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="camvid, voc2012, sbd, siftflow, nyud, pascal-context, loveda, openearthmap, "
+            "inria, vaihingen or potsdam."
+        ),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="A new folder to unpack the dataset into.")],
+) -> None:
+    """Download a dataset, check it against the checksums in the code, unpack it and check it reads.
+
+    A source with no published checksum (or one behind a registration) is not downloaded: the
+    command says where to get it and where to place it.
+    """
+    from pipeline.training.downloads import progress_bar
+    from pipeline.training.sources import fetch_dataset
+
+    with user_errors(), progress_bar(err.is_terminal) as progress:
+        source = fetch_dataset(name, out_dir, base=download_base(), progress=progress)
+    spec = source.reads_as.format(out=out_dir)
+    out.print(f"wrote {out_dir} (read it as {spec}); licence: {source.licence}.", highlight=False)
+    if source.by_hand:
+        out.print(f"still to do by hand: {source.by_hand.format(out=out_dir)}", highlight=False)
+        out.print(f"then check it with: fcnpipe data info {spec}", highlight=False)
+        return
+    data_info(spec)
 
 
 @data_app.command("scene")
@@ -413,6 +475,7 @@ def export(
 ) -> None:
     """Export a mosaic as a COG (labels with colours, or probabilities) and/or polygons."""
     from pipeline.outputs.export import export_cog, export_vector
+    from pipeline.outputs.stac import attach_cog
 
     if cog is None and vector is None:
         fail("say what to write: --cog OUT.tif, --vector OUT.gpkg, or both.")
@@ -422,6 +485,9 @@ def export(
             levels = ", ".join(f"1/{f}" for f in made.overviews) or "none"
             out.print(f"wrote {made.path}: {made.width} x {made.height} px, {made.bands} band(s), "
                       f"overviews {levels}; a valid COG.", highlight=False)  # fmt: skip
+            item = attach_cog(mosaic, made.path) if what == "labels" and class_name is None else None
+            if item is not None:
+                out.print(f"added it to the STAC Item {item.redacted()}.", highlight=False)
         if vector is not None:
             shapes = export_vector(
                 mosaic, vector, class_name=class_name, min_area=min_area, overwrite=overwrite

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ from fcn import (
 from fcn.fcn import init_from_scratch
 from fcn.registry import architecture
 from fcn.surgery import hub_path, load_imagenet_state_dict
+from pipeline.training.downloads import progress_bar
+from pipeline.training.sources import fetch_imagenet
 
 
 def starting_model(
@@ -29,6 +32,7 @@ def starting_model(
     caffe: bool = False,
     random_seed: int | None = None,
     class_names: list[str] | None = None,
+    download_base: str | None = None,
 ) -> tuple[nn.Module, ModelCard]:
     """Build an untrained network initialised from its ImageNet classifier (default) or at random.
 
@@ -37,8 +41,9 @@ def starting_model(
     trains from scratch has none. Random FCNs get He initialisation
     (:func:`fcn.fcn.init_from_scratch`), other networks their own initialisation.
 
-    Without ``imagenet`` the torch hub cache is looked in; nothing is downloaded. The Caffe
-    conversion of VGG16 (``caffe``) must be named: the cache holds torchvision's weights.
+    Without ``imagenet`` the torch hub cache is looked in, and torchvision's file is downloaded
+    into it (checked against its checksum; from ``download_base`` if given) when it is missing.
+    The Caffe conversion of VGG16 (``caffe``) must be named: the cache holds torchvision's weights.
     """
     if random_seed is not None and (imagenet is not None or caffe):
         raise FcnpipeError("choose either ImageNet weights or --random, not both.")
@@ -65,6 +70,9 @@ def starting_model(
         if caffe and surgery.source != "vgg16":
             raise FcnpipeError(f"--caffe is the Caffe VGG16; {arch} starts from {surgery.source}.")
         path = imagenet or hub_path(surgery.filename)
+        if imagenet is None and not path.is_file():
+            with progress_bar(sys.stderr.isatty()) as progress:
+                path = fetch_imagenet(surgery.source, base=download_base, progress=progress)
         state = load_imagenet_state_dict(path, surgery.source)
         model = build_model(arch, num_classes)
         surgery.apply(model, state)
