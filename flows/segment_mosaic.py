@@ -27,6 +27,7 @@ from flows.train import DEFAULT_STEPS, default_model
 from pipeline.cli.config import default_model_path, load_segment_config
 from pipeline.cluster import GPU, local_gpus
 from pipeline.outputs.export import export_cog
+from pipeline.outputs.stac import write_item
 from pipeline.storage import Location
 from pipeline.tiling.segment import BlockReport, Plan, finish, plan_scene, segment_block
 
@@ -215,6 +216,7 @@ def segment_mosaic(
     if cog is not None:
         report["cog"] = export_cog_task(plan.output, cog, overwrite)
         lap("COG export")
+    report["stac"] = write_item(plan, report, cog=report.get("cog")).redacted()  # after the COG: an asset
     report["phases"] = phases
     warnings = [*plan.warnings, *report.pop("warnings")]
     return {"output": Location(plan.output).redacted(), "warnings": warnings, **report}

@@ -41,6 +41,7 @@ from pipeline.outputs.mosaic import (
 )
 from pipeline.outputs.pyramid import build_pyramid
 from pipeline.outputs.report import class_pixels, markdown_report, pixel_area, preview
+from pipeline.outputs.stac import write_item
 from pipeline.storage import Location, check_writable, write_bytes
 from pipeline.tiling.engine import Engine, EngineSettings, pick_device
 from pipeline.tiling.grid import Block, GridSpec, compute_factor, plan_blocks, tile_count
@@ -380,7 +381,9 @@ def preview_path(plan: Plan) -> Location:
 
 
 def run_local(plan: Plan) -> dict[str, Any]:
-    """Segment every remaining block in this process, in order, then finish (no Prefect)."""
+    """Segment every remaining block in this process, in order, finish, and write the STAC Item."""
     start = time.perf_counter()
     reports = [segment_block(plan, index) for index in plan.todo]
-    return finish(plan, reports, time.perf_counter() - start)
+    report = finish(plan, reports, time.perf_counter() - start)
+    report["stac"] = write_item(plan, report).redacted()
+    return report
