@@ -1,7 +1,7 @@
 """What the flows share: the Prefect session of a terminal run, the Dask task runner, progress bars.
 
-Prefect reads its settings when it is imported, so the environment below is set on importing this
-module; a value the user has set wins.
+Prefect reads its settings when it is imported, so ``flows.api``'s quiet settings are set on
+importing this module; a value the user has set wins.
 """
 
 from __future__ import annotations
@@ -15,20 +15,9 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-QUIET_ENV = {
-    "PREFECT_LOGGING_LEVEL": "CRITICAL",  # the CLI prints its own progress, summary and errors
-    "DO_NOT_TRACK": "1",  # client analytics
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the server's telemetry heartbeat
-    "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
-    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
-    # The embedded server can take longer than Prefect's 20 s to start on a small, busy machine.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-    # distributed's own lines (a worker restarted, a heartbeat racing the shutdown) are noise on a
-    # terminal: a block that fails reaches the user through its task, as one sentence.
-    "DASK_LOGGING__DISTRIBUTED": "critical",
-}
-for _key, _value in QUIET_ENV.items():
-    os.environ.setdefault(_key, _value)
+from flows.api import launch_api, quiet_environment, setting, wait_api
+
+quiet_environment()
 
 from prefect import Flow  # noqa: E402  (after the environment it reads)
 from prefect.context import refresh_global_settings_context  # noqa: E402
@@ -66,31 +55,20 @@ __all__ = [
 ]
 
 
-def setting(key: str) -> str:
-    """One of the settings above: the user's value, else ours (also if the environment was reset)."""
-    return os.environ.get(key, QUIET_ENV[key])
-
-
 def ensure_api() -> str:
-    """The URL of the one Prefect API every process of a run reports to, starting the embedded one.
+    """The URL of the one Prefect API every process of a run reports to, once it answers.
 
-    Prefect starts its embedded server lazily and keeps the URL to itself, so Dask worker
-    processes would each start their own (and contend for its SQLite file). Starting it here and
-    exporting the URL, before any cluster starts, makes workers report to this one; a worker that
-    somehow lacks the URL fails instead of starting another server.
+    The user's server, or the one ``fcnpipe run`` started as it began (``flows.api``), or one
+    started now. Exported (``PREFECT_API_URL``) before any cluster starts, so Dask worker
+    processes report to it rather than each starting an embedded server of their own.
     """
     url = get_current_settings().api.url
-    if url:
-        os.environ["PREFECT_API_URL"] = url
-        return url
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()  # the instance Prefect's client would start; stopped at exit
-    server.start(timeout=int(setting("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")))
-    os.environ["PREFECT_API_URL"] = server.api_url
-    os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
-    refresh_global_settings_context()
-    return str(server.api_url)
+    if not url:
+        url = launch_api()
+        refresh_global_settings_context()
+    wait_api(url)
+    os.environ["PREFECT_API_URL"] = url
+    return url
 
 
 @contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from flows.api import free_port
 from pipeline.cli.main import app
 from pipeline.outputs.mosaic import read_state
 from tests.conftest import ROOT, noise_image, write_tif
 
 BATCH = str(ROOT / "flows" / "segment_batch.py")
 runner = CliRunner()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(condition: object, seconds: float, what: str) -> None:

@@ -1,5 +1,5 @@
 """``python -m pipeline.cli``: the ``fcnpipe`` command."""
 
-from pipeline.cli.main import app
+from pipeline.cli.entry import main
 
-app()
+main()

@@ -1,0 +1,168 @@
+"""The Prefect API a terminal run reports to: started as the command begins, waited for when needed.
+
+Left to itself, Prefect starts its embedded server when the first flow runs: the caller imports the
+server (~2 s here) and then waits for the server process to boot (~6 s), in series with everything
+else. ``fcnpipe run`` instead starts the server process before it imports torch and Prefect, so
+the server boots on another core while this process imports, and only waits for it (``wait_api``)
+when the flow is about to run. This module imports nothing of Prefect's for that reason.
+
+The server is Prefect's own application (``create_app(ephemeral=True)``: API only, no UI, no
+services), on 127.0.0.1 and a free port, with the database Prefect would use. It stops when this
+process exits, and on its own if this process dies without exiting (killed).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+QUIET_ENV = {
+    "PREFECT_LOGGING_LEVEL": "CRITICAL",  # the CLI prints its own progress, summary and errors
+    "DO_NOT_TRACK": "1",  # client analytics
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the server's telemetry heartbeat
+    "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+    # The server can take longer than Prefect's 20 s to start on a small, busy machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    # distributed's own lines (a worker restarted, a heartbeat racing the shutdown) are noise on a
+    # terminal: a block that fails reaches the user through its task, as one sentence.
+    "DASK_LOGGING__DISTRIBUTED": "critical",
+}
+
+
+def quiet_environment() -> None:
+    """Set the settings above in this process's environment; a value the user has set wins."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def setting(key: str) -> str:
+    """One of the settings above: the user's value, else ours (also if the environment was reset)."""
+    return os.environ.get(key, QUIET_ENV[key])
+
+
+# The servers this process started, by URL: ``wait_api`` tells a server that stopped from one
+# that never existed.
+LAUNCHED: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def configured_api() -> bool:
+    """Whether the user names a Prefect API: environment, active profile, or ./prefect.toml / ./.env.
+
+    Read without importing Prefect, which would cost the seconds this module saves.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        data = tomllib.loads(profiles.read_text())
+        active = os.environ.get("PREFECT_PROFILE", data.get("active", "ephemeral"))
+        if data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"):
+            return True
+    except (OSError, tomllib.TOMLDecodeError):
+        pass
+    local = [Path("prefect.toml"), Path(".env")]
+    return any(p.is_file() and "url" in p.read_text(errors="replace").lower() for p in local)
+
+
+def launch_api() -> str:
+    """Start the embedded API in a child process, export its URL (``PREFECT_API_URL``), return it.
+
+    Exported before Prefect is imported here, the URL is the one this process and the Dask workers
+    it starts report to.
+    """
+    quiet_environment()
+    port = free_port()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.api", str(port), str(os.getpid())],
+        env={**os.environ, "PREFECT_UI_ENABLED": "false"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    atexit.register(stop, child)
+    url = f"http://127.0.0.1:{port}/api"
+    os.environ["PREFECT_API_URL"] = url
+    LAUNCHED[url] = child
+    return url
+
+
+def stop(child: subprocess.Popen[bytes]) -> None:
+    """Stop a server this process started."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def wait_api(url: str) -> None:
+    """Wait until the API at ``url`` answers its health check, or say in one sentence why not."""
+    from fcn.errors import FcnpipeError  # here: importing fcn imports torch, which launching must not
+
+    child = LAUNCHED.get(url)
+    patience = float(setting("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"))
+    if child is None:
+        patience = min(patience, 10.0)  # a running server answers at once; one that is down never
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if child is not None and child.poll() is not None:
+            stderr = child.stderr.read().decode(errors="replace").strip() if child.stderr else ""
+            last = stderr.splitlines()[-1] if stderr else f"exit status {child.returncode}"
+            raise FcnpipeError(f"Prefect's embedded server stopped while starting: {last}")
+        if time.monotonic() > deadline:
+            if child is not None:
+                raise FcnpipeError(
+                    f"Prefect's embedded server did not answer within {patience:.0f} s (raise "
+                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS on a busy machine)."
+                )
+            raise FcnpipeError(
+                f"the Prefect API at PREFECT_API_URL={url} does not answer: start it "
+                "(`prefect server start`) or unset PREFECT_API_URL to use an embedded one."
+            )
+        time.sleep(0.1)
+
+
+def exit_with_parent(parent: int) -> None:
+    """End this process when ``parent`` is gone (it was killed before it could stop us)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def serve(port: int, parent: int) -> None:
+    """The child: Prefect's API application on 127.0.0.1:``port`` until the parent stops it."""
+    import uvicorn
+    from prefect.server.api.server import create_app
+
+    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
+    app = create_app(ephemeral=True, final=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), int(sys.argv[2]))
