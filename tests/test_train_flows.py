@@ -65,6 +65,7 @@ def test_train_flow_writes_checkpoints_metrics_and_resumes_exactly(benchmark: Pa
               "--recipe", str(recipe), "--eval-every", "2"]  # fmt: skip
     output = flow("train", *common, "--out", str(tmp_path / "full"), "--max-steps", "6")
     assert "train pointwise" in output and "6/6 steps" in output and "best mean IU" in output
+    assert "s per step on this machine, about" in output and "more to reach step 6" in output
     assert "warning" not in output  # the stand-in has no ImageNet start to miss
     assert f"pointwise: {tmp_path / 'full' / 'pointwise' / 'best.pt'} (val mean IU" in " ".join(
         output.split()
