@@ -15,6 +15,7 @@ from typing import Any
 import pystac
 import pytest
 import rasterio
+import shapely.geometry
 from pystac.validation import JsonSchemaSTACValidator, validate_dict
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
@@ -123,6 +124,8 @@ def test_bbox_holds_the_footprint_transformed_independently(item_path: Path, sce
     assert west - eps <= min(lons) and max(lons) <= east + eps
     assert south - eps <= min(lats) and max(lats) <= north + eps
     assert east - west < 1.5 * (max(lons) - min(lons))  # and is not much larger
+    outline = shapely.geometry.shape(read_item(item_path)["geometry"])
+    assert outline.exterior.is_ccw and outline.bounds == tuple(bbox)  # RFC 7946's winding
 
 
 def test_proj_fields_are_the_input_raster_s(item_path: Path, scene: Path) -> None:

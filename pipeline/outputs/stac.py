@@ -71,7 +71,9 @@ def footprint(info: RasterInfo) -> dict[str, Any] | None:
     )
     points = [grid * p for p in ring]
     polygon = {"type": "Polygon", "coordinates": [[*points, points[0]]]}
-    return dict(transform_geom(CRS.from_wkt(info.crs_wkt), "EPSG:4326", polygon))
+    lonlat = shapely.geometry.shape(transform_geom(CRS.from_wkt(info.crs_wkt), "EPSG:4326", polygon))
+    # a north-up grid's outline runs clockwise; GeoJSON (RFC 7946) asks for counter-clockwise
+    return dict(shapely.geometry.mapping(shapely.orient_polygons(lonlat)))
 
 
 def acquired(info: RasterInfo) -> tuple[datetime, str] | None:
