@@ -213,10 +213,11 @@ def segment_mosaic(
     create_markdown_artifact(
         report.pop("markdown"), key="segment-report", description=Location(plan.output).redacted()
     )
-    if cog is not None:
-        report["cog"] = export_cog_task(plan.output, cog, overwrite)
+    written_cog = export_cog_task(plan.output, cog, overwrite) if cog is not None else None
+    if written_cog is not None:
+        report["cog"] = Location(written_cog).redacted()  # the summary is printed and kept by Prefect
         lap("COG export")
-    report["stac"] = write_item(plan, report, cog=report.get("cog")).redacted()  # after the COG: an asset
+    report["stac"] = write_item(plan, report, cog=written_cog).redacted()  # after the COG: an asset
     report["phases"] = phases
     warnings = [*plan.warnings, *report.pop("warnings")]
     return {"output": Location(plan.output).redacted(), "warnings": warnings, **report}

@@ -195,6 +195,8 @@ def print_summary(result: Any) -> None:
         )
         if result.get("cog"):
             out.print(f"wrote {result['cog']}: the labels as a Cloud-Optimized GeoTIFF.", highlight=False)
+        if result.get("stac"):
+            out.print(f"wrote {result['stac']}: its STAC Item (for catalogues).", highlight=False)
         if result.get("phases"):
             spent = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result["phases"].items())
             out.print(f"time: {spent}.", highlight=False)
