@@ -27,7 +27,7 @@ from flows.train import DEFAULT_STEPS, default_model
 from pipeline.cli.config import default_model_path, load_segment_config
 from pipeline.cluster import GPU, local_gpus
 from pipeline.outputs.export import export_cog
-from pipeline.outputs.stac import write_item
+from pipeline.outputs.stac import attach_cog
 from pipeline.storage import Location
 from pipeline.tiling.segment import BlockReport, Plan, finish, plan_scene, segment_block
 
@@ -213,11 +213,11 @@ def segment_mosaic(
     create_markdown_artifact(
         report.pop("markdown"), key="segment-report", description=Location(plan.output).redacted()
     )
-    written_cog = export_cog_task(plan.output, cog, overwrite) if cog is not None else None
-    if written_cog is not None:
-        report["cog"] = Location(written_cog).redacted()  # the summary is printed and kept by Prefect
+    if cog is not None:
+        written = export_cog_task(plan.output, cog, overwrite)
+        attach_cog(plan.output, written)  # to the STAC Item finishing wrote
+        report["cog"] = Location(written).redacted()  # the summary is printed and kept by Prefect
         lap("COG export")
-    report["stac"] = write_item(plan, report, cog=written_cog).redacted()  # after the COG: an asset
     report["phases"] = phases
     warnings = [*plan.warnings, *report.pop("warnings")]
     return {"output": Location(plan.output).redacted(), "warnings": warnings, **report}

@@ -147,7 +147,6 @@ def build_item(
     *,
     created: datetime,
     acquisition: tuple[datetime, str] | None = None,
-    cog: Location | None = None,
 ) -> pystac.Item:
     """The Item of a finished mosaic; ``run`` is the summary ``finish`` returns (settings, preview, count)."""
     geometry = footprint(info)
@@ -177,8 +176,6 @@ def build_item(
     preview = Location(run["preview"])
     item.add_asset(PREVIEW, pystac.Asset(href(preview, folder), title="preview with legend",
                                          media_type=pystac.MediaType.PNG, roles=["overview"]))  # fmt: skip
-    if cog is not None:
-        add_cog(item, cog, folder, found)
     return item
 
 
@@ -188,12 +185,12 @@ def save(item: pystac.Item, where: Location) -> None:
     write_bytes(where, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def write_item(plan: Plan, run: dict[str, Any], cog: str | None = None) -> Location:
-    """Describe a finished run's mosaic (and its COG, if one was exported) beside it; the Item's location."""
+def write_item(plan: Plan, run: dict[str, Any]) -> Location:
+    """Describe a finished run's mosaic beside it (a COG exported later: ``attach_cog``); its location."""
     mosaic = Location(plan.output)
     item = build_item(
         mosaic, plan.input, plan.card, plan.weights_sha256, run, created=datetime.now(UTC),
-        acquisition=acquired(plan.input), cog=None if cog is None else Location(cog),
+        acquisition=acquired(plan.input),
     )  # fmt: skip
     where = item_location(mosaic)
     save(item, where)

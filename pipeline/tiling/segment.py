@@ -358,6 +358,8 @@ def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, 
     image.save(png, format="PNG")
     write_bytes(path, png.getvalue())
     report["preview"] = path.redacted()
+    # Before the complete-mark: a rerun of a complete mosaic stops at once, and would never write it.
+    report["stac"] = write_item(plan, report).redacted()
     mark_complete(group, report)
     return {**report, "markdown": markdown_report(plan.input, plan.card, report, counts)}
 
@@ -381,9 +383,7 @@ def preview_path(plan: Plan) -> Location:
 
 
 def run_local(plan: Plan) -> dict[str, Any]:
-    """Segment every remaining block in this process, in order, finish, and write the STAC Item."""
+    """Segment every remaining block in this process, in order, then finish (no Prefect)."""
     start = time.perf_counter()
     reports = [segment_block(plan, index) for index in plan.todo]
-    report = finish(plan, reports, time.perf_counter() - start)
-    report["stac"] = write_item(plan, report).redacted()
-    return report
+    return finish(plan, reports, time.perf_counter() - start)
