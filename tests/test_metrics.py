@@ -80,8 +80,10 @@ def test_perfect_prediction_scores_one_everywhere() -> None:
 
 
 def test_an_empty_histogram_scores_nan_without_warnings() -> None:
+    """fw IU is the exception: 0.0, the reference's empty sum over classes of nonzero frequency."""
     with np.errstate(all="raise"):
         result = scores(confusion(np.full(3, 255), np.zeros(3), 2))
+    assert result.pop("fw_iu") == 0.0
     assert all(math.isnan(v) for v in result.values())
 
 
@@ -95,7 +97,7 @@ def test_the_report_of_an_empty_histogram_is_strict_json(tmp_path: Path) -> None
         raise ValueError(constant)
 
     report = json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse)
-    assert set(report["metrics"].values()) == {None} and report["per_class_iu"] == {"a": None, "b": None}
+    assert set(report["metrics"].values()) == {None, 0.0} and report["per_class_iu"] == {"a": None, "b": None}
 
 
 def test_uint8_label_maps_do_not_overflow() -> None:

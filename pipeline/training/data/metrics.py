@@ -48,11 +48,12 @@ def per_class_iu(hist: NDArray[np.int64]) -> NDArray[np.float64]:
 def scores(hist: NDArray[np.int64]) -> dict[str, float]:
     """``pixel_accuracy``, ``mean_accuracy``, ``mean_iu`` and ``fw_iu`` of a confusion histogram.
 
-    An empty histogram (no labelled pixel) scores NaN throughout.
+    An empty histogram (no labelled pixel) scores NaN, except fw IU: 0.0, as in the reference's
+    ``score.py``, whose weighted sum runs over the classes of nonzero frequency and so over none.
     """
     if hist.sum() == 0:
         nan = float("nan")
-        return {"pixel_accuracy": nan, "mean_accuracy": nan, "mean_iu": nan, "fw_iu": nan}
+        return {"pixel_accuracy": nan, "mean_accuracy": nan, "mean_iu": nan, "fw_iu": 0.0}
     diag = np.diag(hist)
     iu = per_class_iu(hist)
     freq = hist.sum(1) / hist.sum()
