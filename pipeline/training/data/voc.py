@@ -3,7 +3,10 @@
 VOC layout: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png`` (palette PNGs whose indices are
 the classes, 255 on object boundaries = void) and ``ImageSets/Segmentation/<split>.txt``. The FCN
 paper's ``seg11valid`` split (VOC2011 val minus the images in SBD train) is read from
-``ImageSets/Segmentation/seg11valid.txt`` or, failing that, ``seg11valid.txt`` at the root.
+``ImageSets/Segmentation/seg11valid.txt``, ``seg11valid.txt`` at the root, or, failing both, the
+list fcnpipe ships beside this module: the reference's ``data/pascal/seg11valid.txt`` (736 ids,
+github.com/shelhamer/fcn.berkeleyvision.org), so "train on SBD, validate on seg11valid" needs no
+file but the two datasets.
 
 SBD layout (``benchmark_RELEASE/dataset``): ``img/<id>.jpg``, ``cls/<id>.mat`` (struct ``GTcls``
 with field ``Segmentation``) and ``<split>.txt`` at the root. SBD has no void label.
@@ -48,6 +51,7 @@ CLASSES = (
 )
 
 SPLITS = Path("ImageSets", "Segmentation")
+SEG11VALID = Path(__file__).with_name("seg11valid.txt")
 
 
 class VOC(SegmentationDataset):
@@ -60,7 +64,7 @@ class VOC(SegmentationDataset):
         require_dirs(self.name, root, "JPEGImages", "SegmentationClass")
         candidates = [SPLITS / f"{split}.txt"]
         if split == "seg11valid":
-            candidates.append(Path("seg11valid.txt"))
+            candidates += [Path("seg11valid.txt"), SEG11VALID]  # absolute: root / SEG11VALID is itself
         super().__init__(root, split, read_lines(split_file(self.name, root, split, candidates)))
 
     def load_image(self, key: str) -> ImageArray:
