@@ -57,3 +57,20 @@ CAFFE_VGG16 = Normalization(
     mean=(104.00699, 116.66877, 122.67891),
     std=(1.0, 1.0, 1.0),
 )
+
+# The FCN reference's data layers (github.com/shelhamer/fcn.berkeleyvision.org) feed the Caffe VGG16
+# each dataset's own mean instead of ImageNet's; the values below are copied from them.
+# siftflow_layers.py: in_[:, :, ::-1] (RGB -> BGR), then `in_ -= self.mean`, mean (114.578, 115.294, 108.353).
+CAFFE_SIFTFLOW = Normalization(
+    channel_order="BGR", scale=1.0, mean=(114.578, 115.294, 108.353), std=(1.0, 1.0, 1.0)
+)
+# nyud_layers.py load_image: RGB -> BGR, then `in_ -= self.mean_bgr`, mean_bgr (116.190, 97.203, 92.318).
+CAFFE_NYUD_COLOR = Normalization(
+    channel_order="BGR", scale=1.0, mean=(116.190, 97.203, 92.318), std=(1.0, 1.0, 1.0)
+)
+# nyud_layers.py load_hha: `hha -= self.mean_hha`, mean_hha (132.431, 94.076, 118.477), with no channel
+# flip: the HHA PNG's channels (horizontal disparity, height, angle) go in as stored. "RGB" here
+# means the order they are read in.
+CAFFE_NYUD_HHA = Normalization(
+    channel_order="RGB", scale=1.0, mean=(132.431, 94.076, 118.477), std=(1.0, 1.0, 1.0)
+)

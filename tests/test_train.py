@@ -356,9 +356,14 @@ def test_a_rng_state_saved_on_the_cpu_resumes_on_a_gpu() -> None:
 # --- starting points -----------------------------------------------------------------------------
 
 
-def test_caffe_vgg16_must_be_named(train_split: SegmentationDataset) -> None:
-    """The hub cache holds torchvision's VGG16: reading it with Caffe's normalisation would be wrong."""
-    with pytest.raises(FcnpipeError, match="caffe-vgg16:PATH"):
+def test_caffe_vgg16_without_a_path_is_only_its_own_file_in_the_hub_cache(
+    train_split: SegmentationDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never torchvision's VGG16 there: reading it with Caffe's normalisation would be wrong."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth").touch()
+    with pytest.raises(FcnpipeError, match=r"weights fetch vgg16 --caffe.*caffe-vgg16:PATH"):
         initial_model("caffe-vgg16", "fcn32s", train_split)
 
 

@@ -303,7 +303,9 @@ def initial_model(
 
     ``init`` is ``imagenet[:PATH]`` (the architecture's ImageNet classifier by net surgery, e.g.
     VGG16 for the FCNs; the torch hub cache without a path), ``vgg16[:PATH]`` (the same, for
-    architectures that start from VGG16), ``caffe-vgg16:PATH`` (the Caffe conversion), ``scratch``
+    architectures that start from VGG16), ``caffe-vgg16[:PATH]`` (the Caffe conversion, fed as the
+    reference's data layer for ``dataset`` feeds it: :attr:`SegmentationDataset.reference_input`;
+    the file ``fcnpipe weights fetch vgg16 --caffe`` leaves in the hub cache without a path), ``scratch``
     (random, seeded; warns where the paper started from ImageNet), or a checkpoint: of the same
     architecture to continue from it, of another (FCN-32s for FCN-16s, FCN-16s for FCN-8s) for the
     paper's staged initialisation.
@@ -320,6 +322,8 @@ def initial_model(
         model, card = starting_model(
             arch, dataset.num_classes, imagenet=weights, caffe=kind == "caffe-vgg16", class_names=names
         )
+        if kind == "caffe-vgg16":
+            card = replace(card, normalization=dataset.reference_input)
     elif init == "scratch":
         if architecture(arch).imagenet is not None:
             warnings.warn(SCRATCH_WARNING, UserWarning, stacklevel=2)

@@ -21,7 +21,7 @@ from fcn.fcn import init_from_scratch
 from fcn.registry import architecture
 from fcn.surgery import hub_path, load_imagenet_state_dict
 from pipeline.training.downloads import progress_bar
-from pipeline.training.sources import fetch_imagenet
+from pipeline.training.sources import CAFFE_VGG16_FILENAME, fetch_imagenet
 
 
 def starting_model(
@@ -43,15 +43,19 @@ def starting_model(
 
     Without ``imagenet`` the torch hub cache is looked in, and torchvision's file is downloaded
     into it (checked against its checksum; from ``download_base`` if given) when it is missing.
-    The Caffe conversion of VGG16 (``caffe``) must be named: the cache holds torchvision's weights.
+    The Caffe conversion of VGG16 (``caffe``) is looked for there under the name ``fcnpipe weights
+    fetch vgg16 --caffe`` gives it, never under torchvision's, and never downloaded unasked.
     """
     if random_seed is not None and (imagenet is not None or caffe):
         raise FcnpipeError("choose either ImageNet weights or --random, not both.")
     if caffe and imagenet is None:
-        raise FcnpipeError(
-            "the Caffe VGG16 must be given by path (caffe-vgg16:PATH, or --caffe with --imagenet PATH); "
-            "the torch hub cache holds torchvision's VGG16, which is plain vgg16."
-        )
+        imagenet = hub_path(CAFFE_VGG16_FILENAME)
+        if not imagenet.is_file():
+            raise FcnpipeError(
+                f"the Caffe VGG16 is not in the torch hub cache ({imagenet}): fetch it with 'fcnpipe "
+                "weights fetch vgg16 --caffe', or name its file (caffe-vgg16:PATH, or --caffe with "
+                "--imagenet PATH)."
+            )
     spec = architecture(arch)  # an unknown name says so here
     if random_seed is not None:
         torch.manual_seed(random_seed)

@@ -10,6 +10,7 @@ from numpy.typing import NDArray
 
 from fcn.checkpoint import RGB, default_palette
 from fcn.errors import FcnpipeError
+from fcn.normalization import CAFFE_VGG16, Normalization
 
 ImageArray = NDArray[np.uint8]
 """An H x W x 3 RGB image."""
@@ -26,6 +27,10 @@ class SegmentationDataset(ABC):
     name: str
     class_names: tuple[str, ...]
     ignore_index: int = VOID
+    reference_input: Normalization = CAFFE_VGG16
+    """What the FCN reference's data layer feeds a network started from the Caffe VGG16 for this
+    dataset: its mean, in its channel order. ImageNet's mean unless a dataset's layer says otherwise
+    (VOC and PASCAL-Context subtract it, to within 1e-5)."""
 
     def __init__(self, root: Path, split: str, keys: list[str]) -> None:
         self.root = root

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fcn.errors import FcnpipeError
+from fcn.normalization import CAFFE_NYUD_COLOR, CAFFE_NYUD_HHA
 from pipeline.training.data.base import ImageArray, LabelArray, SegmentationDataset, shift_void
 from pipeline.training.data.files import load_mat, read_lines, read_rgb, require_dirs, split_file
 
@@ -64,6 +65,7 @@ class NYUD(SegmentationDataset):
     name = "nyud"
     class_names = CLASSES
     image_dirs: tuple[str, ...] = ("data/images",)
+    reference_input = CAFFE_NYUD_COLOR
 
     def __init__(self, root: Path, split: str) -> None:
         require_dirs(self.name, root, "segmentation")
@@ -90,3 +92,4 @@ class NYUDHHA(NYUD):
 
     name = "nyud-hha"
     image_dirs = ("data/hha", "hha")
+    reference_input = CAFFE_NYUD_HHA

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path, PureWindowsPath
 
+from fcn.normalization import CAFFE_SIFTFLOW
 from pipeline.training.data.base import ImageArray, LabelArray, SegmentationDataset, shift_void
 from pipeline.training.data.files import load_mat, read_lines, read_rgb, require_dirs, split_file
 
@@ -66,6 +67,7 @@ class SiftFlow(SegmentationDataset):
     name = "siftflow"
     class_names: tuple[str, ...] = SEMANTIC_CLASSES
     label_dir = "SemanticLabels"
+    reference_input = CAFFE_SIFTFLOW
 
     def __init__(self, root: Path, split: str) -> None:
         require_dirs(self.name, root, f"Images/{SCENES}", f"{self.label_dir}/{SCENES}")
