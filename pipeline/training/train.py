@@ -98,8 +98,16 @@ class StageArgs(BaseModel):
     seed: int = Field(0, ge=0)
     train_split: str = "train"
     val_split: str = "val"
+    val_dataset: str | None = None
+    """``NAME:PATH`` of the validation data when it is not ``dataset`` (the reference trains on SBD
+    and validates on VOC2011's seg11valid); it must have the training data's classes."""
     val_limit: int | None = Field(None, ge=1)
     """Validate on the first ``val_limit`` images only."""
+
+    @property
+    def validation(self) -> str:
+        """The validation data's ``NAME:PATH``."""
+        return self.val_dataset or self.dataset
 
 
 # --- batches -----------------------------------------------------------------------------------
@@ -446,29 +454,45 @@ def stamped(card: ModelCard, state: TrainState, recipe: Recipe, args: StageArgs)
         "steps": state.step,
         "recipe": recipe.name,
         "seed": args.seed,
+        "val_dataset": args.validation,
+        "val_split": args.val_split,
         "val_scores": state.scores,
     }
     return replace(card, provenance=provenance)
 
 
 def open_splits(args: StageArgs, card: ModelCard) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """The training and validation splits, checked against the model's class count."""
+    """The training and validation splits, checked against the model's classes and each other's."""
     train_set, val_set = (
         open_dataset(args.dataset, args.train_split),
-        open_dataset(args.dataset, args.val_split),
+        open_dataset(args.validation, args.val_split),
     )
-    for split in (train_set, val_set):
+    for split, spec in ((train_set, args.dataset), (val_set, args.validation)):
         if len(split) == 0:
             raise FcnpipeError(
-                f"the {split.split} split of {args.dataset} is empty; a stage needs training images "
+                f"the {split.split} split of {spec} is empty; a stage needs training images "
                 "and validation images (its best checkpoint is chosen on them)."
             )
-        if split.num_classes != card.num_classes:
-            raise FcnpipeError(
-                f"the {split.split} split of {args.dataset} has {split.num_classes} classes but the "
-                f"{card.arch} predicts {card.num_classes}; start from a model made for this dataset."
-            )
+    if val_set.class_names != train_set.class_names:
+        raise FcnpipeError(
+            f"the validation data {args.validation} is labelled with other classes than the training "
+            f"data {args.dataset} ({class_difference(val_set.class_names, train_set.class_names)}); "
+            "validate on data labelled with the same classes."
+        )
+    if train_set.num_classes != card.num_classes:
+        raise FcnpipeError(
+            f"the {train_set.split} split of {args.dataset} has {train_set.num_classes} classes but the "
+            f"{card.arch} predicts {card.num_classes}; start from a model made for this dataset."
+        )
     return train_set, val_set
+
+
+def class_difference(val: tuple[str, ...], train: tuple[str, ...]) -> str:
+    """Where two class lists first differ, in words (validation's side first)."""
+    if len(val) != len(train):
+        return f"{len(val)} classes against {len(train)}"
+    index = next(i for i, (v, t) in enumerate(zip(val, train, strict=True)) if v != t)
+    return f"class {index} is {val[index]!r} there and {train[index]!r} here"
 
 
 def start_or_resume(
@@ -486,7 +510,8 @@ def start_or_resume(
         raise FcnpipeError(f"{run_dir} already holds a training run; resume it or choose another folder.")
     payload = read_checkpoint(last)
     stored_recipe = validated(payload["recipe"], str(last)).model_dump()  # settings added since: defaults
-    stored = (payload["card"]["arch"], stored_recipe, payload["args"])
+    stored_args = StageArgs(**payload["args"]).model_dump()  # arguments added since: defaults
+    stored = (payload["card"]["arch"], stored_recipe, stored_args)
     if stored != (card.arch, recipe.model_dump(), args.model_dump()):
         raise FcnpipeError(
             f"{last} was made by another stage (architecture, recipe or arguments differ); a resume "
