@@ -3,26 +3,39 @@
 Two ship with fcnpipe. ``heavy`` is the FCN paper's reference: SGD with momentum 0.99, the loss
 summed over the pixels of one whole image per step, biases at twice the learning rate without
 weight decay, and a fixed rate per stage (1e-10 for FCN-32s, 1e-12 for FCN-16s, 1e-14 for FCN-8s;
-the rates are that small because the loss is a sum over ~250,000 pixels). ``modern`` is the
+the rates are that small because the loss is a sum over ~250,000 pixels, of Caffe's 0-255 input;
+SIFT Flow's FCN-8s keeps 1e-12), for the reference's number of steps on each dataset. ``modern`` is the
 usual recipe today: mean loss, SGD momentum 0.9 with a poly schedule, random crops with flips,
 batches of 8, bf16 on a GPU.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 from torch import nn
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from fcn.errors import FcnpipeError
+from fcn.normalization import Normalization
 from pipeline.cli.yamlfile import describe_errors, read_mapping
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BUILTIN_RECIPES = ("heavy", "modern", "default")
+
+T = TypeVar("T")
+
+
+def per_stage(table: dict[str, T], arch: str, dataset: str) -> T | None:
+    """``table``'s entry for ``DATASET/ARCH``, else for ``arch``, else for ``dataset`` (else None)."""
+    for key in (f"{dataset}/{arch}", arch, dataset):
+        if key in table:
+            return table[key]
+    return None
 
 
 class Recipe(BaseModel):
@@ -34,7 +47,13 @@ class Recipe(BaseModel):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(1e-3, gt=0)
     stage_lr: dict[str, float] = Field(default_factory=dict)
-    """Learning rate per architecture, overriding ``lr`` (the heavy recipe's staged rates)."""
+    """Learning rate per architecture (``fcn8s``) or per training dataset and architecture
+    (``siftflow/fcn8s``, which wins), overriding ``lr`` (the heavy recipe's staged rates)."""
+    steps: dict[str, PositiveInt] = Field(default_factory=dict)
+    """Steps per stage when a run gives neither a step count nor epochs: per training dataset
+    (``sbd``) or per dataset and architecture (``sbd/fcn8s-atonce``, which wins)."""
+    caffe_input: bool = False
+    """The rates were set for the Caffe VGG16's input (0-255, no std): other input is warned about."""
     momentum: float = Field(0.9, ge=0, lt=1)
     """SGD momentum; AdamW keeps its default betas."""
     weight_decay: float = Field(5e-4, ge=0)
@@ -63,9 +82,14 @@ class Recipe(BaseModel):
             raise ValueError("whole images (crop: null) differ in size, so batch_size must be 1")
         return self
 
-    def for_arch(self, arch: str) -> float:
-        """The learning rate of the stage that trains ``arch``."""
-        return self.stage_lr.get(arch, self.lr)
+    def for_arch(self, arch: str, dataset: str = "") -> float:
+        """The learning rate of the stage that trains ``arch`` on the dataset named ``dataset``."""
+        rate = per_stage(self.stage_lr, arch, dataset)
+        return self.lr if rate is None else rate
+
+    def steps_for(self, arch: str, dataset: str) -> int | None:
+        """The steps of the stage that trains ``arch`` on ``dataset`` when none are asked for."""
+        return per_stage(self.steps, arch, dataset)
 
     def updated(self, **changes: Any) -> Recipe:
         """A copy with some settings changed, validated like a file."""
@@ -100,12 +124,30 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
     return validated(data, str(path))
 
 
-def param_groups(model: nn.Module, recipe: Recipe, arch: str) -> list[dict[str, Any]]:
+def warn_about_input(recipe: Recipe, normalization: Normalization) -> None:
+    """Warn in one sentence when the recipe's rates assume Caffe's input but the model reads another.
+
+    A summed loss makes the gradient scale with the input: one grey level is 1.0 of Caffe's input
+    and about 0.017 of torchvision's (RGB, 0-1, divided by the std), so the same rate is another one.
+    """
+    step = sum(normalization.scale / s for s in normalization.std) / 3  # input per grey level
+    if recipe.caffe_input and abs(step - 1.0) > 1e-6:
+        warnings.warn(
+            f"the {recipe.name} recipe's fixed rates are the reference's for the Caffe VGG16's input, "
+            f"where one grey level is 1.0, but this model reads {step:.3g} per grey level (torchvision's "
+            "VGG16: RGB, 0-1, divided by the std), so they mean another rate here; start from "
+            "caffe-vgg16 for the reference's training.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+def param_groups(model: nn.Module, recipe: Recipe, arch: str, dataset: str = "") -> list[dict[str, Any]]:
     """Weights at the stage's rate with decay; biases at ``bias_lr_mult`` times it, decayed or not.
 
     Parameters that do not learn (the fixed bilinear upsamplers) are left out.
     """
-    lr = recipe.for_arch(arch)
+    lr = recipe.for_arch(arch, dataset)
     weights: list[nn.Parameter] = []
     biases: list[nn.Parameter] = []
     for name, param in model.named_parameters():
@@ -122,12 +164,12 @@ def param_groups(model: nn.Module, recipe: Recipe, arch: str) -> list[dict[str, 
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe, arch: str) -> Optimizer:
-    """The recipe's optimiser over :func:`param_groups`."""
-    groups = param_groups(model, recipe, arch)
+def make_optimizer(model: nn.Module, recipe: Recipe, arch: str, dataset: str = "") -> Optimizer:
+    """The recipe's optimiser over :func:`param_groups` (``dataset``: the training data's name)."""
+    groups = param_groups(model, recipe, arch, dataset)
     if recipe.optimizer == "adamw":
-        return AdamW(groups, lr=recipe.for_arch(arch))
-    return SGD(groups, lr=recipe.for_arch(arch), momentum=recipe.momentum)
+        return AdamW(groups, lr=recipe.for_arch(arch, dataset))
+    return SGD(groups, lr=recipe.for_arch(arch, dataset), momentum=recipe.momentum)
 
 
 def make_scheduler(optimizer: Optimizer, recipe: Recipe, total_steps: int) -> LambdaLR:

@@ -105,6 +105,11 @@ class StageArgs(BaseModel):
     """Validate on the first ``val_limit`` images only."""
 
     @property
+    def dataset_name(self) -> str:
+        """The training data's ``NAME``: what recipes key their per-dataset settings by."""
+        return self.dataset.partition(":")[0]
+
+    @property
     def validation(self) -> str:
         """The validation data's ``NAME:PATH``."""
         return self.val_dataset or self.dataset
@@ -604,7 +609,7 @@ def train_stage(
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, recipe, card.arch)
+    optimizer = make_optimizer(model, recipe, card.arch, args.dataset_name)
     state = TrainState(model, optimizer, make_scheduler(optimizer, recipe, args.steps), device)
     train_set = splits[0]
     weights = class_weights(recipe.class_weights, train_set)
