@@ -30,7 +30,8 @@ from flows.runtime import training_bar
 from pipeline.cli.yamlfile import describe_errors
 from pipeline.tiling.engine import pick_device
 from pipeline.training.data import open_dataset
-from pipeline.training.recipes import Recipe, load_recipe
+from pipeline.training.presets import find_preset
+from pipeline.training.recipes import Recipe, load_recipe, warn_about_input
 from pipeline.training.train import (
     STAGES,
     StageArgs,
@@ -82,13 +83,15 @@ def train_stage_task(
 ) -> tuple[StageResult, list[str]]:
     """Train one stage from ``init`` (ImageNet VGG16, scratch or the previous stage's best.pt).
 
-    Returns the result and the warnings of the start (from scratch, layers left at random), which
-    the CLI prints: Prefect's own log is quiet in a terminal run.
+    Returns the result and the warnings of the start (from scratch, layers left at random, a
+    recipe's rates meant for other input), which the CLI prints: Prefect's own log is quiet in a
+    terminal run.
     """
     dataset = open_dataset(args.dataset, args.train_split)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         model, card = initial_model(init, arch, dataset, seed=args.seed)
+        warn_about_input(recipe, card.normalization)
     notes = list(dict.fromkeys(str(w.message) for w in caught))
     for note in notes:
         get_run_logger().warning(note)
@@ -104,13 +107,60 @@ def resume_stage_task(last: Path, arch: str, args: StageArgs, device: str) -> St
         return resume_stage(last.parent, device=pick_device(device), on_step=on_step)
 
 
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "arch": "fcn8s", "init": "imagenet", "recipe": "modern", "train_split": "train", "val_split": "val",
+}  # fmt: skip
+"""What an option given neither on the command line nor by a preset means."""
+
+
+def option_defaults(config: Path | None = None) -> dict[str, Any]:
+    """What each option left out means, for ``--help`` (the train flow has no config file)."""
+    return TRAIN_DEFAULTS | {"max_steps": "the recipe's for the dataset", "eval_every": "one epoch"}
+
+
+def chosen_options(preset: str | None, data: Path | None, given: dict[str, Any]) -> dict[str, Any]:
+    """The options a run uses: those given, then the preset's, then :data:`TRAIN_DEFAULTS`."""
+    if preset is None:
+        if data is not None:
+            raise FcnpipeError(
+                "--data DIR is where a --preset finds its datasets; without one give --dataset."
+            )
+        values = TRAIN_DEFAULTS | {k: v for k, v in given.items() if v is not None}
+    else:
+        values = TRAIN_DEFAULTS | find_preset(preset).options(preset, data, given)
+    if values.get("dataset") is None:
+        raise FcnpipeError("give the training data as --dataset NAME:PATH, or a --preset with --data DIR.")
+    return values
+
+
+def stage_lengths(
+    chain: list[str], recipe: Recipe, dataset: str, train_size: int, max_steps: int | None, epochs: int | None
+) -> dict[str, int]:
+    """Steps per stage: --max-steps, --epochs of the training split, or the recipe's for the dataset."""
+    if max_steps is not None and epochs is not None:
+        raise FcnpipeError("give the length of each stage with either --max-steps or --epochs, not both.")
+    if max_steps is not None:
+        return dict.fromkeys(chain, max_steps)
+    if epochs is not None:
+        return dict.fromkeys(chain, epochs * math.ceil(train_size / recipe.batch_size))
+    name = dataset.partition(":")[0]
+    lengths = {stage: recipe.steps_for(stage, name) for stage in chain}
+    missing = [stage for stage, steps in lengths.items() if steps is None]
+    if missing:
+        raise FcnpipeError(
+            f"give the length of each stage with either --max-steps or --epochs (the {recipe.name} "
+            f"recipe has no steps of its own for {', '.join(missing)} on {name})."
+        )
+    return {stage: int(steps) for stage, steps in lengths.items() if steps is not None}
+
+
 @flow(name="train")
 def train(
-    dataset: str,
+    dataset: str | None = None,
     out: Path | None = None,
-    arch: str = "fcn8s",
-    init: str = "imagenet",
-    recipe: str = "modern",
+    arch: str | None = None,
+    init: str | None = None,
+    recipe: str | None = None,
     class_weights: str = "none",
     adversarial: float = 0.0,
     max_steps: int | None = None,
@@ -121,30 +171,37 @@ def train(
     device: str = "auto",
     seed: int = 0,
     val_limit: int | None = None,
-    train_split: str = "train",
-    val_split: str = "val",
+    train_split: str | None = None,
+    val_split: str | None = None,
+    val_dataset: str | None = None,
+    preset: str | None = None,
+    data: Path | None = None,
 ) -> dict[str, Any]:
     """Train ARCH on DATASET (NAME:PATH, e.g. synthetic-ortho:data/synthetic or camvid:CamVid).
 
     FCN-16s and FCN-8s are trained in stages from FCN-32s unless --staged false; every other
     architecture (fcnpipe weights archs) in one stage. INIT is imagenet[:PATH] (the network's
-    ImageNet classifier by net surgery, torchvision layout), caffe-vgg16:PATH, a checkpoint, or
-    scratch (the networks whose papers train from scratch). --class-weights median-frequency
-    weighs the loss as SegNet does; --adversarial LAMBDA adds Luc et al.'s adversarial term.
-    Give the length per stage as --max-steps or --epochs (of --train-split); the best checkpoint
-    is chosen on --val-split. OUT defaults to runs/train, or to the run that --resume continues.
+    ImageNet classifier by net surgery, torchvision layout), caffe-vgg16[:PATH] (the Caffe VGG16,
+    with the dataset's input as the reference feeds it), a checkpoint, or scratch (the networks
+    whose papers train from scratch). --class-weights median-frequency weighs the loss as SegNet
+    does; --adversarial LAMBDA adds Luc et al.'s adversarial term. Give the length per stage as
+    --max-steps or --epochs (of --train-split), or leave it to the recipe (heavy: the reference's
+    steps per dataset); the best checkpoint is chosen on --val-split of --val-dataset (default:
+    DATASET). --preset NAME sets all of these as a model folder of the FCN reference release
+    trains it (configs/presets.yaml, README), its data under --data DIR; options given win. OUT
+    defaults to runs/train, or to the run that --resume continues.
 
     Args:
         dataset: The training data as NAME:PATH (fcnpipe data info NAME:PATH checks it).
         out: The run's folder (one subfolder per stage); default: runs/train.
         arch: The network (fcnpipe weights archs lists them).
-        init: imagenet[:PATH], caffe-vgg16:PATH, a checkpoint to start from, or scratch.
+        init: imagenet[:PATH], caffe-vgg16[:PATH], a checkpoint to start from, or scratch.
         recipe: modern, heavy (the reference's), default, or a recipe YAML file.
         class_weights: none, or median-frequency (weights from the training split, as SegNet).
         adversarial: LAMBDA of Luc et al.'s adversarial term (0: none).
         max_steps: Steps per stage.
         epochs: Epochs of the training split per stage (instead of --max-steps).
-        eval_every: Steps between validations; default: the recipe's.
+        eval_every: Steps between validations; default: one epoch.
         staged: Train FCN-16s and FCN-8s in stages from FCN-32s, as the paper.
         resume: A stage's last.pt to continue exactly (then the stages after it).
         device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
@@ -152,8 +209,14 @@ def train(
         val_limit: Score only this many validation images.
         train_split: The split to train on.
         val_split: The split that chooses the best checkpoint.
+        val_dataset: The validation data as NAME:PATH, if not DATASET (same classes).
+        preset: A reference protocol, e.g. voc-fcn8s (README lists them).
+        data: The folder a preset reads its datasets from.
     """
-    chain = stages_for(arch, staged)
+    given = {"dataset": dataset, "arch": arch, "init": init, "recipe": recipe, "train_split": train_split,
+             "val_dataset": val_dataset, "val_split": val_split, "eval_every": eval_every}  # fmt: skip
+    options = chosen_options(preset, data, given)
+    chain = stages_for(options["arch"], staged)
     resumed_arch, resumed_args, notes = None, None, []
     if resume is not None:
         resumed_arch, resumed_args = resumable(resume, chain)
@@ -164,24 +227,26 @@ def train(
                 f"written beside it, so pass --out {resume.parent.parent} (or leave --out out)."
             )
     out = out or Path("runs/train")
-    train_size = len(open_dataset(dataset, train_split))
-    chosen = load_recipe(recipe).updated(class_weights=class_weights, adversarial=adversarial)
-    batch = chosen.batch_size
-    if (max_steps is None) == (epochs is None):
-        raise FcnpipeError("give the length of each stage with either --max-steps or --epochs.")
-    steps = max_steps if max_steps is not None else epochs * math.ceil(train_size / batch)  # type: ignore[operator]
+    train_size = len(open_dataset(options["dataset"], options["train_split"]))
+    chosen = load_recipe(options["recipe"]).updated(class_weights=class_weights, adversarial=adversarial)
+    lengths = stage_lengths(chain, chosen, options["dataset"], train_size, max_steps, epochs)
+    every = options.get("eval_every") or max(1, math.ceil(train_size / chosen.batch_size))
     try:
-        args = StageArgs(
-            dataset=dataset, steps=steps, eval_every=eval_every or max(1, math.ceil(train_size / batch)),
-            seed=seed, val_limit=val_limit, train_split=train_split, val_split=val_split,
+        first = StageArgs(
+            dataset=options["dataset"], steps=lengths[chain[0]], eval_every=every, seed=seed,
+            val_limit=val_limit, train_split=options["train_split"], val_split=options["val_split"],
+            val_dataset=options.get("val_dataset"),
         )  # fmt: skip
     except ValidationError as exc:
         raise FcnpipeError(f"invalid training settings: {describe_errors(exc)}.") from None
-    if resumed_args is not None and resumed_args.steps != args.steps:
-        notes.append(f"{resume} continues its stage as it was started, to step {resumed_args.steps}; "
-                     f"the {args.steps} steps asked for apply to the stages after it.")  # fmt: skip
+    args = {stage: first.model_copy(update={"steps": steps}) for stage, steps in lengths.items()}
+    if resumed_arch is not None and resumed_args is not None:
+        asked = args[resumed_arch].steps
+        if resumed_args.steps != asked:
+            notes.append(f"{resume} continues its stage as it was started, to step {resumed_args.steps}; "
+                         f"the {asked} steps asked for apply to the stages after it.")  # fmt: skip
     results: dict[str, Any] = {}
-    previous = init
+    previous = options["init"]
     for stage in chain:
         run_dir = out / stage
         if resumed_arch is not None and chain.index(stage) < chain.index(resumed_arch):
@@ -190,7 +255,7 @@ def train(
         if resume is not None and resumed_args is not None and stage == resumed_arch:
             result = resume_stage_task(resume, stage, resumed_args, device)
         else:
-            result, started = train_stage_task(stage, previous, chosen, args, run_dir, device)
+            result, started = train_stage_task(stage, previous, chosen, args[stage], run_dir, device)
             notes += [note for note in started if note not in notes]
         results[stage] = {"best": str(result.best), "mean_iu": result.best_mean_iu, **result.scores}
         previous = str(result.best)

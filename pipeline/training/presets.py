@@ -1,0 +1,88 @@
+"""The reference's training protocols as presets: typed YAML data (configs/presets.yaml), never code.
+
+A preset names one model folder of the FCN reference release (github.com/shelhamer/fcn.berkeleyvision.org)
+that fcnpipe can express, and sets the train flow's options as that folder trains it: the data and
+its splits (training and validation may be two datasets), the network (FCN-16s and FCN-8s are
+trained in the flow's stages from FCN-32s, as the release does), the start (the Caffe VGG16,
+which also picks the dataset's input normalisation), the recipe (whose per-dataset steps and rates
+are the folder's) and how often to validate. Options given on the command line win over it.
+
+Dataset specs are templates: ``{data}`` stands for the folder given as ``--data DIR``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from fcn.errors import FcnpipeError
+from pipeline.cli.yamlfile import describe_errors, read_mapping
+from pipeline.training.recipes import CONFIGS
+
+PRESETS = CONFIGS / "presets.yaml"
+
+
+class Preset(BaseModel):
+    """One reference model folder's protocol, as train flow options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reference: str
+    """The model folder of the reference release it follows."""
+    arch: str
+    dataset: str
+    """``NAME:PATH`` of the training data, ``{data}`` standing for ``--data DIR``."""
+    data: str
+    """What ``--data DIR`` must hold, in words (said when no data is given)."""
+    train_split: str
+    val_dataset: str | None = None
+    """``NAME:PATH`` of the validation data when it is another dataset, as ``dataset``."""
+    val_split: str
+    init: str = "caffe-vgg16"
+    recipe: str = "heavy"
+    eval_every: int = Field(gt=0)
+    """The reference's steps between scorings (solve.py's ``solver.step(N)``)."""
+    paper: str
+    """The paper's figure to compare with (README's table)."""
+    release: str
+    """The release README's figure for its own model of this folder."""
+
+    def options(self, name: str, data: Path | None, given: dict[str, Any]) -> dict[str, Any]:
+        """The flow options this preset sets, its ``{data}`` filled in; ``given`` options win.
+
+        A template left to fill without ``data`` is one sentence saying what to pass.
+        """
+        values: dict[str, Any] = {
+            "arch": self.arch, "init": self.init, "recipe": self.recipe,
+            "dataset": self.dataset, "train_split": self.train_split, "val_dataset": self.val_dataset,
+            "val_split": self.val_split, "eval_every": self.eval_every,
+        }  # fmt: skip
+        values |= {k: v for k, v in given.items() if v is not None}
+        for key in ("dataset", "val_dataset"):
+            spec = values[key]
+            if isinstance(spec, str) and "{data}" in spec:
+                if data is None:
+                    raise FcnpipeError(
+                        f"the {name} preset reads its data from --data DIR, {self.data}; or give "
+                        "--dataset NAME:PATH" + (" and --val-dataset NAME:PATH." if self.val_dataset else ".")
+                    )
+                values[key] = spec.replace("{data}", str(data))
+        return values
+
+
+def load_presets(path: Path = PRESETS) -> dict[str, Preset]:
+    """Read and validate every preset of ``path``."""
+    try:
+        return TypeAdapter(dict[str, Preset]).validate_python(read_mapping(path, "presets file"))
+    except ValidationError as exc:
+        raise FcnpipeError(f"invalid preset in {path}: {describe_errors(exc)}.") from None
+
+
+def find_preset(name: str) -> Preset:
+    """The preset ``name``; an unknown name is a sentence listing the known ones."""
+    presets = load_presets()
+    if name not in presets:
+        raise FcnpipeError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}.")
+    return presets[name]
