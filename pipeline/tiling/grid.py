@@ -17,6 +17,10 @@ sees the whole image mirrored by ``margin`` past its edges (``fcn.margin``). Its
 reach up to ``margin`` past the image (the reader mirrors them), their origins lie ``margin``
 before a multiple of the stride, as the mirrored image's does, and the network's output covers
 the read shrunk by ``margin``: ``halo`` is then ``margin`` plus a multiple of the stride.
+
+A streamed run (``fcn.streaming``) cuts the image into column **strips** instead: cores ``core``
+wide and the image high, each read with the halo across only and streamed top to bottom, one
+strip per block (:func:`plan_strips`). Its compute factor is that of the strips' columns alone.
 """
 
 from __future__ import annotations
@@ -178,6 +182,40 @@ def compute_factor(spec: GridSpec) -> float:
     rows = read_spans(spec.height, spec.core, spec.halo, spec.margin)
     cols = read_spans(spec.width, spec.core, spec.halo, spec.margin)
     return sum(rows) * sum(cols) / (spec.height * spec.width)
+
+
+def plan_strips(spec: GridSpec) -> list[Block]:
+    """Column strips ``core`` wide and the image high, one block each: the units of a streamed run.
+
+    A strip is read across its core plus the halo on either side (clipped at the image's edge) and
+    streamed top to bottom, so it needs no halo vertically. Its tiles are its rows of chunks (``chunk``
+    rows of the strip's core): what it writes at once. Each one's read is those rows of the strip's
+    read columns, the pixels the stream feeds the network for them, so the reads sum to the
+    network's work as tiles' do; their crops take the core's columns out of the strip's output.
+    """
+    if spec.margin:
+        raise ValueError("only networks whose output has the input's size stream (margin 0)")
+    strips = []
+    for index, col in enumerate(range(0, spec.width, spec.core)):
+        strip = Window(0, col, spec.height, min(spec.core, spec.width - col))
+        read = strip.expand(spec.halo, spec.height, spec.width)  # the rows stay the image's
+        rows = [
+            Window(r, col, min(spec.chunk, spec.height - r), strip.width)
+            for r in range(0, spec.height, spec.chunk)
+        ]
+        tiles = tuple(Tile(core, Window(core.row, read.col, core.height, read.width)) for core in rows)
+        strips.append(Block(index, tiles))
+    return strips
+
+
+def strip_compute_factor(spec: GridSpec) -> float:
+    """Pixels fed to the network over pixels of the scene when :func:`plan_strips` streams it.
+
+    Every strip feeds its read columns over the image's full height once, so only the horizontal
+    halo is paid: ``sum of the strips' read widths / width``, about ``(core + 2 * halo) / core``
+    for interior strips and 1.0 for a scene one strip wide.
+    """
+    return sum(read_spans(spec.width, spec.core, spec.halo)) / spec.width
 
 
 def largest_read(spec: GridSpec) -> tuple[int, int]:
