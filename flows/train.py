@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -115,7 +115,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 
 def option_defaults(config: Path | None = None) -> dict[str, Any]:
     """What each option left out means, for ``--help`` (the train flow has no config file)."""
-    return TRAIN_DEFAULTS | {"max_steps": "the recipe's for the dataset", "eval_every": "one epoch"}
+    return TRAIN_DEFAULTS | {
+        "max_steps": "the recipe's for the dataset", "eval_every": "one epoch",
+        "learn": "the recipe's (all)", "loss_sampling": "the recipe's (1.0)",
+    }  # fmt: skip
 
 
 def chosen_options(preset: str | None, data: Path | None, given: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +166,8 @@ def train(
     recipe: str | None = None,
     class_weights: str = "none",
     adversarial: float = 0.0,
+    learn: Literal["all", "classifier"] | None = None,
+    loss_sampling: float | None = None,
     max_steps: int | None = None,
     epochs: int | None = None,
     eval_every: int | None = None,
@@ -199,6 +204,8 @@ def train(
         recipe: modern, heavy (the reference's), default, or a recipe YAML file.
         class_weights: none, or median-frequency (weights from the training split, as SegNet).
         adversarial: LAMBDA of Luc et al.'s adversarial term (0: none).
+        learn: all, or classifier: only the score layers learn (the paper's FCN-32s-fixed).
+        loss_sampling: Keep each stride-32 cell in the loss with this probability (the paper's).
         max_steps: Steps per stage.
         epochs: Epochs of the training split per stage (instead of --max-steps).
         eval_every: Steps between validations; default: one epoch.
@@ -228,7 +235,9 @@ def train(
             )
     out = out or Path("runs/train")
     train_size = len(open_dataset(options["dataset"], options["train_split"]))
-    chosen = load_recipe(options["recipe"]).updated(class_weights=class_weights, adversarial=adversarial)
+    changes: dict[str, Any] = {"class_weights": class_weights, "adversarial": adversarial}
+    changes |= {k: v for k, v in {"learn": learn, "loss_sampling": loss_sampling}.items() if v is not None}
+    chosen = load_recipe(options["recipe"]).updated(**changes)
     lengths = stage_lengths(chain, chosen, options["dataset"], train_size, max_steps, epochs)
     every = options.get("eval_every") or max(1, math.ceil(train_size / chosen.batch_size))
     try:

@@ -38,6 +38,7 @@ from pipeline.training.train import (
     initial_model,
     resume_stage,
     rng_state,
+    sampled_cells,
     set_rng_state,
     train_stage,
 )
@@ -173,6 +174,43 @@ def test_param_groups_follow_the_recipe() -> None:
     assert weights["weight_decay"] == biases["weight_decay"] == 1e-4
 
 
+def test_learning_the_classifier_alone_optimises_only_the_score_layers() -> None:
+    fixed = load_recipe("heavy").updated(learn="classifier")
+    for arch, scores in [("fcn32s", {"score_fr"}), ("fcn8s", {"score_fr", "score_pool4", "score_pool3"})]:
+        model = build_model(arch, 3)
+        learned = {id(p) for g in param_groups(model, fixed, arch) for p in g["params"]}
+        expected = {id(p) for n, p in model.named_parameters() if n.split(".")[0] in scores}
+        assert learned == expected, arch
+        assert len(learned) == 2 * len(scores)  # a weight and a bias each
+    with pytest.raises(FcnpipeError, match="has no score layers"):
+        param_groups(nn.Sequential(nn.Conv2d(3, 2, 1)), fixed, "plain")
+
+
+def test_loss_sampling_ignores_whole_cells_at_the_rate_asked() -> None:
+    labels = torch.ones(8, 320, 330, dtype=torch.long)
+    torch.manual_seed(0)
+    kept = sampled_cells(labels, 0.25, 255)
+    cells = kept[:, :320, :320].reshape(8, 10, 32, 10, 32).permute(0, 1, 3, 2, 4).reshape(800, -1)
+    assert all(len(set(cell.tolist())) == 1 for cell in cells)  # a cell is kept or ignored whole
+    assert set(kept.unique().tolist()) == {1, 255}
+    share = float((cells[:, 0] == 1).float().mean())
+    assert 0.2 < share < 0.3, share  # 800 draws at 0.25: 5 standard deviations either side
+    edge = kept[:, :, 320:].reshape(8, 10, 32 * 10)  # the partial cells past the last whole one
+    assert torch.equal(edge.amin(2), edge.amax(2))
+
+
+def test_loss_sampling_changes_training_and_resumes_exactly(bench: str, tmp_path: Path) -> None:
+    sampling = modern(lr=0.05, loss_sampling=0.5)
+    plain = run_tiny(bench, tmp_path / "plain")
+    whole = run_tiny(bench, tmp_path / "whole", sampling)
+    run_tiny(bench, tmp_path / "parts", sampling, until=3)
+    resumed = run_tiny(bench, tmp_path / "parts", sampling, resume=True)
+    pairs = zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    pairs = zip(whole.state_dict().values(), plain.state_dict().values(), strict=True)
+    assert not all(torch.equal(a, b) for a, b in pairs)
+
+
 def test_criterion_sum_is_mean_times_labelled_pixels() -> None:
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 4, 5, 7, generator=gen)
@@ -274,11 +312,11 @@ def test_training_lowers_the_loss_and_raises_mean_iu(
     assert last["step"] == 40 and last["recipe"] == recipe.model_dump() and last["args"] == args.model_dump()
 
 
-def run_tiny(bench: str, run_dir: Path, **kwargs: object) -> nn.Module:
+def run_tiny(bench: str, run_dir: Path, recipe: Recipe | None = None, **kwargs: object) -> nn.Module:
     torch.manual_seed(0)
     model = Tiny(6)
     card = describe(model, "tiny")
-    recipe = modern(lr=0.05)
+    recipe = recipe or modern(lr=0.05)
     train_stage(model, card, recipe, StageArgs(dataset=bench, steps=6, eval_every=2), run_dir, **kwargs)
     return model
 

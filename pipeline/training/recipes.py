@@ -29,6 +29,9 @@ BUILTIN_RECIPES = ("heavy", "modern", "default")
 
 T = TypeVar("T")
 
+CLASSIFIER = "score"
+"""The prefix of the score layers' names (``score_fr``, ``score_pool4``; the stand-in's ``score``)."""
+
 
 def per_stage(table: dict[str, T], arch: str, dataset: str) -> T | None:
     """``table``'s entry for ``DATASET/ARCH``, else for ``arch``, else for ``dataset`` (else None)."""
@@ -71,6 +74,13 @@ class Recipe(BaseModel):
     class_weights: Literal["none", "median-frequency"] = "none"
     """Weigh each class's pixels in the loss: ``median-frequency`` as SegNet on CamVid
     (:mod:`pipeline.training.balance`, computed from the training split)."""
+    learn: Literal["all", "classifier"] = "all"
+    """``classifier`` learns only the score layers (``score_fr``, and the skips' ``score_pool*``), the
+    trunk kept as initialised: the FCN paper's FCN-32s-fixed row."""
+    loss_sampling: float = Field(1.0, gt=0, le=1)
+    """Keep each cell of the stride-32 score map in the loss with this probability (the FCN paper's
+    loss sampling; 1 keeps every pixel). Drawn from the training's random state, so a resumed
+    stage draws what an uninterrupted one would."""
     adversarial: float = Field(0.0, ge=0)
     """lambda of the adversarial term (:mod:`pipeline.training.adversarial`); 0 trains without it."""
     discriminator_lr: float = Field(1e-4, gt=0)
@@ -145,14 +155,19 @@ def warn_about_input(recipe: Recipe, normalization: Normalization) -> None:
 def param_groups(model: nn.Module, recipe: Recipe, arch: str, dataset: str = "") -> list[dict[str, Any]]:
     """Weights at the stage's rate with decay; biases at ``bias_lr_mult`` times it, decayed or not.
 
-    Parameters that do not learn (the fixed bilinear upsamplers) are left out.
+    Parameters that do not learn (the fixed bilinear upsamplers) are left out, and with
+    ``learn: classifier`` every parameter outside the score layers.
     """
     lr = recipe.for_arch(arch, dataset)
     weights: list[nn.Parameter] = []
     biases: list[nn.Parameter] = []
     for name, param in model.named_parameters():
-        if param.requires_grad:
+        if param.requires_grad and (recipe.learn == "all" or name.startswith(CLASSIFIER)):
             (biases if name.rsplit(".", 1)[-1] == "bias" else weights).append(param)
+    if not weights and not biases:
+        raise FcnpipeError(
+            f"{arch} has no score layers (named {CLASSIFIER}…) to learn alone: use learn: all."
+        )
     groups = [
         {"params": weights, "lr": lr, "weight_decay": recipe.weight_decay},
         {

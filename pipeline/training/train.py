@@ -229,6 +229,22 @@ def criterion(
     return total / (target != ignore_index).sum().clamp(min=1)
 
 
+LOSS_CELL = 32
+"""The input pixels one cell of a VGG FCN's final score map stands for (its total stride)."""
+
+
+def sampled_cells(labels: torch.Tensor, keep: float, ignore_index: int) -> torch.Tensor:
+    """``labels`` with each ``LOSS_CELL``² cell set to ``ignore_index`` with probability ``1 - keep``.
+
+    The FCN paper's loss sampling, drawn on the CPU's generator (saved with a stage, so resuming
+    draws the same cells) and aligned to the image's corner, as the score map's cells are.
+    """
+    n, height, width = labels.shape
+    kept = torch.rand(n, -(-height // LOSS_CELL), -(-width // LOSS_CELL)) < keep
+    mask = kept.repeat_interleave(LOSS_CELL, 1).repeat_interleave(LOSS_CELL, 2)[:, :height, :width]
+    return labels.masked_fill(~mask.to(labels.device), ignore_index)
+
+
 def autocast(device: torch.device, precision: str) -> torch.autocast:
     """bf16 autocast when asked for on a CUDA device; a no-op elsewhere."""
     enabled = precision == "bf16" and device.type == "cuda"
@@ -264,6 +280,8 @@ def train_steps(
     total = 0.0
     for _ in range(steps):
         images, labels = next(batches)
+        if recipe.loss_sampling < 1:
+            labels = sampled_cells(labels, recipe.loss_sampling, ignore_index)
         labels = labels.to(device)
         x = network_input(images, normalization, device)
         with autocast(device, recipe.precision):
