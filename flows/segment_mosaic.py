@@ -29,7 +29,7 @@ from pipeline.cluster import GPU, local_gpus
 from pipeline.outputs.export import export_cog
 from pipeline.outputs.stac import attach_cog
 from pipeline.storage import Location
-from pipeline.tiling.segment import BlockReport, Plan, finish, plan_scene, segment_block
+from pipeline.tiling.segment import BlockReport, Plan, Strategy, finish, plan_scene, segment_block
 
 
 @task(name="plan", cache_policy=NO_CACHE)
@@ -117,6 +117,7 @@ def segment_mosaic(
     weights: Path | None = None,
     config: Path | None = None,
     tile_size: int | Literal["auto"] | None = None,
+    strategy: Strategy | None = None,
     halo: int | None = None,
     batch_size: int | Literal["auto"] | None = None,
     memory_budget: str | None = None,
@@ -153,7 +154,11 @@ def segment_mosaic(
         weights: The model checkpoint; default: fcnpipe's default model (trained on first use).
         config: A YAML file of segment settings (configs/segment.yaml); options given here win.
         tile_size: The output core of a tile in px (a multiple of the chunk and of the network's
-            alignment), or auto: the tile of least compute whose memory fits --memory-budget.
+            alignment), or auto: the tile of least compute whose memory fits --memory-budget. With
+            --strategy stream: the width of a strip.
+        strategy: tiles (each core read with the halo on every side) or stream (column strips
+            streamed top to bottom through the network, the halo paid across only: less compute,
+            the same mosaic; FCN-8s, -16s, -32s and -8s at-once only).
         halo: Pixels read around each core; default: the checkpoint's, which covers the receptive
             field so the mosaic is exact. Less is faster and may show seams.
         batch_size: Tiles per forward pass, or auto: 1 on a CPU and with an automatic tile.
@@ -169,14 +174,14 @@ def segment_mosaic(
         gpus: Run the blocks on one local worker per GPU: a number of GPUs, or all.
         dask_address: Run the blocks on an existing Dask scheduler, e.g. tcp://host:8786.
         cog: Also export the finished labels as a Cloud-Optimized GeoTIFF to this path or URL.
-        dry_run: Print the plan (tiles, blocks, halo, compute factor, memory) and stop: nothing is
-            computed or written.
+        dry_run: Print the plan (strategy, tiles, blocks, halo, compute factor, memory) and stop:
+            nothing is computed or written.
         keep_training_files: When the default model is trained here, also keep its benchmark and
             training run (about 2 GB) beside it.
     """
-    options = {"weights": weights, "tile_size": tile_size, "halo": halo, "batch_size": batch_size,
-               "memory_budget": memory_budget, "device": device, "outputs": outputs,
-               "probabilities_dtype": probabilities_dtype, "bands": bands,
+    options = {"weights": weights, "tile_size": tile_size, "strategy": strategy, "halo": halo,
+               "batch_size": batch_size, "memory_budget": memory_budget, "device": device,
+               "outputs": outputs, "probabilities_dtype": probabilities_dtype, "bands": bands,
                "value_range": value_range}  # fmt: skip
     cfg = load_segment_config(config, options)
     runner, on_gpus = block_runner(workers, dask_address, gpus, cfg.device)  # checked before any write

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fcn import FcnpipeError
 from pipeline.cli.yamlfile import describe_errors, read_mapping
-from pipeline.tiling.segment import SegmentSettings
+from pipeline.tiling.segment import SegmentSettings, Strategy
 
 DEFAULT_MODEL_NAME = "fcn8s-synthetic-ortho.pt"
 
@@ -39,6 +39,7 @@ class SegmentConfig(BaseModel):
 
     weights: Path | None = None
     tile_size: int | Literal["auto"] = "auto"
+    strategy: Strategy = "tiles"
     halo: int | None = Field(None, ge=0)
     chunk: int = Field(512, gt=0)
     block: int = Field(4, ge=1)
@@ -58,8 +59,8 @@ class SegmentConfig(BaseModel):
     def settings(self) -> SegmentSettings:
         """The pipeline's settings from this config."""
         return SegmentSettings(
-            tile_size=None if self.tile_size == "auto" else self.tile_size, halo=self.halo,
-            chunk=self.chunk, block=self.block, memory_budget=self.memory_budget,
+            tile_size=None if self.tile_size == "auto" else self.tile_size, strategy=self.strategy,
+            halo=self.halo, chunk=self.chunk, block=self.block, memory_budget=self.memory_budget,
             batch_size=None if self.batch_size == "auto" else self.batch_size,
             device=self.device, precision=self.precision,
             prefetch=self.prefetch, outputs=self.outputs, logits_dtype=self.logits_dtype,

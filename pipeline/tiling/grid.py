@@ -185,27 +185,27 @@ def compute_factor(spec: GridSpec) -> float:
 
 
 def plan_strips(spec: GridSpec) -> list[Block]:
-    """Column strips ``core`` wide and the image high, one block each: the units of a streamed run.
+    """Column strips ``core`` wide and the image high, one block of one tile each: a streamed run's units.
 
     A strip is read across its core plus the halo on either side (clipped at the image's edge) and
-    streamed top to bottom, so it needs no halo vertically. Its tiles are its rows of chunks (``chunk``
-    rows of the strip's core): what it writes at once. Each one's read is those rows of the strip's
-    read columns, the pixels the stream feeds the network for them, so the reads sum to the
-    network's work as tiles' do; their crops take the core's columns out of the strip's output.
+    streamed top to bottom, so it needs no halo vertically: its read has the image's rows.
     """
     if spec.margin:
         raise ValueError("only networks whose output has the input's size stream (margin 0)")
     strips = []
     for index, col in enumerate(range(0, spec.width, spec.core)):
-        strip = Window(0, col, spec.height, min(spec.core, spec.width - col))
-        read = strip.expand(spec.halo, spec.height, spec.width)  # the rows stay the image's
-        rows = [
-            Window(r, col, min(spec.chunk, spec.height - r), strip.width)
-            for r in range(0, spec.height, spec.chunk)
-        ]
-        tiles = tuple(Tile(core, Window(core.row, read.col, core.height, read.width)) for core in rows)
-        strips.append(Block(index, tiles))
+        core = Window(0, col, spec.height, min(spec.core, spec.width - col))
+        strips.append(Block(index, (Tile(core, core.expand(spec.halo, spec.height, spec.width)),)))
     return strips
+
+
+def chunk_rows(strip: Tile, chunk: int) -> list[Tile]:
+    """A strip's rows of chunks, each with the same rows of the strip's read: what a stream writes at once."""
+    return [
+        Tile(Window(r, strip.core.col, min(chunk, strip.core.height - r), strip.core.width),
+             Window(r, strip.read.col, min(chunk, strip.core.height - r), strip.read.width))
+        for r in range(strip.core.row, strip.core.row + strip.core.height, chunk)
+    ]  # fmt: skip
 
 
 def strip_compute_factor(spec: GridSpec) -> float:

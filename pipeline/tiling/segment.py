@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from fcn import FcnpipeError, ModelCard, load_checkpoint
 from fcn.checkpoint import inference_forward, read_checkpoint
 from fcn.margin import aligned_halo
 from fcn.memory import MemoryProbe, probe_memory
+from fcn.streaming import STREAMING_ARCHITECTURES, supports_streaming
 from pipeline.outputs.mosaic import (
     OUTPUTS,
     MosaicSpec,
@@ -44,11 +45,29 @@ from pipeline.outputs.report import class_pixels, markdown_report, pixel_area, p
 from pipeline.outputs.stac import write_item
 from pipeline.storage import Location, check_writable, write_bytes
 from pipeline.tiling.engine import Engine, EngineSettings, pick_device
-from pipeline.tiling.grid import Block, GridSpec, compute_factor, plan_blocks, tile_count
+from pipeline.tiling.grid import (
+    Block,
+    GridSpec,
+    compute_factor,
+    plan_blocks,
+    plan_strips,
+    strip_compute_factor,
+    tile_count,
+)
 from pipeline.tiling.raster import RasterInfo, RasterReader, inspect_raster
 from pipeline.tiling.sizing import Sizing, memory_budget_mib, size_tiles
+from pipeline.tiling.strips import stream_strip
 
 log = logging.getLogger(__name__)
+
+# tiles: cores read with the halo on every side; stream: column strips streamed top to bottom
+# (``fcn.streaming``), the halo paid across only
+Strategy = Literal["tiles", "stream"]
+
+
+def plan_units(grid: GridSpec, strategy: Strategy) -> list[Block]:
+    """The units of work (and of resume): blocks of tiles, or strips to stream."""
+    return plan_strips(grid) if strategy == "stream" else plan_blocks(grid)
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,7 @@ class SegmentSettings:
     """Tiling and inference settings of a segmentation run (validated by :func:`plan_scene`)."""
 
     tile_size: int | None = None  # output core per tile, a multiple of the chunk and stride; None: auto
+    strategy: Strategy = "tiles"  # with "stream", tile_size is the strips' width
     halo: int | None = None  # default: the checkpoint's, which covers the receptive field
     chunk: int = 512
     block: int = 4  # cores per side of one unit of work
@@ -101,14 +121,20 @@ class Plan:
     budget_mib: float | None = None
 
     @property
+    def streamed(self) -> bool:
+        """Whether the blocks are column strips streamed through the network."""
+        return self.settings.strategy == "stream"
+
+    @property
     def compute_factor(self) -> float:
-        """Network pixels fed over scene pixels (``pipeline.tiling.grid.compute_factor``)."""
-        return compute_factor(self.grid)
+        """Network pixels fed over scene pixels (``compute_factor`` or ``strip_compute_factor``)."""
+        return strip_compute_factor(self.grid) if self.streamed else compute_factor(self.grid)
 
     def summary(self) -> dict[str, Any]:
         """The plan's figures, for the dry run's output and the run's report."""
         return {
-            "tiles": tile_count(self.grid),
+            "strategy": self.settings.strategy,
+            "tiles": len(self.blocks) if self.streamed else tile_count(self.grid),  # a strip is one
             "blocks": len(self.blocks),
             "blocks_to_do": len(self.todo),
             "tile_size": self.grid.core,
@@ -121,8 +147,8 @@ class Plan:
 
     @property
     def blocks(self) -> list[Block]:
-        """All blocks of the grid (recomputed: cheap, and keeps the plan small)."""
-        return plan_blocks(self.grid)
+        """All blocks of the grid, or its strips (recomputed: cheap, and keeps the plan small)."""
+        return plan_units(self.grid, self.settings.strategy)
 
 
 @dataclass(frozen=True)
@@ -145,6 +171,13 @@ def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentS
     if unknown or not settings.outputs:
         raise FcnpipeError(f"--outputs takes a comma-separated list of {', '.join(OUTPUTS)}.")
     outputs = tuple(o for o in OUTPUTS if o in settings.outputs or o == "labels")
+    if settings.strategy not in get_args(Strategy):
+        raise FcnpipeError(f"--strategy is tiles or stream, not {settings.strategy!r}.")
+    if settings.strategy == "stream" and not supports_streaming(card.arch):
+        raise FcnpipeError(
+            f"--strategy stream runs the FCN family only ({', '.join(STREAMING_ARCHITECTURES)}), "
+            f"not {card.arch}: segment it with --strategy tiles."
+        )
     tile = settings.tile_size
     if tile is not None and (tile < stride or tile % stride):
         raise FcnpipeError(f"--tile-size must be auto or a positive multiple of {stride}, not {tile}.")
@@ -208,6 +241,7 @@ def plan_scene(
     out = Location.of(output) if output is not None else default_output(source)
     check_writable(out)  # before reading what is there: an HTTP URL is refused, not fetched
     state = None if overwrite else read_state(out)
+    check_strategy(out, state, settings.strategy)
     settings, sizing = choose_sizing(settings, card, info, weights, sha, workers, state, dry_run)
     notes.extend(sizing.notes)
     assert settings.halo is not None and settings.tile_size is not None
@@ -215,7 +249,7 @@ def plan_scene(
         info.height, info.width, core=settings.tile_size, halo=settings.halo,
         chunk=settings.chunk, stride=card.total_stride, block=settings.block, margin=card.margin,
     )  # fmt: skip
-    blocks = plan_blocks(grid)
+    blocks = plan_units(grid, settings.strategy)
     spec = MosaicSpec(
         info, card, sha, settings.outputs, settings.logits_dtype, settings.chunk,
         settings_record(settings), len(blocks), settings.probabilities_dtype,
@@ -229,6 +263,16 @@ def plan_scene(
     todo = tuple(b.index for b in blocks if not done[b.index])
     return Plan(info, str(out), str(weights), sha, card, grid, settings, todo, tuple(notes),
                 sizing.peak_mib, sizing.budget_mib)  # fmt: skip
+
+
+def check_strategy(out: Location, state: dict[str, Any] | None, strategy: str) -> None:
+    """Refuse to resume a mosaic begun with the other strategy: its blocks are another partition."""
+    begun = (state or {}).get("settings", {}).get("strategy", "tiles")
+    if state is not None and begun != strategy:
+        raise FcnpipeError(
+            f"{out.redacted()} was begun with --strategy {begun}; resume it with the same strategy "
+            "or pass --overwrite to start again."
+        )
 
 
 def choose_sizing(
@@ -263,6 +307,7 @@ def choose_sizing(
         budget_mib=memory_budget_mib(settings.memory_budget, device, workers), device=device,
         tile_size=settings.tile_size, batch_size=settings.batch_size, workers=workers,
         classes=card.num_classes, outputs=settings.outputs, prefetch=settings.prefetch,
+        stream=settings.strategy == "stream",
     )  # fmt: skip
     block = int(recorded["block"]) if recorded.get("block") else sizing.block
     chosen = replace(settings, tile_size=sizing.tile_size, batch_size=sizing.batch_size, block=block)
@@ -293,6 +338,8 @@ def settings_record(settings: SegmentSettings) -> dict[str, Any]:
         "probabilities_dtype",
     ):
         data.pop(key)
+    if data["strategy"] == "tiles":  # as before strategies existed: mosaics begun then still resume
+        data.pop("strategy")
     return data
 
 
@@ -304,7 +351,7 @@ def cached_engine(weights: str, sha256: str, settings: EngineSettings) -> Engine
 
 
 def segment_block(plan: Plan, index: int) -> BlockReport:
-    """Segment one block's tiles, write its chunks, then record it in the manifest."""
+    """Segment one block's tiles (or stream one strip), write its chunks, then record it in the manifest."""
     start = time.perf_counter()
     block = plan.blocks[index]
     engine = cached_engine(plan.weights, plan.weights_sha256, plan.settings.engine())
@@ -312,7 +359,11 @@ def segment_block(plan: Plan, index: int) -> BlockReport:
     reader = RasterReader(plan.input)
     skipped = pixels = 0
     try:
-        for result in engine.run(reader, block.tiles):
+        if plan.streamed:  # a strip: one tile, written a row of chunks at a time
+            results = stream_strip(engine, reader, block.tiles[0], plan.grid.chunk)
+        else:
+            results = engine.run(reader, block.tiles)
+        for result in results:
             write_core(group, result.tile.core, result.labels, result.probabilities, result.logits)
             skipped += result.skipped
             pixels += 0 if result.skipped else result.tile.core.height * result.tile.core.width
@@ -329,6 +380,7 @@ def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, 
     tiles = sum(r.tiles for r in reports)
     pixels = sum(r.pixels for r in reports)
     report: dict[str, Any] = {
+        "strategy": plan.settings.strategy,
         "blocks_run": len(reports),
         "tiles": tiles,
         "tiles_skipped": sum(r.skipped for r in reports),

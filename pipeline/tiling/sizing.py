@@ -15,6 +15,10 @@ Batches: a CPU gains little from batching convolutions, so it runs one tile at a
 keeps the device busy; not yet measured against batches of smaller ones), and a tile size given
 by hand gets the largest batch (up to 8) that fits.
 
+Strips (``--strategy stream``): the same choice over strip widths. A strip holds one band of rows
+in flight, so its memory is the probe's at ``STREAM_ROWS`` rows of the strip's read width, and its
+cost is :func:`pipeline.tiling.grid.strip_compute_factor`; it never batches.
+
 With several workers, each needs tiles to work on: the core shrinks until there are at least as
 many tiles as workers, and blocks hold fewer cores until there are as many blocks.
 
@@ -33,7 +37,8 @@ import torch
 
 from fcn import FcnpipeError
 from fcn.memory import LARGEST_INDEXABLE, MemoryProbe
-from pipeline.tiling.grid import GridSpec, compute_factor, largest_read, tile_count
+from pipeline.tiling.grid import GridSpec, compute_factor, largest_read, strip_compute_factor, tile_count
+from pipeline.tiling.strips import STREAM_BAND
 
 CPU_SHARE = 0.5  # of the RAM available now: the rest is the page cache, Zarr's buffers, other work
 CUDA_SHARE = 0.8  # of the device's free memory
@@ -42,6 +47,9 @@ FALLBACK_TILE = 1024  # when the model's memory cannot be probed
 UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12,
          "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
 MIB = 2**20
+# Full-resolution rows a stream holds at its peak: a band, conv1_1's 100 zero rows at the first
+# one, the line buffers and the concatenations that copy them (BENCHMARKS.md, streaming).
+STREAM_ROWS = 2 * STREAM_BAND
 
 
 @dataclass(frozen=True)
@@ -115,15 +123,21 @@ def size_tiles(
     classes: int = 2,
     outputs: tuple[str, ...] = ("labels",),
     prefetch: int = 4,
+    stream: bool = False,
 ) -> Sizing:
-    """Choose the core and batch (where not given) and the block for a scene; see the module."""
+    """Choose the core and batch (where not given) and the block for a scene; see the module.
+
+    With ``stream`` the core is a strip's width, the batch 1 and every strip its own block.
+    """
     unit = math.lcm(chunk, stride)
+    what = "strips" if stream else "tiles"
     if probe is None:
         tile = tile_size or max(unit, FALLBACK_TILE // unit * unit)
-        fallback = f"no memory probe could be made on this device: tiles of {tile} px, the fallback."
-        batch = batch_size or (4 if device.type == "cuda" else 1)
+        fallback = f"no memory probe could be made on this device: {what} of {tile} px, the fallback."
+        batch = 1 if stream else batch_size or (4 if device.type == "cuda" else 1)
         told = () if tile_size else (fallback,)
-        return Sizing(tile, batch, fewer_blocks(height, width, tile, block, workers), None, None, told)
+        blocks = 1 if stream else fewer_blocks(height, width, tile, block, workers)
+        return Sizing(tile, batch, blocks, None, None, told)
 
     def grid(core: int) -> GridSpec:
         return GridSpec(height, width, core=core, halo=halo, chunk=min(chunk, core), stride=stride,
@@ -132,6 +146,8 @@ def size_tiles(
     def peak(core: int, batch: int) -> tuple[float, float]:
         rows, cols = largest_read(grid(core))
         core_px = min(core, height) * min(core, width)
+        if stream:  # a band of the strip's read in flight, a row of chunks gathered
+            rows, core_px = min(STREAM_ROWS, rows), min(chunk, height) * min(core, width)
         memory = probe.peak_mib(batch * rows * cols)
         memory += beside_network_mib(rows * cols, core_px, batch, prefetch, classes, outputs)
         return memory, batch * probe.largest_activation(rows * cols)
@@ -143,9 +159,11 @@ def size_tiles(
     if tile_size is not None:
         cores = [tile_size]
     else:
-        last = -(-max(height, width) // unit)  # one core covers the scene
+        last = -(-(width if stream else max(height, width)) // unit)  # one core covers the scene
         cores = [k * unit for k in range(1, last + 1)]
-    if batch_size is not None:
+    if stream:
+        batches = [1]
+    elif batch_size is not None:
         batches = [batch_size]
     elif tile_size is not None and device.type == "cuda":
         batches = list(range(MAX_BATCH, 0, -1))
@@ -158,28 +176,33 @@ def size_tiles(
         memory, elements = peak(core, batch)
         if tile_size is None:
             raise FcnpipeError(
-                f"a tile of {core} px (with its {halo} px halo) needs about {memory / 1024:.1f} GiB, "
+                f"a {what[:-1]} of {core} px (with its {halo} px halo) needs about {memory / 1024:.1f} GiB, "
                 f"more than the memory budget of {budget_mib / 1024:.1f} GiB; raise --memory-budget "
                 "or run on a device with more memory."
                 if elements <= LARGEST_INDEXABLE
-                else f"even a tile of {core} px would hold an activation of more than 2**31 elements, "
+                else f"even a {what[:-1]} of {core} px would hold an activation of more than 2**31 elements, "
                 "which the network's kernels cannot index; set a smaller chunk in the config (chunk:)."
             )
         notes.append(
-            f"tiles of {core} px in batches of {batch} need about {memory / 1024:.1f} GiB, "
+            f"{what} of {core} px in batches of {batch} need about {memory / 1024:.1f} GiB, "
             f"above the memory budget of {budget_mib / 1024:.1f} GiB (--tile-size auto fits it)."
         )
         choices = [(core, batch)]
-    enough = [c for c in choices if tile_count(grid(c[0])) >= workers]
+
+    def units(core: int) -> int:
+        return math.ceil(width / core) if stream else tile_count(grid(core))
+
+    enough = [c for c in choices if units(c[0]) >= workers]
     if not enough:  # a scene too small to give every worker a tile: as many tiles as fit
         enough = [min(choices)]
 
     def cost(choice: tuple[int, int]) -> tuple[float, int, float]:
-        return round(compute_factor(grid(choice[0])), 6), -choice[1], peak(*choice)[0]
+        factor = (strip_compute_factor if stream else compute_factor)(grid(choice[0]))
+        return round(factor, 6), -choice[1], peak(*choice)[0]
 
     core, batch = min(enough, key=cost)
-    return Sizing(core, batch, fewer_blocks(height, width, core, block, workers), peak(core, batch)[0],
-                  budget_mib, tuple(notes))  # fmt: skip
+    blocks = 1 if stream else fewer_blocks(height, width, core, block, workers)
+    return Sizing(core, batch, blocks, peak(core, batch)[0], budget_mib, tuple(notes))
 
 
 def fewer_blocks(height: int, width: int, core: int, block: int, workers: int) -> int:

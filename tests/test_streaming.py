@@ -1,0 +1,140 @@
+"""Streamed inference (``--strategy stream``): exact, a strip per block, resumable, FCNs only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from torch import nn
+
+from fcn import FcnpipeError, build_model
+from fcn.streaming import StreamingNet
+from pipeline.tiling.grid import GridSpec, Window, chunk_rows, chunks_of, plan_strips, strip_compute_factor
+from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local, segment_block
+from pipeline.tiling.sizing import size_tiles
+from tests.conftest import noise_image, randomize, write_tif
+from tests.test_sizing import CPU, PROBE, SCENE, factor_of
+
+TOLERANCE = 1e-5  # of the logit range: fp32 kernels sum in another order over a band than over the image
+
+
+def agree(reference: torch.Tensor | np.ndarray, other: torch.Tensor | np.ndarray) -> None:
+    """Logits within TOLERANCE of the range; labels identical wherever the top two are not tied."""
+    ref, out = np.asarray(reference, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    assert ref.shape == out.shape
+    span = ref.max() - ref.min()
+    assert span > 0 and np.abs(ref - out).max() <= TOLERANCE * span
+    top2 = np.sort(ref, axis=0)[-2:]
+    decided = top2[1] - top2[0] > 2 * TOLERANCE * span
+    assert np.array_equal(ref.argmax(0)[decided], out.argmax(0)[decided])
+    assert decided.mean() > 0.99
+
+
+@pytest.fixture(scope="module")
+def fcns(random_fcn8s: nn.Module) -> dict[str, nn.Module]:
+    """Random FCN-8s, -16s, -32s and -8s at-once (score layers and upsamplers' neighbours random too)."""
+    others = {arch: randomize(build_model(arch, 5), seed=3) for arch in ("fcn16s", "fcn32s", "fcn8s-atonce")}
+    return {"fcn8s": random_fcn8s, **others}
+
+
+@pytest.mark.parametrize(
+    ("arch", "height", "width", "band"),
+    [
+        ("fcn8s", 97, 131, 32),  # odd sides, neither a multiple of the stride
+        ("fcn8s", 161, 45, 7),  # bands of an odd row count, narrower than a pool's grid cell
+        ("fcn16s", 75, 200, 64),
+        ("fcn32s", 130, 66, 32),
+        ("fcn8s-atonce", 64, 97, 64),  # one band: the whole image at once
+    ],
+)
+def test_streamed_logits_equal_one_whole_image_pass(
+    fcns: dict[str, nn.Module], arch: str, height: int, width: int, band: int
+) -> None:
+    model = fcns[arch]
+    x = (torch.from_numpy(noise_image(height, width, seed=height)).float()[None] - 120) / 60
+    with torch.inference_mode():
+        reference = model(x)[0]
+    net = StreamingNet(model, height, width)
+    rows = [net.push(x[:, :, r : r + band], final=r + band >= height) for r in range(0, height, band)]
+    agree(reference, torch.cat(rows, dim=2)[0])
+
+
+def test_only_the_fcn_family_streams(tmp_path: Path, pointwise_checkpoint: Path) -> None:
+    scene = write_tif(tmp_path / "scene.tif", noise_image(64, 64))
+    with pytest.raises(FcnpipeError) as refused:
+        plan_scene(scene, pointwise_checkpoint, SegmentSettings(strategy="stream"), dry_run=True)
+    sentence = str(refused.value)
+    assert sentence.count(". ") == 0 and sentence.endswith(".")
+    assert "fcn8s" in sentence and "fcn32s" in sentence and "pointwise" in sentence
+
+
+def test_strips_and_their_compute_factor_worked_by_hand() -> None:
+    # 1000 px in strips of 256 with a 128 px halo read [0,384) [128,640) [384,896) [640,1000):
+    # 384 + 512 + 512 + 360 = 1768 px of every row.
+    spec = GridSpec(300, 1000, core=256, halo=128, chunk=64, stride=32)
+    assert strip_compute_factor(spec) == pytest.approx(1768 / 1000)
+    strips = plan_strips(spec)  # one block of one tile each, read across with the halo only
+    assert [(s.tiles[0].core, s.tiles[0].read) for s in strips] == [
+        (Window(0, 0, 300, 256), Window(0, 0, 300, 384)),
+        (Window(0, 256, 300, 256), Window(0, 128, 300, 512)),
+        (Window(0, 512, 300, 256), Window(0, 384, 300, 512)),
+        (Window(0, 768, 300, 232), Window(0, 640, 300, 360)),
+    ]
+    fed = sum(t.read.height * t.read.width for s in strips for t in s.tiles)
+    assert fed == pytest.approx(strip_compute_factor(spec) * 300 * 1000)
+    rows = [chunk_rows(s.tiles[0], 64) for s in strips]  # written a row of chunks at a time
+    assert [t.core.height for t in rows[1]] == [64, 64, 64, 64, 44]
+    assert all(t.read.col == 128 and t.read.width == 512 and t.crop()[1] == slice(128, 384) for t in rows[1])
+    owners = [{c for t in r for c in chunks_of(t.core, 64)} for r in rows]
+    assert sum(len(o) for o in owners) == len(set().union(*owners))  # no two strips share a chunk
+    # Interior strips of 8192 with FCN-8s's 256 px halo, and a scene narrower than one strip.
+    wide = GridSpec(64, 8192 * 8, core=8192, halo=256, chunk=512, stride=32)
+    assert strip_compute_factor(wide) == pytest.approx((2 * 8448 + 6 * 8704) / 65536)
+    assert strip_compute_factor(GridSpec(64, 300, core=512, halo=256, chunk=512, stride=32)) == 1.0
+
+
+def test_strips_are_sized_to_the_budget_and_cost_less_than_tiles() -> None:
+    for budget in (1500.0, 6000.0):
+        tiles = size_tiles(**SCENE, probe=PROBE, budget_mib=budget, device=CPU)
+        strips = size_tiles(**SCENE, probe=PROBE, budget_mib=budget, device=CPU, stream=True)
+        assert strips.peak_mib is not None and strips.peak_mib <= budget
+        assert strips.batch_size == 1 and strips.block == 1
+        spec = GridSpec(8192, 8192, core=strips.tile_size, halo=256, chunk=512, stride=32)
+        assert strip_compute_factor(spec) < factor_of(tiles.tile_size)
+
+
+def test_a_streamed_mosaic_equals_the_tiled_one_and_resumes_by_strip(
+    tmp_path: Path, fcn8s_checkpoint: Path
+) -> None:
+    image = noise_image(150, 330, seed=4)
+    image[image == 0] = 1  # keep 0 for nodata
+    image[:, 20:90, 140:200] = 0  # a masked patch across two strips
+    scene = write_tif(tmp_path / "scene.tif", image, nodata=0)
+    outputs = {"chunk": 64, "outputs": ("labels", "probabilities", "logits"), "logits_dtype": "float32"}
+    tiled = tmp_path / "tiled.zarr"
+    run_local(plan_scene(scene, fcn8s_checkpoint, SegmentSettings(tile_size=256, **outputs), output=tiled))
+
+    streamed = tmp_path / "streamed.zarr"
+    settings = SegmentSettings(tile_size=128, strategy="stream", **outputs)
+    dry = plan_scene(scene, fcn8s_checkpoint, settings, output=streamed, dry_run=True)
+    assert dry.summary()["strategy"] == "stream" and len(dry.blocks) == 3  # strips at 0, 128, 256
+    assert dry.summary()["compute_factor"] == pytest.approx(3.0)  # each reads all 330 columns
+    assert not streamed.exists()
+    segment_block(plan_scene(scene, fcn8s_checkpoint, settings, output=streamed), 0)  # then a crash
+    with pytest.raises(FcnpipeError, match="was begun with --strategy stream"):
+        plan_scene(scene, fcn8s_checkpoint, SegmentSettings(tile_size=256, **outputs), output=streamed)
+    resumed = plan_scene(scene, fcn8s_checkpoint, settings, output=streamed)
+    assert resumed.todo == (1, 2)  # the recorded strip is skipped
+    report = run_local(resumed)
+    assert report["strategy"] == "stream" and report["blocks_run"] == 2
+
+    want, got = zarr.open_group(str(tiled), mode="r"), zarr.open_group(str(streamed), mode="r")
+    nodata = (image == 0).all(axis=0)
+    valid = ~nodata
+    assert (got["labels"][:][nodata] == 255).all() and np.isnan(got["logits"][:][:, nodata]).all()  # type: ignore[index]
+    assert (got["probabilities"][:][:, nodata] == 255).all()  # type: ignore[index]
+    agree(want["logits"][:][:, valid][..., None], got["logits"][:][:, valid][..., None])  # type: ignore[index]
+    assert np.array_equal(want["labels"][:], got["labels"][:])  # type: ignore[index]
