@@ -91,7 +91,7 @@ class Pool:
     """A 2 x 2, stride-2, ceil-mode max pool: pairs of rows, the odd one kept until the next band."""
 
     def __init__(self, layer: nn.MaxPool2d) -> None:
-        if (layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode) not in ((2, 2, 0, True),):
+        if (layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode) != (2, 2, 0, True):
             raise ValueError(f"only 2 x 2, stride-2, ceil-mode pools stream: {layer}")
         self.buffer: torch.Tensor | None = None
 
