@@ -205,6 +205,10 @@ class Engine:
         if self.cuda:
             stacked = stacked.pin_memory()
         logits = self.logits(stacked.to(self.device, non_blocking=True), batch[0].tile.crop())
+        yield from self.reduce(batch, logits)
+
+    def reduce(self, batch: list[Loaded], logits: torch.Tensor) -> Iterator[CoreResult]:
+        """Labels, probabilities and logits as configured, from float32 logits (N, C, H, W) of the cores."""
         labels = logits.argmax(1).to(torch.int32).cpu().numpy().astype(label_dtype(self.num_classes))
         probs = logits_out = None
         if "probabilities" in self.settings.outputs and self.settings.probabilities_dtype == "float16":

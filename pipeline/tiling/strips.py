@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from fcn.streaming import StreamingNet
-from pipeline.outputs.mosaic import PROBABILITY_SCALE, label_dtype
 from pipeline.tiling.engine import CoreResult, Engine, Loaded, prefetch
 from pipeline.tiling.grid import Tile, Window, chunk_rows
 from pipeline.tiling.raster import RasterReader
@@ -51,20 +49,6 @@ def stream_strip(
             tile = todo.pop(0)
             rows = torch.cat(pending, dim=2)
             pending = [rows[:, :, tile.core.height :]]
-            yield core_result(engine, tile, rows[:, :, : tile.core.height], reader.valid(tile.core))
+            core = Loaded(tile, None, reader.valid(tile.core))
+            yield from engine.reduce([core], rows[:, :, : tile.core.height])
     assert not todo, "the stream ended before the strip's last row"
-
-
-def core_result(engine: Engine, tile: Tile, logits: torch.Tensor, valid: np.ndarray) -> CoreResult:
-    """Reduce one row of chunks' float32 logits (1, C, H, W) on the device, as the engine reduces a core."""
-    settings = engine.settings
-    labels = logits.argmax(1).to(torch.int32).cpu().numpy().astype(label_dtype(engine.num_classes))
-    probs = out = None
-    if "probabilities" in settings.outputs and settings.probabilities_dtype == "float16":
-        probs = logits.softmax(1).to(torch.float16).cpu().numpy()
-    elif "probabilities" in settings.outputs:
-        probs = (logits.softmax(1) * PROBABILITY_SCALE).round().to(torch.uint8).cpu().numpy()
-    if "logits" in settings.outputs:
-        out = logits.to(getattr(torch, settings.logits_dtype)).cpu().numpy()
-    return engine.masked(Loaded(tile, None, valid), labels[0], probs[0] if probs is not None else None,
-                         out[0] if out is not None else None)  # fmt: skip
