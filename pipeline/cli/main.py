@@ -173,11 +173,12 @@ def print_summary(result: Any) -> None:
         return
     for note in result.get("warnings", []):
         err.print(f"[yellow]warning:[/] {note}", highlight=False)
+    pieces = "strips" if result.get("strategy") == "stream" else "tiles"
     if result.get("dry_run"):
         memory = result["peak_memory_gib"]
         budget = result["memory_budget_gib"]
         out.print(
-            f"plan for {result['output']} (dry run: nothing computed or written): {result['tiles']} tiles "
+            f"plan for {result['output']} (dry run: nothing computed or written): {result['tiles']} {pieces} "
             f"of {result['tile_size']} px with a {result['halo']} px halo in {result['blocks']} blocks "
             f"({result['blocks_to_do']} to do), batches of {result['batch_size']}; compute factor "
             f"{result['compute_factor']:.3f}; "
@@ -187,10 +188,10 @@ def print_summary(result: Any) -> None:
         )  # fmt: skip
     elif "tiles" in result:
         out.print(
-            f"wrote {result['output']}: {result['tiles']} tiles "
+            f"wrote {result['output']}: {result['tiles']} {pieces} "
             f"({result['tiles_skipped']} skipped, all nodata), "
             f"{result['megapixels']:.2f} Mpx segmented in {result['seconds']:.1f} s "
-            f"({result['mpx_per_s'] or 0:.3f} Mpx/s), tiles of {result['tile_size']} px, "
+            f"({result['mpx_per_s'] or 0:.3f} Mpx/s), {pieces} of {result['tile_size']} px, "
             f"compute factor {result['compute_factor']:.2f}; complete."
         )
         if result.get("cog"):
