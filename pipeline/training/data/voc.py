@@ -4,7 +4,7 @@ VOC layout: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png`` (palette PNG
 the classes, 255 on object boundaries = void) and ``ImageSets/Segmentation/<split>.txt``. The FCN
 paper's ``seg11valid`` split (VOC2011 val minus the images in SBD train) is read from
 ``ImageSets/Segmentation/seg11valid.txt``, ``seg11valid.txt`` at the root, or, failing both, the
-list fcnpipe ships beside this module: the reference's ``data/pascal/seg11valid.txt`` (736 ids,
+list fcnpipe ships in ``splits/voc/``: the reference's ``data/pascal/seg11valid.txt`` (736 ids,
 github.com/shelhamer/fcn.berkeleyvision.org), so "train on SBD, validate on seg11valid" needs no
 file but the two datasets.
 
@@ -51,7 +51,7 @@ CLASSES = (
 )
 
 SPLITS = Path("ImageSets", "Segmentation")
-SEG11VALID = Path(__file__).with_name("seg11valid.txt")
+SEG11VALID = Path(__file__).with_name("splits") / "voc" / "seg11valid.txt"
 
 
 class VOC(SegmentationDataset):
