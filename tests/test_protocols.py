@@ -33,10 +33,11 @@ from flows.train import chosen_options, stage_lengths
 from pipeline.cli.main import app
 from pipeline.training.data import open_dataset
 from pipeline.training.data.base import SegmentationDataset
+from pipeline.training.data.files import SHIPPED_SPLITS
 from pipeline.training.data.nyud import NYUD, NYUDHHA
 from pipeline.training.data.siftflow import SiftFlow, SiftFlowGeo
 from pipeline.training.data.synthetic import make_benchmark
-from pipeline.training.data.voc import SBD, SEG11VALID, VOC
+from pipeline.training.data.voc import SBD, VOC
 from pipeline.training.presets import load_presets
 from pipeline.training.recipes import load_recipe
 from pipeline.training.train import StageArgs, evaluate, initial_model, train_stage
@@ -97,7 +98,7 @@ def write_voc(root: Path, ids: list[str], cls: int) -> Path:
 
 
 def seg11valid() -> list[str]:
-    return SEG11VALID.read_text().split()
+    return (SHIPPED_SPLITS / "voc" / "seg11valid.txt").read_text().split()
 
 
 @pytest.fixture(scope="module")

@@ -276,6 +276,19 @@ def test_siftflow_prefers_a_reference_split_list(siftflow_root: Path) -> None:
     assert len(open_dataset(f"siftflow:{siftflow_root}", "test")) == 2
 
 
+def test_siftflow_without_lists_reads_the_reference_release_lists(siftflow_root: Path) -> None:
+    for listing in ("TrainSet1.txt", "TestSet1.txt"):
+        (siftflow_root / listing).unlink()
+    trainval = open_dataset(f"siftflow:{siftflow_root}", "trainval")
+    test = open_dataset(f"siftflow:{siftflow_root}", "test")
+    # The release's lists: the 2,688 scenes less the two unannotated ones, as 2,486 and 200.
+    assert (len(trainval), len(test)) == (2486, 200)
+    assert not set(trainval.keys) & set(test.keys)
+    assert all(key.count("_") == 1 and "/" not in key for key in trainval.keys)  # scene names
+    with pytest.raises(FcnpipeError, match="no 'train' split"):
+        open_dataset(f"siftflow:{siftflow_root}", "train")
+
+
 # --- NYUDv2 -----------------------------------------------------------------------------------
 
 NYUD_IDS = ["5001", "5002", "5003"]
@@ -293,6 +306,19 @@ def nyud_root(tmp_path: Path) -> Path:
     ):
         write_lines(tmp_path / f"{split}.txt", keys)
     return tmp_path
+
+
+def test_nyud_trainval_is_train_then_val_and_the_release_lists_fill_in(nyud_root: Path) -> None:
+    assert open_dataset(f"nyud:{nyud_root}", "trainval").keys == NYUD_IDS[:2]
+    for split in ("train", "val", "test"):
+        (nyud_root / f"{split}.txt").unlink()
+    trainval = open_dataset(f"nyud:{nyud_root}", "trainval")
+    test = open_dataset(f"nyud:{nyud_root}", "test")
+    # The release's 795 training frames (381 + 414) and 654 test frames, disjoint, of the 1,449
+    # it numbers 5001-6449.
+    assert (len(trainval), len(test), len(set(trainval.keys))) == (795, 654, 795)
+    assert not set(trainval.keys) & set(test.keys)
+    assert all(5001 <= int(key) <= 6449 for key in [*trainval.keys, *test.keys])
 
 
 def test_nyud_reads_rgb_and_shifts_40_classes_with_void_255(nyud_root: Path) -> None:

@@ -27,6 +27,16 @@ def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+SHIPPED_SPLITS = Path(__file__).with_name("splits")
+"""The reference release's split lists fcnpipe ships (``splits/README.md`` says which and whence)."""
+
+
+def shipped_split(dataset: str, split: str) -> list[Path]:
+    """The shipped list for ``dataset``'s ``split``, as a candidate for :func:`split_file` (absolute)."""
+    path = SHIPPED_SPLITS / dataset / f"{split}.txt"
+    return [path] if path.is_file() else []
+
+
 def split_file(dataset: str, root: Path, split: str, candidates: Sequence[Path]) -> Path:
     """Find the first existing split list among ``candidates`` (paths relative to ``root``)."""
     for candidate in candidates:

@@ -3,7 +3,8 @@
 Layout: ``data/images/img_<id>.png`` (RGB), ``segmentation/img_<id>.mat`` (variable
 ``segmentation``, classes 1..40 and 0 void, shifted to 0..39 and 255), HHA encodings of depth in
 ``data/hha/img_<id>.png`` (the FCN reference) or ``hha/img_<id>.png``, and ``{train,val,test}.txt``
-listing ids such as ``5001``.
+listing ids such as ``5001`` (else the reference's lists fcnpipe ships, ``splits/nyud/``;
+``trainval`` is ``train`` then ``val``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from pathlib import Path
 from fcn.errors import FcnpipeError
 from fcn.normalization import CAFFE_NYUD_COLOR, CAFFE_NYUD_HHA
 from pipeline.training.data.base import ImageArray, LabelArray, SegmentationDataset, shift_void
-from pipeline.training.data.files import load_mat, read_lines, read_rgb, require_dirs, split_file
+from pipeline.training.data.files import (
+    load_mat,
+    read_lines,
+    read_rgb,
+    require_dirs,
+    shipped_split,
+    split_file,
+)
 
 CLASSES = (
     "wall",
@@ -59,6 +67,17 @@ CLASSES = (
 )
 
 
+def split_ids(root: Path, split: str) -> list[str]:
+    """The ids of ``split``: ``<split>.txt`` at the root, else the reference's list fcnpipe ships.
+
+    ``trainval`` without a list of its own is ``train`` then ``val``, as the reference trains on.
+    """
+    candidates = [Path(f"{split}.txt"), *shipped_split("nyud", split)]
+    if split == "trainval" and not (root / candidates[0]).is_file():
+        return split_ids(root, "train") + split_ids(root, "val")
+    return read_lines(split_file("nyud", root, split, candidates))
+
+
 class NYUD(SegmentationDataset):
     """NYUDv2 colour images with 40 classes; 255 void."""
 
@@ -75,8 +94,7 @@ class NYUD(SegmentationDataset):
                 f"{root} is not a {self.name} folder: it lacks {' or '.join(self.image_dirs)}/."
             )
         self.image_dir = root / found[0]
-        listing = split_file(self.name, root, split, [Path(f"{split}.txt")])
-        super().__init__(root, split, read_lines(listing))
+        super().__init__(root, split, split_ids(root, split))
 
     def load_image(self, key: str) -> ImageArray:
         """Read ``img_<key>.png`` from the image folder."""

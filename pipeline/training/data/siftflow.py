@@ -7,8 +7,9 @@ with 0 unlabelled; geometric labels are 1..3 (sky, horizontal, vertical) with 0 
 As in the FCN reference, both are shifted to start at 0 with 255 for unlabelled.
 
 Splits: ``<split>.txt`` at the root if present (the FCN reference's ``trainval.txt``/``test.txt``);
-otherwise ``train`` reads ``TrainSet1.txt`` and ``test`` reads ``TestSet1.txt``. Lines may name a
-scene bare (``coast_arnat59``) or as a file path (``<SCENES>/coast_arnat59.jpg``).
+otherwise ``train`` reads ``TrainSet1.txt`` and ``test`` reads ``TestSet1.txt``; failing those,
+``trainval`` and ``test`` are the reference's lists that fcnpipe ships (``splits/siftflow/``).
+Lines may name a scene bare (``coast_arnat59``) or as a file path (``<SCENES>/coast_arnat59.jpg``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from pathlib import Path, PureWindowsPath
 
 from fcn.normalization import CAFFE_SIFTFLOW
 from pipeline.training.data.base import ImageArray, LabelArray, SegmentationDataset, shift_void
-from pipeline.training.data.files import load_mat, read_lines, read_rgb, require_dirs, split_file
+from pipeline.training.data.files import (
+    load_mat,
+    read_lines,
+    read_rgb,
+    require_dirs,
+    shipped_split,
+    split_file,
+)
 
 SCENES = "spatial_envelope_256x256_static_8outdoorcategories"
 
@@ -74,6 +82,7 @@ class SiftFlow(SegmentationDataset):
         candidates = [Path(f"{split}.txt")]
         if split in ORIGINAL_SPLITS:
             candidates.append(Path(ORIGINAL_SPLITS[split]))
+        candidates += shipped_split("siftflow", split)
         lines = read_lines(split_file(self.name, root, split, candidates))
         # PureWindowsPath splits on both / and \, whichever the list was written with.
         super().__init__(root, split, [PureWindowsPath(line).stem for line in lines])

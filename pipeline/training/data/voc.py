@@ -23,6 +23,7 @@ from pipeline.training.data.files import (
     read_lines,
     read_rgb,
     require_dirs,
+    shipped_split,
     split_file,
 )
 
@@ -51,7 +52,6 @@ CLASSES = (
 )
 
 SPLITS = Path("ImageSets", "Segmentation")
-SEG11VALID = Path(__file__).with_name("splits") / "voc" / "seg11valid.txt"
 
 
 class VOC(SegmentationDataset):
@@ -64,7 +64,7 @@ class VOC(SegmentationDataset):
         require_dirs(self.name, root, "JPEGImages", "SegmentationClass")
         candidates = [SPLITS / f"{split}.txt"]
         if split == "seg11valid":
-            candidates += [Path("seg11valid.txt"), SEG11VALID]  # absolute: root / SEG11VALID is itself
+            candidates += [Path("seg11valid.txt"), *shipped_split("voc", split)]
         super().__init__(root, split, read_lines(split_file(self.name, root, split, candidates)))
 
     def load_image(self, key: str) -> ImageArray:
