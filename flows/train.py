@@ -10,7 +10,9 @@ continues that stage exactly and then the stages after it.
 
 import json
 import math
+import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -23,6 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import ValidationError
+from rich.console import Console
 
 from fcn import FcnpipeError, ModelCard
 from fcn.checkpoint import read_checkpoint
@@ -30,7 +33,8 @@ from flows.runtime import training_bar
 from pipeline.cli.yamlfile import describe_errors
 from pipeline.tiling.engine import pick_device
 from pipeline.training.data import open_dataset
-from pipeline.training.presets import find_preset
+from pipeline.training.downloads import progress_bar as download_progress
+from pipeline.training.presets import fetch_missing, find_preset
 from pipeline.training.recipes import Recipe, load_recipe, warn_about_input
 from pipeline.training.train import (
     STAGES,
@@ -221,8 +225,16 @@ def train(
         data: The folder a preset reads its datasets from.
     """
     given = {"dataset": dataset, "arch": arch, "init": init, "recipe": recipe, "train_split": train_split,
-             "val_dataset": val_dataset, "val_split": val_split, "eval_every": eval_every}  # fmt: skip
+             "val_dataset": val_dataset, "val_split": val_split, "eval_every": eval_every,
+             "max_steps": max_steps}  # fmt: skip
     options = chosen_options(preset, data, given)
+    if epochs is None:  # a preset's steps give way to --epochs as to --max-steps
+        max_steps = options.get("max_steps")
+    if preset is not None and data is not None:
+        with download_progress(sys.stderr.isatty()) as progress:
+            base = os.environ.get("FCNPIPE_DOWNLOAD_BASE") or None  # a mirror, as `fcnpipe data fetch`
+            for line in fetch_missing(find_preset(preset), data, base=base, progress=progress):
+                Console(stderr=True).print(line, highlight=False)
     chain = stages_for(options["arch"], staged)
     resumed_arch, resumed_args, notes = None, None, []
     if resume is not None:

@@ -41,6 +41,7 @@ class Server:
     truncate: set[str] = field(default_factory=set)  # promise the whole file, send half, hang up
     ignore_range: set[str] = field(default_factory=set)
     ranges: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)  # every path asked for
     base: str = ""
 
 
@@ -51,6 +52,7 @@ def server() -> Iterator[Server]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             name = self.path.lstrip("/")
+            state.requests.append(name)
             if name not in state.files:
                 self.send_error(404)
                 return
@@ -391,3 +393,39 @@ def test_weights_fetch_and_init_refuse_in_one_sentence(
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth"
     assert result.exit_code == 1 and f"place it at {cached}" in " ".join(result.output.split())
     assert one_sentence(result.output) and not out.exists(), result.output
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_loveda_preset_fetches_its_data_when_missing_then_trains(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preset's plumbing (fetch, then train): the stand-in model for 2 steps, not FCN-8s."""
+    rng = np.random.default_rng(0)
+    members = {}
+    for split in ("Train", "Val"):
+        for scene in ("Urban", "Rural"):
+            members[f"{split}/{scene}/images_png/1.png"] = png_bytes(
+                rng.integers(0, 255, (40, 40, 3), np.uint8)
+            )
+            members[f"{split}/{scene}/masks_png/1.png"] = png_bytes(rng.integers(0, 8, (40, 40), np.uint8))
+    server.files["Train.zip"] = zip_of(members)
+    remote = Remote("https://example.invalid/Train.zip", "Train.zip", md5(server.files["Train.zip"]))
+    real = sources.DATASETS["loveda"]
+    monkeypatch.setitem(
+        DATASETS, "loveda", DatasetSource((remote,), real.licence, real.reads_as, arrange=real.arrange)
+    )
+    monkeypatch.setenv("FCNPIPE_DOWNLOAD_BASE", server.base)
+    flow = str(Path(__file__).resolve().parents[1] / "flows" / "train.py")
+    args = ["run", flow, "--preset", "loveda-fcn8s", "--data", str(tmp_path / "data"), "--arch", "pointwise",
+            "--init", "scratch", "--staged", "false", "--max-steps", "2", "--eval-every", "2",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    result = runner.invoke(app, args, terminal_width=300)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert f"fetched loveda into {tmp_path / 'data' / 'loveda'} (licence: CC BY-NC-SA 4.0" in text
+    assert (tmp_path / "data" / "loveda" / "classes.json").is_file()
+    assert f"pointwise: {tmp_path / 'run' / 'pointwise' / 'best.pt'} (val mean IU" in text
+    requests = len(server.requests)
+    result = runner.invoke(app, [*args[:-1], str(tmp_path / "again")], terminal_width=300)
+    assert result.exit_code == 0 and "fetched" not in result.output, result.output
+    assert len(server.requests) == requests  # a folder that exists is not fetched again

@@ -15,11 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError
 
 from fcn.errors import FcnpipeError
 from pipeline.cli.yamlfile import describe_errors, read_mapping
+from pipeline.training.downloads import Progress
 from pipeline.training.recipes import CONFIGS
+from pipeline.training.sources import fetch_dataset
 
 PRESETS = CONFIGS / "presets.yaml"
 
@@ -29,8 +31,8 @@ class Preset(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    reference: str
-    """The model folder of the reference release it follows."""
+    reference: str | None = None
+    """The model folder of the reference release it follows (none: a protocol of fcnpipe's own)."""
     arch: str
     dataset: str
     """``NAME:PATH`` of the training data, ``{data}`` standing for ``--data DIR``."""
@@ -48,6 +50,11 @@ class Preset(BaseModel):
     """The paper's figure to compare with (README's table)."""
     release: str
     """The release README's figure for its own model of this folder."""
+    max_steps: PositiveInt | None = None
+    """Steps per stage, for a recipe with none of its own for the dataset (``modern``)."""
+    fetch: dict[str, str] = Field(default_factory=dict)
+    """Folders of ``--data DIR`` and the dataset source (``fcnpipe data fetch NAME``) that fills each:
+    fetched, checked and unpacked before training when the folder does not exist."""
 
     def options(self, name: str, data: Path | None, given: dict[str, Any]) -> dict[str, Any]:
         """The flow options this preset sets, its ``{data}`` filled in; ``given`` options win.
@@ -57,7 +64,7 @@ class Preset(BaseModel):
         values: dict[str, Any] = {
             "arch": self.arch, "init": self.init, "recipe": self.recipe,
             "dataset": self.dataset, "train_split": self.train_split, "val_dataset": self.val_dataset,
-            "val_split": self.val_split, "eval_every": self.eval_every,
+            "val_split": self.val_split, "eval_every": self.eval_every, "max_steps": self.max_steps,
         }  # fmt: skip
         values |= {k: v for k, v in given.items() if v is not None}
         for key in ("dataset", "val_dataset"):
@@ -70,6 +77,18 @@ class Preset(BaseModel):
                     )
                 values[key] = spec.replace("{data}", str(data))
         return values
+
+
+def fetch_missing(
+    preset: Preset, data: Path, *, base: str | None = None, progress: Progress | None = None
+) -> list[str]:
+    """Fetch each dataset the preset can fetch whose folder under ``data`` is missing; one line each."""
+    fetched = []
+    for folder, name in preset.fetch.items():
+        if not (data / folder).exists():
+            source = fetch_dataset(name, data / folder, base=base, progress=progress)
+            fetched.append(f"fetched {name} into {data / folder} (licence: {source.licence}).")
+    return fetched
 
 
 def load_presets(path: Path = PRESETS) -> dict[str, Preset]:

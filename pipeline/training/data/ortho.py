@@ -19,12 +19,14 @@ every label file once, so prefer a classes file for large folders).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
 from numpy.typing import NDArray
+from rasterio.errors import NotGeoreferencedWarning
 
 from fcn.checkpoint import RGB
 from fcn.errors import FcnpipeError
@@ -39,9 +41,16 @@ def tiffs(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in (".tif", ".tiff")}
 
 
+def opened(path: Path) -> rasterio.DatasetReader:
+    """Open a training tile; one without georeferencing (LoveDA's) is as good, so not warned about."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
+
+
 def read_image_raster(path: Path) -> ImageArray:
     """Read bands 1-3 of an 8-bit GeoTIFF as H x W x 3."""
-    with rasterio.open(path) as src:
+    with opened(path) as src:
         if src.count < 3:
             raise FcnpipeError(
                 f"{path} has {src.count} band(s); images need three colour bands (e.g. red, green, "
@@ -57,7 +66,7 @@ def read_image_raster(path: Path) -> ImageArray:
 
 def read_label_raster(path: Path, binary: bool) -> LabelArray:
     """Read a single-band raster as class indices: nodata to 255, or for a 0/255 mask, 0/1."""
-    with rasterio.open(path) as src:
+    with opened(path) as src:
         if src.count > 1:
             raise FcnpipeError(
                 f"{path} has {src.count} bands; ortho labels hold class indices in band 1 "
