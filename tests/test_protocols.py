@@ -250,7 +250,10 @@ def test_a_preset_sets_what_it_says_and_options_given_win(tmp_path: Path) -> Non
     assert options == {
         "arch": "fcn8s", "init": "caffe-vgg16", "recipe": "heavy", "dataset": f"siftflow:{tmp_path}",
         "train_split": "trainval", "val_dataset": None, "val_split": "test", "eval_every": 2000,
+        "max_steps": None,  # the heavy recipe's steps for the dataset
     }  # fmt: skip
+    assert chosen_options("loveda-fcn8s", tmp_path, {"max_steps": 5})["max_steps"] == 5
+    assert chosen_options("loveda-fcn8s", tmp_path, {})["max_steps"] == 8000
     given = {
         "arch": "fcn16s",
         "val_split": "val",
