@@ -10,7 +10,6 @@ continues that stage exactly and then the stages after it.
 
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from flows.runtime import training_bar
 from pipeline.cli.yamlfile import describe_errors
 from pipeline.tiling.engine import pick_device
 from pipeline.training.data import open_dataset
+from pipeline.training.downloads import download_base
 from pipeline.training.downloads import progress_bar as download_progress
 from pipeline.training.presets import fetch_missing, find_preset
 from pipeline.training.recipes import Recipe, load_recipe, warn_about_input
@@ -94,7 +94,7 @@ def train_stage_task(
     dataset = open_dataset(args.dataset, args.train_split)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        model, card = initial_model(init, arch, dataset, seed=args.seed)
+        model, card = initial_model(init, arch, dataset, seed=args.seed, download_base=download_base())
         warn_about_input(recipe, card.normalization)
     notes = list(dict.fromkeys(str(w.message) for w in caught))
     for note in notes:
@@ -232,8 +232,7 @@ def train(
         max_steps = options.get("max_steps")
     if preset is not None and data is not None:
         with download_progress(sys.stderr.isatty()) as progress:
-            base = os.environ.get("FCNPIPE_DOWNLOAD_BASE") or None  # a mirror, as `fcnpipe data fetch`
-            for line in fetch_missing(find_preset(preset), data, base=base, progress=progress):
+            for line in fetch_missing(find_preset(preset), data, base=download_base(), progress=progress):
                 Console(stderr=True).print(line, highlight=False)
     chain = stages_for(options["arch"], staged)
     resumed_arch, resumed_args, notes = None, None, []

@@ -236,11 +236,6 @@ def weights_archs(
     out.print(table)
 
 
-def download_base() -> str | None:
-    """A mirror (or a test server) that serves every download by its file name, from the environment."""
-    return os.environ.get("FCNPIPE_DOWNLOAD_BASE") or None
-
-
 @weights_app.command("fetch")
 def weights_fetch(
     source: Annotated[
@@ -252,7 +247,7 @@ def weights_fetch(
     ] = False,
 ) -> None:
     """Download ImageNet weights into the torch hub cache, checked against the checksum in the code."""
-    from pipeline.training.downloads import progress_bar
+    from pipeline.training.downloads import download_base, progress_bar
     from pipeline.training.sources import fetch_caffe_vgg16, fetch_imagenet
 
     with user_errors(), progress_bar(err.is_terminal) as progress:
@@ -293,6 +288,7 @@ def weights_init(
     ] = None,
 ) -> None:
     """Write a starting checkpoint: a network initialised from its ImageNet classifier, or random."""
+    from pipeline.training.downloads import download_base
     from pipeline.training.weights import starting_model
 
     with user_errors():
@@ -379,7 +375,7 @@ def data_fetch(
     A source with no published checksum (or one behind a registration) is not downloaded: the
     command says where to get it and where to place it.
     """
-    from pipeline.training.downloads import progress_bar
+    from pipeline.training.downloads import download_base, progress_bar
     from pipeline.training.sources import fetch_dataset
 
     with user_errors(), progress_bar(err.is_terminal) as progress:

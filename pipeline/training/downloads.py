@@ -77,6 +77,14 @@ def progress_bar(enabled: bool) -> Iterator[Progress | None]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+def download_base() -> str | None:
+    """``FCNPIPE_DOWNLOAD_BASE``: a mirror (or a test server) serving every file by its name.
+
+    Read by the command line and the flows, the edges, and passed down from there.
+    """
+    return os.environ.get("FCNPIPE_DOWNLOAD_BASE") or None
+
+
 def host_of(url: str) -> str:
     """The host a URL names, for messages."""
     return urlsplit(url).hostname or url

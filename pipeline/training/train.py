@@ -328,7 +328,7 @@ def evaluate(
 
 
 def initial_model(
-    init: str, arch: str, dataset: SegmentationDataset, *, seed: int = 0
+    init: str, arch: str, dataset: SegmentationDataset, *, seed: int = 0, download_base: str | None = None
 ) -> tuple[nn.Module, ModelCard]:
     """The model a stage starts from, with a card carrying the dataset's class names and palette.
 
@@ -351,8 +351,9 @@ def initial_model(
             )
         weights = Path(path).expanduser() if path else None
         model, card = starting_model(
-            arch, dataset.num_classes, imagenet=weights, caffe=kind == "caffe-vgg16", class_names=names
-        )
+            arch, dataset.num_classes, imagenet=weights, caffe=kind == "caffe-vgg16", class_names=names,
+            download_base=download_base,
+        )  # fmt: skip
         if kind == "caffe-vgg16":
             card = replace(card, normalization=dataset.reference_input)
     elif init == "scratch":
