@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 QUIET_ENV = {
     "PREFECT_LOGGING_LEVEL": "CRITICAL",  # the CLI prints its own progress, summary and errors
@@ -50,9 +54,28 @@ def setting(key: str) -> str:
     return os.environ.get(key, QUIET_ENV[key])
 
 
+EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception): ")
+"""A traceback's last line: ``sqlalchemy.exc.OperationalError: …``."""
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A server this process started, and the file its error output goes to."""
+
+    child: subprocess.Popen[bytes]
+    log: IO[bytes]  # a file, not a pipe: a pipe nobody reads fills up and stalls the server
+
+    def last_words(self) -> str:
+        """The last exception the server reported (else its last line, else its exit status)."""
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").strip().splitlines()
+        raised = [line for line in lines if EXCEPTION_LINE.match(line)]
+        return (raised or lines or [f"exit status {self.child.returncode}"])[-1]
+
+
 # The servers this process started, by URL: ``wait_api`` tells a server that stopped from one
 # that never existed.
-LAUNCHED: dict[str, subprocess.Popen[bytes]] = {}
+LAUNCHED: dict[str, Launched] = {}
 
 
 def free_port() -> int:
@@ -90,37 +113,40 @@ def launch_api() -> str:
     """
     quiet_environment()
     port = free_port()
+    log = tempfile.TemporaryFile()  # noqa: SIM115  (open as long as the server runs; closed by stop)
     child = subprocess.Popen(
         [sys.executable, "-m", "flows.api", str(port), str(os.getpid())],
         env={**os.environ, "PREFECT_UI_ENABLED": "false"},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
-    atexit.register(stop, child)
     url = f"http://127.0.0.1:{port}/api"
+    LAUNCHED[url] = Launched(child, log)
+    atexit.register(stop, LAUNCHED[url])
     os.environ["PREFECT_API_URL"] = url
-    LAUNCHED[url] = child
     return url
 
 
-def stop(child: subprocess.Popen[bytes]) -> None:
+def stop(launched: Launched) -> None:
     """Stop a server this process started."""
+    child = launched.child
     if child.poll() is None:
         child.terminate()
         try:
             child.wait(timeout=10)
         except subprocess.TimeoutExpired:
             child.kill()
+    launched.log.close()
 
 
 def wait_api(url: str) -> None:
     """Wait until the API at ``url`` answers its health check, or say in one sentence why not."""
     from fcn.errors import FcnpipeError  # here: importing fcn imports torch, which launching must not
 
-    child = LAUNCHED.get(url)
+    launched = LAUNCHED.get(url)
     patience = float(setting("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"))
-    if child is None:
+    if launched is None:
         patience = min(patience, 10.0)  # a running server answers at once; one that is down never
     deadline = time.monotonic() + patience
     while True:
@@ -130,12 +156,10 @@ def wait_api(url: str) -> None:
                     return
         except (urllib.error.URLError, OSError):
             pass
-        if child is not None and child.poll() is not None:
-            stderr = child.stderr.read().decode(errors="replace").strip() if child.stderr else ""
-            last = stderr.splitlines()[-1] if stderr else f"exit status {child.returncode}"
-            raise FcnpipeError(f"Prefect's embedded server stopped while starting: {last}")
+        if launched is not None and launched.child.poll() is not None:
+            raise FcnpipeError(f"Prefect's embedded server stopped while starting: {launched.last_words()}")
         if time.monotonic() > deadline:
-            if child is not None:
+            if launched is not None:
                 raise FcnpipeError(
                     f"Prefect's embedded server did not answer within {patience:.0f} s (raise "
                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS on a busy machine)."

@@ -114,3 +114,22 @@ def test_a_silent_configured_server_is_one_sentence(tmp_path: Path, pointwise_ch
     assert "Traceback" not in text
     assert not api_servers_of(proc.pid)
     assert not (tmp_path / "scene.zarr").exists()
+
+
+def test_a_server_that_stops_while_starting_is_one_sentence_with_its_last_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fcn.errors import FcnpipeError
+    from flows.api import LAUNCHED, launch_api, stop, wait_api
+
+    # A database in a folder that does not exist: the server cannot migrate it and exits.
+    broken = f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'folder' / 'prefect.db'}"
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", broken)
+    url = launch_api()
+    try:
+        with pytest.raises(FcnpipeError, match="embedded server stopped while starting: ") as caught:
+            wait_api(url)
+        assert "OperationalError" in str(caught.value) and "unable to open database file" in str(caught.value)
+        assert "\n" not in str(caught.value)
+    finally:
+        stop(LAUNCHED[url])
