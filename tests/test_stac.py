@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from fcn import ModelCard, build_model, describe, save_checkpoint
 from fcn.checkpoint import read_checkpoint
 from pipeline.cli.main import app
-from pipeline.outputs.mosaic import label_nodata
+from pipeline.outputs.mosaic import label_nodata, read_state
 from pipeline.storage import Location, read_bytes
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
 from tests.conftest import Bucket, noise_image, randomize, write_tif
@@ -185,6 +185,22 @@ def test_a_raster_without_crs_gives_an_item_without_geometry_that_validates(
     # no acquisition time declared: the run's, and the Item says so
     assert item["properties"]["datetime"] == item["properties"]["created"]
     assert item["properties"]["fcnpipe:datetime_source"] == "run"
+    validate_offline(item)
+
+
+def test_a_local_engineering_crs_gives_an_item_without_geometry_and_a_complete_mosaic(
+    tmp_path: Path, weights: Path
+) -> None:
+    # A site survey's own grid (LOCAL_CS): no way to longitudes, so no footprint.
+    local = rasterio.crs.CRS.from_wkt(
+        'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+    )
+    scene = write_tif(tmp_path / "site.tif", noise_image(30, 40), crs=local)
+    report = run_local(plan_scene(scene, weights, SETTINGS))
+    assert read_state(tmp_path / "site.zarr")["complete"]  # type: ignore[index]
+    item = read_item(report["stac"])
+    assert item["geometry"] is None and "bbox" not in item
+    assert item["properties"]["proj:wkt2"] and item["properties"]["proj:shape"] == [30, 40]
     validate_offline(item)
 
 

@@ -31,7 +31,9 @@ from affine import Affine
 from pystac.extensions.classification import Classification, ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
+from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio.errors does not export it
 from rasterio.crs import CRS
+from rasterio.errors import CRSError
 from rasterio.warp import transform_geom
 
 from fcn import ModelCard
@@ -53,7 +55,7 @@ def item_location(mosaic: Location) -> Location:
 
 
 def footprint(info: RasterInfo) -> dict[str, Any] | None:
-    """The scene's outline as a GeoJSON polygon in EPSG:4326 (None without a CRS).
+    """The scene's outline as a GeoJSON polygon in EPSG:4326 (None without a CRS, or a local one).
 
     The pixel grid's outline is sampled along each edge before it is transformed, so the curve a
     straight projected edge becomes is followed (and a rotated grid is outlined exactly).
@@ -71,7 +73,10 @@ def footprint(info: RasterInfo) -> dict[str, Any] | None:
     )
     points = [grid * p for p in ring]
     polygon = {"type": "Polygon", "coordinates": [[*points, points[0]]]}
-    lonlat = shapely.geometry.shape(transform_geom(CRS.from_wkt(info.crs_wkt), "EPSG:4326", polygon))
+    try:
+        lonlat = shapely.geometry.shape(transform_geom(CRS.from_wkt(info.crs_wkt), "EPSG:4326", polygon))
+    except (CRSError, CPLE_BaseError):  # a local (engineering) CRS has no way to longitudes
+        return None
     # a north-up grid's outline runs clockwise; GeoJSON (RFC 7946) asks for counter-clockwise
     return dict(shapely.geometry.mapping(shapely.orient_polygons(lonlat)))
 
