@@ -86,9 +86,11 @@ def free_port() -> int:
 
 
 def configured_api() -> bool:
-    """Whether the user names a Prefect API: environment, active profile, or ./prefect.toml / ./.env.
+    """Whether the user may name a Prefect API: environment, active profile, or a local settings file.
 
-    Read without importing Prefect, which would cost the seconds this module saves.
+    Read without importing Prefect, which would cost the seconds this module saves; where in doubt
+    (a ``prefect.toml``, a ``[tool.prefect]`` table, a ``.env`` naming Prefect), say yes: the run
+    then lets Prefect's own settings decide, only without the head start.
     """
     if os.environ.get("PREFECT_API_URL"):
         return True
@@ -101,8 +103,14 @@ def configured_api() -> bool:
             return True
     except (OSError, tomllib.TOMLDecodeError):
         pass
-    local = [Path("prefect.toml"), Path(".env")]
-    return any(p.is_file() and "url" in p.read_text(errors="replace").lower() for p in local)
+    if Path("prefect.toml").is_file():
+        return True
+    if Path(".env").is_file() and "PREFECT_" in Path(".env").read_text(errors="replace"):
+        return True
+    try:
+        return "prefect" in tomllib.loads(Path("pyproject.toml").read_text()).get("tool", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
 
 
 def launch_api() -> str:
@@ -115,7 +123,8 @@ def launch_api() -> str:
     port = free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115  (open as long as the server runs; closed by stop)
     child = subprocess.Popen(
-        [sys.executable, "-m", "flows.api", str(port), str(os.getpid())],
+        # -P: not the working folder first on the path, where a project's own flows/ would shadow ours
+        [sys.executable, "-P", "-m", "flows.api", str(port), str(os.getpid())],
         env={**os.environ, "PREFECT_UI_ENABLED": "false"},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.api import free_port
+from flows.api import configured_api, free_port
 from pipeline.cli.entry import starts_a_flow
 from tests.conftest import ROOT, noise_image, write_tif
 
@@ -43,12 +43,31 @@ def api_servers_of(parent: int) -> list[int]:
     return found
 
 
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The real ``fcnpipe`` executable's entry point in its own process."""
+def start(args: list[str], env: dict[str, str], cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    """The real ``fcnpipe`` executable (the console script beside this interpreter) in its own process."""
     return subprocess.Popen(
-        [sys.executable, "-c", "from pipeline.cli.entry import main; main()", *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [str(Path(sys.executable).with_name("fcnpipe")), *args],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
+
+
+def test_settings_that_may_name_an_api_are_left_to_prefect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in [k for k in os.environ if k.startswith("PREFECT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert not configured_api()
+    (tmp_path / "pyproject.toml").write_text('[tool.prefect.api]\nurl = "http://127.0.0.1:4200/api"\n')
+    assert configured_api()
+    (tmp_path / "pyproject.toml").write_text("[tool.ruff]\nline-length = 100\n")
+    assert not configured_api()
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "profiles.toml").write_text(
+        'active = "team"\n[profiles.team]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n'
+    )
+    assert configured_api()
 
 
 def test_only_a_flow_run_starts_an_api() -> None:
@@ -61,8 +80,12 @@ def test_only_a_flow_run_starts_an_api() -> None:
 
 def test_a_run_without_a_server_starts_one_and_stops_it(tmp_path: Path, pointwise_checkpoint: Path) -> None:
     scene = write_tif(tmp_path / "scene.tif", noise_image(64, 96, seed=1))
-    args = ["run", FLOW, "--input", str(scene), "--weights", str(pointwise_checkpoint)]
-    proc = start(args, unconfigured_env(tmp_path / "prefect"))
+    # Run from a project of the user's with a flows/ package of its own, which must not shadow ours.
+    project = tmp_path / "project"
+    (project / "flows").mkdir(parents=True)
+    (project / "flows" / "__init__.py").write_text("")
+    args = ["run", str(ROOT / FLOW), "--input", str(scene), "--weights", str(pointwise_checkpoint)]
+    proc = start(args, unconfigured_env(tmp_path / "prefect"), cwd=project)
     seen: list[int] = []
     while proc.poll() is None and not seen:
         seen = api_servers_of(proc.pid)
