@@ -205,7 +205,7 @@ def test_a_local_engineering_crs_gives_an_item_without_geometry_and_a_complete_m
 
 
 def test_an_output_in_a_bucket_gets_its_item_in_the_bucket(
-    bucket: Bucket, scene: Path, weights: Path
+    bucket: Bucket, scene: Path, weights: Path, tmp_path: Path
 ) -> None:
     out = bucket.url("mosaics/scene.zarr")
     report = run_local(plan_scene(scene, weights, SETTINGS, output=out))
@@ -215,6 +215,11 @@ def test_an_output_in_a_bucket_gets_its_item_in_the_bucket(
     item = json.loads(stored)
     assert {a["href"] for a in item["assets"].values()} == {"./scene.zarr", "./scene.preview.png"}
     validate_offline(item)
+    # A COG exported to this disk is not one the bucket's readers can reach: the Item stays as it is.
+    cog = tmp_path / "labels.tif"
+    result = runner.invoke(app, ["export", out, "--cog", str(cog)])
+    assert result.exit_code == 0 and cog.is_file(), result.output
+    assert bucket.objects("mosaics/scene.stac.json")[""] == stored
 
 
 @pytest.mark.usefixtures("prefect_api")

@@ -484,7 +484,12 @@ def export(
             levels = ", ".join(f"1/{f}" for f in made.overviews) or "none"
             out.print(f"wrote {made.path}: {made.width} x {made.height} px, {made.bands} band(s), "
                       f"overviews {levels}; a valid COG.", highlight=False)  # fmt: skip
-            item = attach_cog(mosaic, made.path) if what == "labels" and class_name is None else None
+            try:
+                item = attach_cog(mosaic, made.path) if what == "labels" and class_name is None else None
+            except (FcnpipeError, OSError) as exc:  # a mosaic we may read but not write (https, public)
+                err.print(f"[yellow]warning:[/] the STAC Item beside the mosaic was not updated: {exc}",
+                          highlight=False)  # fmt: skip
+                item = None
             if item is not None:
                 out.print(f"added it to the STAC Item {item.redacted()}.", highlight=False)
         if vector is not None:

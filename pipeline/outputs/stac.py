@@ -203,14 +203,18 @@ def write_item(plan: Plan, run: dict[str, Any]) -> Location:
 
 
 def attach_cog(mosaic: str | Location, cog: str | Location) -> Location | None:
-    """Add a labels COG exported later to the Item beside ``mosaic``, if there is one; its location."""
-    mosaic = Location.of(mosaic)
+    """Add a labels COG exported later to the Item beside ``mosaic``, if there is one; its location.
+
+    Only a COG that readers of the Item can reach is added: one on this disk to a local mosaic's
+    Item, one in object storage to a stored mosaic's (never a local path into a bucket's Item).
+    """
+    mosaic, cog = Location.of(mosaic), Location.of(cog)
     where = item_location(mosaic)
-    if not is_file(where):
+    if mosaic.is_local != cog.is_local or not is_file(where):
         return None
     item = pystac.Item.from_dict(json.loads(read_bytes(where)), migrate=False)
     found = ClassificationExtension.ext(item.assets[MOSAIC]).classes or []
     item.assets.pop(COG, None)  # a new export replaces the old one
-    add_cog(item, Location.of(cog), mosaic.parent, found)
+    add_cog(item, cog, mosaic.parent, found)
     save(item, where)
     return where
