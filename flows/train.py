@@ -232,7 +232,10 @@ def train(
         max_steps = options.get("max_steps")
     if preset is not None and data is not None:
         with download_progress(sys.stderr.isatty()) as progress:
-            for line in fetch_missing(find_preset(preset), data, base=download_base(), progress=progress):
+            used = [spec for spec in (options["dataset"], options.get("val_dataset")) if spec]
+            for line in fetch_missing(
+                find_preset(preset), data, used, base=download_base(), progress=progress
+            ):
                 Console(stderr=True).print(line, highlight=False)
     chain = stages_for(options["arch"], staged)
     resumed_arch, resumed_args, notes = None, None, []

@@ -429,3 +429,11 @@ def test_the_loveda_preset_fetches_its_data_when_missing_then_trains(
     result = runner.invoke(app, [*args[:-1], str(tmp_path / "again")], terminal_width=300)
     assert result.exit_code == 0 and "fetched" not in result.output, result.output
     assert len(server.requests) == requests  # a folder that exists is not fetched again
+
+
+def test_a_preset_fetches_nothing_its_run_does_not_read(server: Server, tmp_path: Path) -> None:
+    from pipeline.training.presets import fetch_missing, find_preset
+
+    preset = find_preset("loveda-fcn8s")
+    assert fetch_missing(preset, tmp_path, ["ortho:/my/own/tiles"], base=server.base) == []
+    assert server.requests == [] and not (tmp_path / "loveda").exists()

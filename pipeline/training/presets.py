@@ -80,12 +80,17 @@ class Preset(BaseModel):
 
 
 def fetch_missing(
-    preset: Preset, data: Path, *, base: str | None = None, progress: Progress | None = None
+    preset: Preset, data: Path, used: list[str], *, base: str | None = None, progress: Progress | None = None
 ) -> list[str]:
-    """Fetch each dataset the preset can fetch whose folder under ``data`` is missing; one line each."""
+    """Fetch the preset's datasets whose folders under ``data`` are missing; one line each.
+
+    Only those that a dataset spec of the run (``used``: ``NAME:PATH``) still reads: an option
+    given in place of the preset's data fetches nothing.
+    """
     fetched = []
     for folder, name in preset.fetch.items():
-        if not (data / folder).exists():
+        wanted = any(spec.partition(":")[2].startswith(str(data / folder)) for spec in used)
+        if wanted and not (data / folder).exists():
             source = fetch_dataset(name, data / folder, base=base, progress=progress)
             fetched.append(f"fetched {name} into {data / folder} (licence: {source.licence}).")
     return fetched
