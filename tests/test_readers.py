@@ -310,7 +310,10 @@ def nyud_root(tmp_path: Path) -> Path:
 
 def test_nyud_trainval_is_train_then_val_and_the_release_lists_fill_in(nyud_root: Path) -> None:
     assert open_dataset(f"nyud:{nyud_root}", "trainval").keys == NYUD_IDS[:2]
-    for split in ("train", "val", "test"):
+    (nyud_root / "val.txt").rename(nyud_root / "val-elsewhere.txt")  # the folder's train, the release's val?
+    with pytest.raises(FcnpipeError, match=r"has train\.txt but no val\.txt, so its trainval is unclear"):
+        open_dataset(f"nyud:{nyud_root}", "trainval")
+    for split in ("train", "test"):
         (nyud_root / f"{split}.txt").unlink()
     trainval = open_dataset(f"nyud:{nyud_root}", "trainval")
     test = open_dataset(f"nyud:{nyud_root}", "test")

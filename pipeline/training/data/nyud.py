@@ -74,6 +74,12 @@ def split_ids(root: Path, split: str) -> list[str]:
     """
     candidates = [Path(f"{split}.txt"), *shipped_split("nyud", split)]
     if split == "trainval" and not (root / candidates[0]).is_file():
+        own = [(root / f"{half}.txt").is_file() for half in ("train", "val")]
+        if any(own) and not all(own):  # one half the folder's, one the release's: they may overlap
+            raise FcnpipeError(
+                f"nyud at {root} has {'train' if own[0] else 'val'}.txt but no "
+                f"{'val' if own[0] else 'train'}.txt, so its trainval is unclear: add trainval.txt."
+            )
         return split_ids(root, "train") + split_ids(root, "val")
     return read_lines(split_file("nyud", root, split, candidates))
 
