@@ -243,7 +243,8 @@ DATASETS: dict[str, DatasetSource] = {
         "nyud:{out}",
         by_hand="NYUDv2 in Gupta et al.'s 40-class form has no archive with a published checksum: "
         "follow the FCN reference's data/nyud/README.md (github.com/shelhamer/fcn.berkeleyvision.org) "
-        "and place data/images/img_<id>.png, segmentation/img_<id>.mat and train/val/test.txt in {out}.",
+        "and place data/images/img_<id>.png and segmentation/img_<id>.mat in {out} (the release's "
+        "split lists ship with fcnpipe).",
     ),
     "inria": DatasetSource(
         (),
