@@ -188,10 +188,14 @@ def test_no_network_is_one_sentence_naming_the_host_and_where_to_place_the_file(
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # A mirror's URL with credentials in it (FCNPIPE_DOWNLOAD_BASE): the sentence must not show them.
+    url = f"http://reader:s3cret@127.0.0.1:{port}/file.bin?token=t0ken"
     with pytest.raises(FcnpipeError) as caught:
-        download(f"http://127.0.0.1:{port}/file.bin", tmp_path / "file.bin", Checksum("md5", "0" * 32))
+        download(url, tmp_path / "file.bin", Checksum("md5", "0" * 32))
     message = str(caught.value)
     assert message.startswith("could not reach 127.0.0.1") and str(tmp_path / "file.bin") in message
+    assert f"download http://127.0.0.1:{port}/file.bin by hand" in message
+    assert "s3cret" not in message and "t0ken" not in message
     assert "\n" not in message and list(tmp_path.iterdir()) == []
 
 

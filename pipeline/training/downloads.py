@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from fcn.errors import FcnpipeError
+from pipeline.storage import Location
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -115,6 +116,7 @@ def download(url: str, target: Path, checksum: Checksum, *, progress: Progress |
 def fetch_into(url: str, part: Path, target: Path, progress: Progress | None) -> None:
     """Write the bytes of ``url`` to ``part``, after the bytes already there if the server resumes."""
     have = part.stat().st_size if part.is_file() else 0
+    shown = Location(url).redacted()  # a mirror's URL may carry credentials: never print them
     request = urllib.request.Request(url, headers={"User-Agent": "fcnpipe"})
     if have:
         request.add_header("Range", f"bytes={have}-")
@@ -124,13 +126,13 @@ def fetch_into(url: str, part: Path, target: Path, progress: Progress | None) ->
         if exc.code == 416 and have:  # nothing after what we hold: the part is whole
             return
         raise FcnpipeError(
-            f"{host_of(url)} answered HTTP {exc.code} ({exc.reason}) for {url}; download it by hand "
+            f"{host_of(url)} answered HTTP {exc.code} ({exc.reason}) for {shown}; download it by hand "
             f"and place it at {target}."
         ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise FcnpipeError(
-            f"could not reach {host_of(url)} ({reason}); check the network, or download {url} by hand "
+            f"could not reach {host_of(url)} ({reason}); check the network, or download {shown} by hand "
             f"and place it at {target}."
         ) from None
     with response:
