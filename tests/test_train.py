@@ -25,7 +25,7 @@ from fcn.checkpoint import read_checkpoint
 from pipeline.training.data import SegmentationDataset, open_dataset
 from pipeline.training.data.base import ImageArray, LabelArray
 from pipeline.training.data.synthetic import make_benchmark
-from pipeline.training.recipes import Recipe, load_recipe, param_groups
+from pipeline.training.recipes import Recipe, load_recipe, make_optimizer, param_groups
 from pipeline.training.train import (
     METRIC_FIELDS,
     STAGES,
@@ -184,6 +184,13 @@ def test_learning_the_classifier_alone_optimises_only_the_score_layers() -> None
         assert len(learned) == 2 * len(scores)  # a weight and a bias each
     with pytest.raises(FcnpipeError, match="has no score layers"):
         param_groups(nn.Sequential(nn.Conv2d(3, 2, 1)), fixed, "plain")
+    model = build_model("fcn32s", 3)
+    optimizer = make_optimizer(model, fixed, "fcn32s")
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"score_fr.weight", "score_fr.bias"}  # the trunk computes no gradient
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 2
+    with pytest.raises(FcnpipeError, match="batch normalisation would still update"):
+        make_optimizer(build_model("segnet-basic", 3), fixed, "segnet-basic")
 
 
 def test_loss_sampling_ignores_whole_cells_at_the_rate_asked() -> None:

@@ -76,7 +76,8 @@ class Recipe(BaseModel):
     (:mod:`pipeline.training.balance`, computed from the training split)."""
     learn: Literal["all", "classifier"] = "all"
     """``classifier`` learns only the score layers (``score_fr``, and the skips' ``score_pool*``), the
-    trunk kept as initialised: the FCN paper's FCN-32s-fixed row."""
+    trunk frozen as initialised: the FCN paper's FCN-32s-fixed row (networks with batch
+    normalisation are refused)."""
     loss_sampling: float = Field(1.0, gt=0, le=1)
     """Keep each cell of the stride-32 score map in the loss with this probability (the FCN paper's
     loss sampling; 1 keeps every pixel). Drawn from the training's random state, so a resumed
@@ -179,8 +180,29 @@ def param_groups(model: nn.Module, recipe: Recipe, arch: str, dataset: str = "")
     return [g for g in groups if g["params"]]
 
 
+def freeze_trunk(model: nn.Module, arch: str) -> None:
+    """Keep every parameter outside the score layers as it is (``learn: classifier``): no gradient.
+
+    A network with batch normalisation is refused: its running statistics would still move.
+    """
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise FcnpipeError(
+            f"learn: classifier keeps the trunk as initialised, but {arch}'s batch normalisation "
+            "would still update its statistics: use learn: all."
+        )
+    for name, param in model.named_parameters():
+        if not name.startswith(CLASSIFIER):
+            param.requires_grad_(False)
+
+
 def make_optimizer(model: nn.Module, recipe: Recipe, arch: str, dataset: str = "") -> Optimizer:
-    """The recipe's optimiser over :func:`param_groups` (``dataset``: the training data's name)."""
+    """The recipe's optimiser over :func:`param_groups` (``dataset``: the training data's name).
+
+    With ``learn: classifier`` the trunk is frozen first (:func:`freeze_trunk`), so its gradients
+    are not even computed.
+    """
+    if recipe.learn == "classifier":
+        freeze_trunk(model, arch)
     groups = param_groups(model, recipe, arch, dataset)
     if recipe.optimizer == "adamw":
         return AdamW(groups, lr=recipe.for_arch(arch, dataset))
