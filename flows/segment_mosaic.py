@@ -102,7 +102,7 @@ def default_weights(device: str, keep_training_files: bool = False) -> Path:
         Console(stderr=True).print(
             f"[yellow]no --weights given and no default model at {path}:[/] training it once now "
             f"(FCN-8s from scratch on the synthetic orthophoto benchmark, {DEFAULT_STEPS} steps; "
-            "20-40 minutes on a 2-core CPU, a minute or two on a GPU; "
+            "15-40 minutes on a 2-core CPU, a minute or two on a GPU; "
             "mean IU about 0.6 on its validation scenes).",
             highlight=False,
         )
