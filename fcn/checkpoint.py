@@ -13,7 +13,7 @@ import os
 import pickle
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,40 @@ def default_palette(num_classes: int) -> list[RGB]:
 
 
 @dataclass(frozen=True)
+class Head:
+    """A group of output channels scored on its own: one softmax, one loss, one label map.
+
+    Most networks have one head over all their classes. SIFT Flow's net in the FCN reference has
+    two on one trunk (33 semantic and 3 geometric classes); with the reference's fixed bilinear
+    upsamplers, which never mix channels, that net is exactly an FCN over the 36 channels of both
+    heads, scored as two groups.
+    """
+
+    name: str
+    start: int
+    stop: int
+
+    @property
+    def channels(self) -> slice:
+        """The head's channels in the network's output."""
+        return slice(self.start, self.stop)
+
+    @property
+    def classes(self) -> int:
+        """How many classes the head distinguishes."""
+        return self.stop - self.start
+
+
+def head_layout(sizes: tuple[tuple[str, int], ...]) -> tuple[Head, ...]:
+    """Heads side by side in the order given, from ``(name, classes)`` pairs."""
+    heads, start = [], 0
+    for name, classes in sizes:
+        heads.append(Head(name, start, start + classes))
+        start += classes
+    return tuple(heads)
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What a checkpoint says about its weights."""
 
@@ -62,6 +96,26 @@ class ModelCard:
     provenance: dict[str, Any] = field(default_factory=dict)
     margin: int = 0  # pixels the output lacks on each side of the input (fcn.margin)
     memory: dict[str, MemoryProbe] = field(default_factory=dict)  # by device kind: "cpu", "cuda"
+    head_sizes: tuple[tuple[str, int], ...] = ()  # (name, classes) per head; () is one head of all
+
+    def __post_init__(self) -> None:
+        if self.head_sizes and sum(n for _, n in self.head_sizes) != self.num_classes:
+            raise ValueError(f"heads {self.head_sizes} do not add up to {self.num_classes} classes")
+
+    @property
+    def heads(self) -> tuple[Head, ...]:
+        """The output's heads: the named groups, or one head ``classes`` over every class."""
+        return head_layout(self.head_sizes or (("classes", self.num_classes),))
+
+    def head_card(self, head: Head) -> ModelCard:
+        """The card as seen by one head's label map: its classes, names and colours alone."""
+        if not self.head_sizes:
+            return self
+        channels = head.channels
+        return replace(
+            self, num_classes=head.classes, class_names=self.class_names[channels],
+            palette=self.palette[channels], head_sizes=(),
+        )  # fmt: skip
 
     @property
     def halo(self) -> int:
@@ -82,7 +136,7 @@ class ModelCard:
             "halo": self.halo,
             "memory": {device: probe.to_dict() for device, probe in self.memory.items()},
             "provenance": dict(self.provenance),
-        }
+        } | ({"heads": [[name, n] for name, n in self.head_sizes]} if self.head_sizes else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
@@ -99,6 +153,7 @@ class ModelCard:
             provenance=dict(data.get("provenance", {})),
             margin=int(data.get("margin", 0)),
             memory={k: MemoryProbe.from_dict(v) for k, v in data.get("memory", {}).items()},
+            head_sizes=tuple((str(name), int(n)) for name, n in data.get("heads", [])),
         )
 
 

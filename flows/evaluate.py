@@ -12,7 +12,7 @@ from fcn import load_checkpoint
 from pipeline.tiling.engine import pick_device
 from pipeline.training.data import open_dataset
 from pipeline.training.evaluation import evaluate_tiled, print_table, write_report
-from pipeline.training.train import evaluate as evaluate_whole
+from pipeline.training.train import dataset_heads, evaluate_heads, heads_scores
 
 
 @flow(name="evaluate")
@@ -32,7 +32,8 @@ def evaluate(
     which gives the whole-image numbers when the halo covers the receptive field; pixels under a
     scene's nodata or mask, where the pipeline predicts nothing, are left out and counted.
     --report writes a JSON report (metrics, per-class IU, confusion matrix) and a confusion-matrix
-    PNG beside it.
+    PNG beside it. A dataset labelled for several heads (siftflow-both) is scored head by head:
+    a table for each, and REPORT.HEAD.json beside the first head's report.
 
     Args:
         weights: The checkpoint to score.
@@ -48,14 +49,19 @@ def evaluate(
     notes = []
     if tiled:
         matrix, unscored = evaluate_tiled(weights, data, tile_size=tile_size, device=device, limit=limit)
+        matrices = {"classes": matrix}
         if unscored:
             notes.append(f"{unscored} labelled pixels lie under the scenes' nodata or masks, where the "
                          "tiling pipeline predicts nothing; they are not scored.")  # fmt: skip
     else:
         model, card = load_checkpoint(weights, num_classes=data.num_classes)
-        matrix = evaluate_whole(model, data, card.normalization, pick_device(device), limit=limit)
-    print_table(matrix, data.class_names)
-    if report is not None:
-        write_report(report, matrix, data.class_names, {"weights": str(weights), "dataset": dataset,
-                                                        "split": split, "tiled": tiled})  # fmt: skip
-    return {"report": str(report) if report else None, "warnings": notes, **matrix.scores()}
+        matrices = evaluate_heads(model, data, card.normalization, pick_device(device), limit=limit)
+    heads = dataset_heads(data)
+    context = {"weights": str(weights), "dataset": dataset, "split": split, "tiled": tiled}
+    for head, matrix in zip(heads, matrices.values(), strict=True):
+        names = data.class_names[head.channels]
+        print_table(matrix, names, head=head.name if len(heads) > 1 else None)
+        if report is not None:  # a further head's report beside the first: report.<head>.json
+            path = report if head is heads[0] else report.with_suffix(f".{head.name}{report.suffix}")
+            write_report(path, matrix, names, context | ({"head": head.name} if len(heads) > 1 else {}))
+    return {"report": str(report) if report else None, "warnings": notes, **heads_scores(matrices)}

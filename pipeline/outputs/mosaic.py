@@ -3,8 +3,11 @@
 Layout (what ``xr.open_zarr(path, decode_coords="all")`` and rioxarray read):
 
 - ``labels`` (y, x): uint8 class indices (uint16 past 255 classes), ``_FillValue`` = nodata;
+- ``labels_<head>`` (y, x) for each head after the first of a model with several (SIFT Flow's
+  two-headed net: ``labels`` semantic, ``labels_geometric``), each with its own classes;
 - ``probabilities`` (class, y, x), on request: uint8, p = value / 254 (CF ``scale_factor``),
-  255 = nodata; or float16 on request, NaN = nodata;
+  255 = nodata; or float16 on request, NaN = nodata (with several heads, each head's classes sum
+  to one);
 - ``logits`` (class, y, x), on request: float16 (float32 on request), NaN = nodata;
 - ``x``, ``y`` pixel-centre coordinates and a ``spatial_ref`` grid mapping carrying ``crs_wkt``
   and GDAL's ``GeoTransform`` (CF and rioxarray conventions).
@@ -35,6 +38,7 @@ from numpy.typing import NDArray
 from zarr.codecs import ZstdCodec
 
 from fcn import FcnpipeError, ModelCard
+from fcn.checkpoint import Head
 from pipeline.outputs.geozarr import geo_attributes
 from pipeline.storage import Location, access, check_writable, delete_tree, exists, is_file, zarr_store
 from pipeline.tiling.grid import Window
@@ -58,6 +62,17 @@ def label_dtype(num_classes: int) -> np.dtype[Any]:
 def label_nodata(num_classes: int) -> int:
     """The largest value of the label dtype: never a class index."""
     return int(np.iinfo(label_dtype(num_classes)).max)
+
+
+def head_array(head: Head) -> str:
+    """The name of a further head's label array (the first head's is ``labels``)."""
+    return f"labels_{head.name}"
+
+
+def label_arrays(card: ModelCard) -> dict[str, ModelCard]:
+    """Each label array of a mosaic by ``card``'s model, with the card of the classes it holds."""
+    first, *rest = card.heads
+    return {"labels": card.head_card(first)} | {head_array(h): card.head_card(h) for h in rest}
 
 
 @dataclass(frozen=True)
@@ -205,14 +220,17 @@ def create(location: Location, spec: MosaicSpec) -> zarr.Group:
     with access(location):
         group = zarr.open_group(store=zarr_store(location, read_only=False), mode="w", zarr_format=3)
     zstd = ZstdCodec(level=3)
-    nodata = label_nodata(k)
     common = {"grid_mapping": "spatial_ref"}
-    group.create_array(
-        "labels", shape=(h, w), chunks=(c, c), dtype=label_dtype(k), fill_value=nodata,
-        compressors=zstd, dimension_names=("y", "x"),
-        attributes={**common, "_FillValue": nodata, "long_name": "class index",
-                    "flag_values": list(range(k)), "flag_meanings": " ".join(card.class_names)},
-    )  # fmt: skip
+    arrays = label_arrays(card)
+    for name, head in arrays.items():
+        nodata = label_nodata(head.num_classes)
+        group.create_array(
+            name, shape=(h, w), chunks=(c, c), dtype=label_dtype(head.num_classes), fill_value=nodata,
+            compressors=zstd, dimension_names=("y", "x"),
+            attributes={**common, "_FillValue": nodata, "long_name": "class index",
+                        "flag_values": list(range(head.num_classes)),
+                        "flag_meanings": " ".join(head.class_names)},
+        )  # fmt: skip
     if "probabilities" in spec.outputs and spec.probabilities_dtype == "float16":
         group.create_array(
             "probabilities", shape=(k, h, w), chunks=(k, c, c), dtype="float16", fill_value=np.nan,
@@ -245,12 +263,21 @@ def create(location: Location, spec: MosaicSpec) -> zarr.Group:
                 "model": {**card.to_dict(), "sha256": spec.model_sha256},
                 "settings": spec.settings,
             },
-            "class_names": list(card.class_names),
-            "palette": [list(p) for p in card.palette],
+            "class_names": list(arrays["labels"].class_names),
+            "palette": [list(p) for p in arrays["labels"].palette],
+            **({"heads": heads_attribute(arrays)} if len(arrays) > 1 else {}),
             **geo_attributes((h, w), scene.transform, scene.crs_wkt),
         }
     )
     return group
+
+
+def heads_attribute(arrays: dict[str, ModelCard]) -> dict[str, Any]:
+    """The root's ``heads``: each label array's class names and colours (models with several heads)."""
+    return {
+        name: {"class_names": list(card.class_names), "palette": [list(p) for p in card.palette]}
+        for name, card in arrays.items()
+    }
 
 
 def write_coordinates(
@@ -291,10 +318,13 @@ def write_core(
     labels: NDArray[Any],
     probabilities: NDArray[Any] | None = None,
     logits: NDArray[np.floating[Any]] | None = None,
+    head_labels: dict[str, NDArray[Any]] | None = None,
 ) -> None:
     """Write one core's arrays; cores cover whole chunks, so no other writer touches them."""
     rows, cols = core.slices()
     group["labels"][rows, cols] = labels  # type: ignore[index]
+    for name, values in (head_labels or {}).items():
+        group[name][rows, cols] = values  # type: ignore[index]
     if probabilities is not None:
         group["probabilities"][:, rows, cols] = probabilities  # type: ignore[index]
     if logits is not None:

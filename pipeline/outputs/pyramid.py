@@ -1,9 +1,10 @@
 """Overviews inside the mosaic: levels by 2, mode for labels, mean for probabilities.
 
 Each level ``k`` is a group ``overviews/k`` that xarray and rioxarray open like the root
-(``xr.open_zarr(path, group="overviews/1", decode_coords="all")``): ``labels``, ``probabilities``
-when the mosaic has them, pixel-centre ``x``/``y`` and a ``spatial_ref`` whose GeoTransform is the
-root's with the pixel size doubled per level. Levels halve until one chunk holds the whole level.
+(``xr.open_zarr(path, group="overviews/1", decode_coords="all")``): ``labels`` (and a further
+head's ``labels_<head>``), ``probabilities`` when the mosaic has them, pixel-centre ``x``/``y`` and
+a ``spatial_ref`` whose GeoTransform is the root's with the pixel size doubled per level. Levels
+halve until one chunk holds the whole level.
 Logits get no overviews (an average of logits is neither a logit nor a probability).
 
 The root group describes the pyramid in the zarr-conventions ``multiscales`` convention (v0.1.0,
@@ -98,9 +99,14 @@ def nanmean2(probabilities: NDArray[np.floating[Any]]) -> NDArray[np.floating[An
     return np.where(count > 0, mean, np.nan).astype(probabilities.dtype)
 
 
+def resampling(name: str) -> str:
+    """How the array ``name`` is resampled: mode for label maps (every head's), mean for probabilities."""
+    return RESAMPLING["labels" if name.startswith("labels") else name]
+
+
 def downsample(name: str, values: NDArray[Any], nodata: Any) -> NDArray[Any]:
-    """One level down for the array ``name``: mode for labels, mean for probabilities."""
-    if name == "labels":
+    """One level down for the array ``name``: mode for label maps, mean for probabilities."""
+    if resampling(name) == "mode":
         return mode2(values, int(nodata))
     return nanmean2(values) if values.dtype.kind == "f" else mean2(values, int(nodata))
 
@@ -117,7 +123,7 @@ def build_pyramid(group: zarr.Group) -> list[tuple[int, int]]:
     assert isinstance(labels, zarr.Array)
     height, width = labels.shape[-2:]
     chunk = int(labels.chunks[-1])
-    names = [n for n in RESAMPLING if n in group]
+    names = [n for n in group.array_keys() if n.startswith("labels") or n in RESAMPLING]
     grid_mapping = group["spatial_ref"].attrs
     root_transform = parse_geotransform(str(grid_mapping["GeoTransform"]))
     crs_wkt = str(grid_mapping["crs_wkt"]) if "crs_wkt" in grid_mapping else None
@@ -138,7 +144,7 @@ def build_pyramid(group: zarr.Group) -> list[tuple[int, int]]:
                 name, shape=(*src.shape[:-2], *shape), chunks=(*src.shape[:-2], chunk, chunk),
                 dtype=src.dtype, fill_value=src.fill_value, compressors=ZstdCodec(level=3),
                 dimension_names=src.metadata.dimension_names,  # type: ignore[union-attr]
-                attributes={**dict(src.attrs), "resampling_method": RESAMPLING[name]},
+                attributes={**dict(src.attrs), "resampling_method": resampling(name)},
             )  # fmt: skip
             nodata = src.fill_value
             for window in windows(shape[0], shape[1], chunk):

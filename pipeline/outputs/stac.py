@@ -38,7 +38,7 @@ from rasterio.warp import transform_geom
 
 from fcn import ModelCard
 from pipeline.outputs.geozarr import geo_attributes
-from pipeline.outputs.mosaic import label_dtype, label_nodata
+from pipeline.outputs.mosaic import label_arrays, label_dtype, label_nodata
 from pipeline.storage import Location, is_file, read_bytes, write_bytes
 from pipeline.tiling.raster import RasterInfo, open_raster
 
@@ -193,8 +193,9 @@ def save(item: pystac.Item, where: Location) -> None:
 def write_item(plan: Plan, run: dict[str, Any]) -> Location:
     """Describe a finished run's mosaic beside it (a COG exported later: ``attach_cog``); its location."""
     mosaic = Location(plan.output)
+    card = label_arrays(plan.card)["labels"]  # the first head's classes, with several
     item = build_item(
-        mosaic, plan.input, plan.card, plan.weights_sha256, run, created=datetime.now(UTC),
+        mosaic, plan.input, card, plan.weights_sha256, run, created=datetime.now(UTC),
         acquisition=acquired(plan.input),
     )  # fmt: skip
     where = item_location(mosaic)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -21,7 +21,14 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fcn import FcnpipeError, Normalization
-from pipeline.outputs.mosaic import PROBABILITY_NODATA, PROBABILITY_SCALE, label_dtype, label_nodata
+from fcn.checkpoint import Head, head_layout
+from pipeline.outputs.mosaic import (
+    PROBABILITY_NODATA,
+    PROBABILITY_SCALE,
+    head_array,
+    label_dtype,
+    label_nodata,
+)
 from pipeline.tiling.grid import Tile
 from pipeline.tiling.raster import RasterReader
 
@@ -98,13 +105,18 @@ class EngineSettings:
 
 @dataclass
 class CoreResult:
-    """The outputs for one tile's core (``None`` where not requested); ``skipped`` if all nodata."""
+    """The outputs for one tile's core (``None`` where not requested); ``skipped`` if all nodata.
+
+    ``labels`` are the first head's; a model with further heads adds theirs in ``head_labels``, by
+    the name of their array in the mosaic (``mosaic.head_array``).
+    """
 
     tile: Tile
     labels: NDArray[Any]
     probabilities: NDArray[Any] | None = None
     logits: NDArray[np.floating[Any]] | None = None
     skipped: bool = False
+    head_labels: dict[str, NDArray[Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,12 +132,18 @@ class Engine:
     """Runs one model over tiles of one raster."""
 
     def __init__(
-        self, model: nn.Module, normalization: Normalization, num_classes: int, settings: EngineSettings
+        self,
+        model: nn.Module,
+        normalization: Normalization,
+        num_classes: int,
+        settings: EngineSettings,
+        heads: tuple[Head, ...] = (),
     ) -> None:
         self.settings = settings
         self.device = pick_device(settings.device)
         self.normalization = normalization
         self.num_classes = num_classes
+        self.heads = heads or head_layout((("classes", num_classes),))
         self.cuda = self.device.type == "cuda"
         self.model = model.to(self.device).eval()
         if self.cuda:
@@ -185,13 +203,19 @@ class Engine:
         """The result for a core with no data: nodata everywhere, no compute."""
         shape, k = item.tile.core.shape, self.num_classes
         outputs = self.settings.outputs
+        first, *rest = (np.full(shape, label_nodata(h.classes), label_dtype(h.classes)) for h in self.heads)
         return CoreResult(
             item.tile,
-            np.full(shape, label_nodata(k), label_dtype(k)),
+            first,
             self.no_probabilities((k, *shape)) if "probabilities" in outputs else None,
             np.full((k, *shape), np.nan, self.settings.logits_dtype) if "logits" in outputs else None,
             skipped=True,
+            head_labels=self.named(rest),
         )
+
+    def named(self, labels: list[NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        """The label maps of the heads after the first, by their arrays' names."""
+        return {head_array(head): values for head, values in zip(self.heads[1:], labels, strict=True)}
 
     def no_probabilities(self, shape: tuple[int, ...]) -> NDArray[Any]:
         """Probabilities' nodata: 255 when quantised, NaN as float16."""
@@ -208,33 +232,44 @@ class Engine:
         yield from self.reduce(batch, logits)
 
     def reduce(self, batch: list[Loaded], logits: torch.Tensor) -> Iterator[CoreResult]:
-        """Labels, probabilities and logits as configured, from float32 logits (N, C, H, W) of the cores."""
-        labels = logits.argmax(1).to(torch.int32).cpu().numpy().astype(label_dtype(self.num_classes))
+        """Labels, probabilities and logits as configured, from float32 logits (N, C, H, W) of the cores.
+
+        Each head takes its labels and its softmax over its own channels.
+        """
+        labels = [
+            logits[:, h.channels].argmax(1).to(torch.int32).cpu().numpy().astype(label_dtype(h.classes))
+            for h in self.heads
+        ]
         probs = logits_out = None
-        if "probabilities" in self.settings.outputs and self.settings.probabilities_dtype == "float16":
-            probs = logits.softmax(1).to(torch.float16).cpu().numpy()
-        elif "probabilities" in self.settings.outputs:
-            quantised = (logits.softmax(1) * PROBABILITY_SCALE).round().to(torch.uint8)
-            probs = quantised.cpu().numpy()
+        if "probabilities" in self.settings.outputs:
+            softmax = torch.cat([logits[:, h.channels].softmax(1) for h in self.heads], dim=1)
+            if self.settings.probabilities_dtype == "float16":
+                probs = softmax.to(torch.float16).cpu().numpy()
+            else:
+                probs = (softmax * PROBABILITY_SCALE).round().to(torch.uint8).cpu().numpy()
         if "logits" in self.settings.outputs:
             logits_out = logits.to(getattr(torch, self.settings.logits_dtype)).cpu().numpy()
         for i, item in enumerate(batch):
-            yield self.masked(item, labels[i], probs[i] if probs is not None else None,
+            yield self.masked(item, [head[i] for head in labels], probs[i] if probs is not None else None,
                               logits_out[i] if logits_out is not None else None)  # fmt: skip
 
     def masked(
         self,
         item: Loaded,
-        labels: NDArray[Any],
+        labels: list[NDArray[Any]],
         probs: NDArray[Any] | None,
         logits: NDArray[np.floating[Any]] | None,
     ) -> CoreResult:
-        """Write nodata where the input holds no data."""
+        """Write nodata where the input holds no data; ``labels`` has one map per head."""
         invalid = ~item.valid
         if invalid.any():
-            labels = np.where(invalid, label_nodata(self.num_classes), labels).astype(labels.dtype)
+            labels = [
+                np.where(invalid, label_nodata(h.classes), values).astype(values.dtype)
+                for h, values in zip(self.heads, labels, strict=True)
+            ]
             if probs is not None:
                 probs = np.where(invalid, self.no_probabilities(()), probs).astype(probs.dtype)
             if logits is not None:
                 logits = np.where(invalid, np.nan, logits).astype(logits.dtype)
-        return CoreResult(item.tile, labels, probs, logits)
+        first, *rest = labels
+        return CoreResult(item.tile, first, probs, logits, head_labels=self.named(rest))

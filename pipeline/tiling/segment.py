@@ -32,6 +32,7 @@ from pipeline.outputs.mosaic import (
     block_layouts,
     blocks_done,
     file_sha256,
+    label_arrays,
     label_nodata,
     mark_block_done,
     mark_complete,
@@ -347,7 +348,7 @@ def settings_record(settings: SegmentSettings) -> dict[str, Any]:
 def cached_engine(weights: str, sha256: str, settings: EngineSettings) -> Engine:
     """Load a model once per process (per weights file and settings) and keep it."""
     model, card = load_checkpoint(Path(weights))
-    return Engine(model, card.normalization, card.num_classes, settings)
+    return Engine(model, card.normalization, card.num_classes, settings, card.heads)
 
 
 def segment_block(plan: Plan, index: int) -> BlockReport:
@@ -364,7 +365,8 @@ def segment_block(plan: Plan, index: int) -> BlockReport:
         else:
             results = engine.run(reader, block.tiles)
         for result in results:
-            write_core(group, result.tile.core, result.labels, result.probabilities, result.logits)
+            write_core(group, result.tile.core, result.labels, result.probabilities, result.logits,
+                       result.head_labels)  # fmt: skip
             skipped += result.skipped
             pixels += 0 if result.skipped else result.tile.core.height * result.tile.core.width
     finally:
@@ -392,20 +394,25 @@ def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, 
         "batch_size": plan.settings.batch_size,
         "compute_factor": round(plan.compute_factor, 4),
     }
+    cards = label_arrays(plan.card)
+    card = cards.pop("labels")
     labels = group["labels"]
     assert isinstance(labels, zarr.Array)
-    counts = class_pixels(labels, plan.card.num_classes)
+    counts = class_pixels(labels, card.num_classes)
     area = pixel_area(plan.input)
-    report["class_pixels"] = dict(zip(plan.card.class_names, counts.tolist(), strict=True))
+    report["class_pixels"] = dict(zip(card.class_names, counts.tolist(), strict=True))
     if area is not None:
         report["class_area_m2"] = {name: n * area for name, n in report["class_pixels"].items()}
+    for name, head in cards.items():  # a model's further heads: their own label maps
+        head_counts = class_pixels(group[name], head.num_classes)  # type: ignore[arg-type]
+        report[f"class_pixels_{name}"] = dict(zip(head.class_names, head_counts.tolist(), strict=True))
     report["layouts"] = block_layouts(group)
     report["warnings"] = layout_warnings(report["layouts"])
     report["overviews"] = [list(shape) for shape in build_pyramid(group)]
     group = open_mosaic_group(plan.output, "r+")  # the pyramid changed the root's metadata
     path = preview_path(plan)
     levels = [labels, *(group[f"overviews/{k}/labels"] for k in range(1, len(report["overviews"]) + 1))]
-    image = preview(levels, plan.input, plan.card, label_nodata(plan.card.num_classes))  # type: ignore[arg-type]
+    image = preview(levels, plan.input, card, label_nodata(card.num_classes))  # type: ignore[arg-type]
     png = io.BytesIO()
     image.save(png, format="PNG")
     write_bytes(path, png.getvalue())
@@ -413,7 +420,7 @@ def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, 
     # Before the complete-mark: a rerun of a complete mosaic stops at once, and would never write it.
     report["stac"] = write_item(plan, report).redacted()
     mark_complete(group, report)
-    return {**report, "markdown": markdown_report(plan.input, plan.card, report, counts)}
+    return {**report, "markdown": markdown_report(plan.input, card, report, counts)}
 
 
 def layout_warnings(layouts: dict[str, int]) -> list[str]:

@@ -60,12 +60,16 @@ def evaluate_tiled(
 
 
 def print_table(
-    matrix: ConfusionMatrix, class_names: tuple[str, ...], console: Console | None = None
+    matrix: ConfusionMatrix,
+    class_names: tuple[str, ...],
+    console: Console | None = None,
+    head: str | None = None,
 ) -> None:
-    """The four metrics as in the paper's tables, then IU per class."""
+    """The four metrics as in the paper's tables, then IU per class (of one ``head`` when named)."""
     console = console or Console()
     scores = matrix.scores()
-    table = Table(*METRIC_NAMES.values(), title="FCN metrics (%)")
+    title = "FCN metrics (%)" if head is None else f"FCN metrics (%), {head} head"
+    table = Table(*METRIC_NAMES.values(), title=title)
     table.add_row(*(f"{100 * scores[k]:.1f}" for k in METRIC_NAMES))
     console.print(table)
     per_class = Table("class", "IU (%)", "pixels (gt)")

@@ -47,7 +47,7 @@ from fcn import (
     load_checkpoint,
     save_checkpoint,
 )
-from fcn.checkpoint import read_checkpoint
+from fcn.checkpoint import Head, head_layout, read_checkpoint
 from fcn.margin import same_size_forward
 from fcn.registry import architecture
 from pipeline.training.adversarial import Adversary
@@ -80,10 +80,13 @@ METRIC_FIELDS = (
 """Columns of ``metrics.csv``, one row per validation: ``epoch`` is fractional (samples seen over
 training images), ``train_loss`` the mean since the previous row, ``seconds`` the training time so
 far (validation not counted); the discriminator's mean loss and accuracy since the previous row are
-filled in by adversarial training only."""
+filled in by adversarial training only. A model with several heads adds each further head's four
+scores at the end (:func:`metric_fields`)."""
+SCORES = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-"""Float RGB images on the 0-255 scale (N, 3, H, W) and int64 label maps (N, H, W)."""
+"""Float RGB images on the 0-255 scale (N, 3, H, W) and int64 label maps (N, H, W), or (N, heads, H, W)
+for a dataset with several heads."""
 
 
 class StageArgs(BaseModel):
@@ -135,15 +138,15 @@ def epoch_draws(seed: int, epoch: int, size: int) -> tuple[torch.Tensor, torch.T
 def pad_to(
     image: torch.Tensor, label: torch.Tensor, size: int, fill: tuple[float, float, float], ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad bottom and right up to ``size``: the image with ``fill``, the label with ``ignore_index``."""
-    h, w = label.shape
+    """Pad bottom and right up to ``size``: the image with ``fill``, the label(s) with ``ignore_index``."""
+    h, w = label.shape[-2:]
     if h >= size and w >= size:
         return image, label
     ph, pw = max(h, size), max(w, size)
     padded = torch.tensor(fill, dtype=image.dtype).view(3, 1, 1).repeat(1, ph, pw)
     padded[:, :h, :w] = image
-    padded_label = torch.full((ph, pw), ignore_index, dtype=label.dtype)
-    padded_label[:h, :w] = label
+    padded_label = torch.full((*label.shape[:-2], ph, pw), ignore_index, dtype=label.dtype)
+    padded_label[..., :h, :w] = label
     return padded, padded_label
 
 
@@ -151,10 +154,10 @@ def random_crop(
     image: torch.Tensor, label: torch.Tensor, size: int, where: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``size`` square at relative position ``where`` (two numbers in [0, 1)) of a big enough image."""
-    h, w = label.shape
+    h, w = label.shape[-2:]
     top = min(int(where[0] * (h - size + 1)), h - size)
     left = min(int(where[1] * (w - size + 1)), w - size)
-    return image[:, top : top + size, left : left + size], label[top : top + size, left : left + size]
+    return image[:, top : top + size, left : left + size], label[..., top : top + size, left : left + size]
 
 
 def training_sample(
@@ -229,6 +232,29 @@ def criterion(
     return total / (target != ignore_index).sum().clamp(min=1)
 
 
+def heads_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    heads: tuple[Head, ...],
+    ignore_index: int,
+    reduction: str,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`criterion` of each head on its channels and its labels, summed.
+
+    The reference's two-headed net adds its heads' losses. ``target`` is (N, H, W) for one head,
+    (N, heads, H, W) for several.
+    """
+    if target.dim() == 3:
+        return criterion(logits, target, ignore_index, reduction, weight)
+    losses = [
+        criterion(logits[:, head.channels], target[:, i], ignore_index, reduction,
+                  None if weight is None else weight[head.channels])
+        for i, head in enumerate(heads)
+    ]  # fmt: skip
+    return torch.stack(losses).sum()
+
+
 LOSS_CELL = 32
 """The input pixels one cell of a VGG FCN's final score map stands for (its total stride)."""
 
@@ -239,9 +265,11 @@ def sampled_cells(labels: torch.Tensor, keep: float, ignore_index: int) -> torch
     The FCN paper's loss sampling, drawn on the CPU's generator (saved with a stage, so resuming
     draws the same cells) and aligned to the image's corner, as the score map's cells are.
     """
-    n, height, width = labels.shape
+    n, (height, width) = labels.shape[0], labels.shape[-2:]
     kept = torch.rand(n, -(-height // LOSS_CELL), -(-width // LOSS_CELL)) < keep
     mask = kept.repeat_interleave(LOSS_CELL, 1).repeat_interleave(LOSS_CELL, 2)[:, :height, :width]
+    if labels.dim() == 4:  # several heads: the same cells for all, as they share the score map's cells
+        mask = mask[:, None]
     return labels.masked_fill(~mask.to(labels.device), ignore_index)
 
 
@@ -268,6 +296,7 @@ def train_steps(
     normalization: Normalization,
     ignore_index: int,
     recipe: Recipe,
+    heads: tuple[Head, ...],
     class_weight: torch.Tensor | None = None,
     adversary: Adversary | None = None,
 ) -> float:
@@ -286,7 +315,7 @@ def train_steps(
         x = network_input(images, normalization, device)
         with autocast(device, recipe.precision):
             logits = same_size_forward(model, x)
-        loss = criterion(logits, labels, ignore_index, recipe.loss_reduction, class_weight)
+        loss = heads_loss(logits, labels, heads, ignore_index, recipe.loss_reduction, class_weight)
         if adversary is not None:
             probabilities = logits.float().softmax(1)
             adversary.update(x, probabilities, labels)
@@ -299,17 +328,23 @@ def train_steps(
     return total / steps
 
 
+def dataset_heads(dataset: SegmentationDataset) -> tuple[Head, ...]:
+    """The heads a dataset's labels are for (one, over every class, unless it names several)."""
+    return head_layout(dataset.head_sizes or (("classes", dataset.num_classes),))
+
+
 @torch.inference_mode()
-def evaluate(
+def evaluate_heads(
     model: nn.Module,
     dataset: SegmentationDataset,
     normalization: Normalization,
     device: torch.device,
     limit: int | None = None,
     precision: str = "fp32",
-) -> ConfusionMatrix:
-    """Score whole images at their native size, one at a time like the reference; returns the confusion."""
-    matrix = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
+) -> dict[str, ConfusionMatrix]:
+    """Score whole images at their native size, one at a time like the reference: a confusion per head."""
+    heads = dataset_heads(dataset)
+    matrices = {head.name: ConfusionMatrix(head.classes, dataset.ignore_index) for head in heads}
     was_training = model.training
     model.eval()
     try:
@@ -318,10 +353,33 @@ def evaluate(
             rgb = torch.from_numpy(image).permute(2, 0, 1)[None]
             with autocast(device, precision):
                 logits = same_size_forward(model, network_input(rgb, normalization, device))
-            matrix.update(label, logits.argmax(1)[0].cpu().numpy())
+            for head, truth in zip(heads, label.reshape(-1, *label.shape[-2:]), strict=True):
+                matrices[head.name].update(truth, logits[:, head.channels].argmax(1)[0].cpu().numpy())
     finally:
         model.train(was_training)
-    return matrix
+    return matrices
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    normalization: Normalization,
+    device: torch.device,
+    limit: int | None = None,
+    precision: str = "fp32",
+) -> ConfusionMatrix:
+    """The confusion of the first (or only) head: :func:`evaluate_heads`."""
+    matrices = evaluate_heads(model, dataset, normalization, device, limit, precision)
+    return next(iter(matrices.values()))
+
+
+def heads_scores(matrices: dict[str, ConfusionMatrix]) -> dict[str, float]:
+    """The first head's four metrics under their names; each further head's prefixed by its own."""
+    (_, first), *rest = matrices.items()
+    scores = first.scores()
+    for name, matrix in rest:
+        scores |= {f"{name}_{metric}": value for metric, value in matrix.scores().items()}
+    return scores
 
 
 # --- starting points -----------------------------------------------------------------------------
@@ -363,7 +421,7 @@ def initial_model(
             model, card = starting_model(arch, dataset.num_classes, random_seed=seed, class_names=names)
     else:
         return from_checkpoint(Path(init).expanduser(), arch, dataset)
-    return model, replace(card, palette=tuple(dataset.palette))
+    return model, replace(card, palette=tuple(dataset.palette), head_sizes=dataset.head_sizes)
 
 
 def from_checkpoint(path: Path, arch: str, dataset: SegmentationDataset) -> tuple[nn.Module, ModelCard]:
@@ -376,8 +434,9 @@ def from_checkpoint(path: Path, arch: str, dataset: SegmentationDataset) -> tupl
         init_from_parent(model, parent)
         card = describe(model, arch, normalization=card.normalization)
     card = replace(
-        card, class_names=dataset.class_names, palette=tuple(dataset.palette), provenance=provenance
-    )
+        card, class_names=dataset.class_names, palette=tuple(dataset.palette), provenance=provenance,
+        head_sizes=dataset.head_sizes,
+    )  # fmt: skip
     return model.train(), card
 
 
@@ -526,7 +585,7 @@ def start_or_resume(
     last = run_dir / "last.pt"
     if not last.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_metrics_header(run_dir / "metrics.csv")
+        write_metrics_header(run_dir / "metrics.csv", metric_fields(card))
         record = {"arch": card.arch, "init": card.provenance.get("init"), "args": args.model_dump()}
         (run_dir / "stage.yaml").write_text(yaml.safe_dump(record | {"recipe": recipe.model_dump()}))
         return
@@ -542,30 +601,35 @@ def start_or_resume(
             "continues the run as it was started, so start a new run folder to change them."
         )
     state.restore(payload)
-    trim_metrics(run_dir / "metrics.csv", state.step)
+    trim_metrics(run_dir / "metrics.csv", state.step, metric_fields(card))
     log.info("resuming %s at step %d", run_dir, state.step)
 
 
-def write_metrics_header(path: Path) -> None:
+def metric_fields(card: ModelCard) -> tuple[str, ...]:
+    """The columns of a stage's ``metrics.csv``: :data:`METRIC_FIELDS`, then any further head's scores."""
+    return METRIC_FIELDS + tuple(f"{head.name}_{score}" for head in card.heads[1:] for score in SCORES)
+
+
+def write_metrics_header(path: Path, fields: tuple[str, ...]) -> None:
     """Start ``metrics.csv`` with its header row."""
     with path.open("w", newline="") as f:
-        csv.writer(f).writerow(METRIC_FIELDS)
+        csv.writer(f).writerow(fields)
 
 
-def trim_metrics(path: Path, step: int) -> None:
+def trim_metrics(path: Path, step: int, fields: tuple[str, ...]) -> None:
     """Drop rows after ``step``: written by a run that stopped before saving them into last.pt."""
     with path.open(newline="") as f:
         rows = [row for row in csv.DictReader(f) if int(row["step"]) <= step]
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, METRIC_FIELDS)
+        writer = csv.DictWriter(f, fields)
         writer.writeheader()
         writer.writerows(rows)
 
 
-def append_metrics(path: Path, row: dict[str, float]) -> None:
+def append_metrics(path: Path, row: dict[str, float], fields: tuple[str, ...]) -> None:
     """Add one validation row to ``metrics.csv``."""
     with path.open("a", newline="") as f:
-        csv.DictWriter(f, METRIC_FIELDS).writerow(row)
+        csv.DictWriter(f, fields).writerow(row)
 
 
 def save_last(
@@ -588,15 +652,17 @@ def validate(
     """Score on the validation split, add a metrics row, and write best.pt when the mean IU improved."""
     train_set, val_set = splits
     train_loss, state.losses = sum(state.losses) / len(state.losses), []
-    matrix = evaluate(state.model, val_set, card.normalization, device, args.val_limit, recipe.precision)
-    state.scores = matrix.scores()
+    matrices = evaluate_heads(
+        state.model, val_set, card.normalization, device, args.val_limit, recipe.precision
+    )
+    state.scores = heads_scores(matrices)
     epoch = round(state.step * recipe.batch_size / len(train_set), 4)
     row = {"step": state.step, "epoch": epoch, "train_loss": train_loss, **state.scores}
     if state.adversary is not None:
         row |= state.adversary.take_scores()
-    append_metrics(run_dir / "metrics.csv", row | {"seconds": round(state.seconds, 2)})
+    append_metrics(run_dir / "metrics.csv", row | {"seconds": round(state.seconds, 2)}, metric_fields(card))
     log.info("step %d: loss %.4g, val mean IU %.4f", state.step, train_loss, state.scores["mean_iu"])
-    score = state.scores["mean_iu"]  # NaN when the validation images hold no labelled pixel
+    score = state.scores["mean_iu"]  # the first head's; NaN when no validation pixel is labelled
     if score > state.best_mean_iu or not (run_dir / "best.pt").is_file():
         state.best_mean_iu = max(state.best_mean_iu, -math.inf if math.isnan(score) else score)
         final = stamped(card, state, recipe, args)
@@ -631,6 +697,7 @@ def train_stage(
     optimizer = make_optimizer(model, recipe, card.arch, args.dataset_name)
     state = TrainState(model, optimizer, make_scheduler(optimizer, recipe, args.steps), device)
     train_set = splits[0]
+    check_heads(train_set, recipe)
     weights = class_weights(recipe.class_weights, train_set)
     class_weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
     stop = args.steps if until is None else min(until, args.steps)
@@ -648,7 +715,7 @@ def train_stage(
             loss = train_steps(
                 model, optimizer, state.scheduler, stream, 1, device=device,
                 normalization=card.normalization, ignore_index=train_set.ignore_index, recipe=recipe,
-                class_weight=class_weight, adversary=state.adversary,
+                heads=card.heads, class_weight=class_weight, adversary=state.adversary,
             )  # fmt: skip
             state.step += 1
             state.losses.append(loss)
@@ -662,6 +729,15 @@ def train_stage(
                 best = state.best_mean_iu if state.scores else None
                 on_step(StepReport(state.step, args.steps, loss, best, state.seconds))
     return StageResult(run_dir, state.step, state.best_mean_iu, state.scores)
+
+
+def check_heads(dataset: SegmentationDataset, recipe: Recipe) -> None:
+    """Refuse what is defined for one head only: class weights and the adversarial term."""
+    if dataset.head_sizes and (recipe.class_weights != "none" or recipe.adversarial > 0):
+        raise FcnpipeError(
+            f"{dataset.name} is labelled for {len(dataset.head_sizes)} heads, and class weights and "
+            "adversarial training work with one: set class_weights: none and adversarial: 0."
+        )
 
 
 @dataclass(frozen=True)

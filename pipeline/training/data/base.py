@@ -15,7 +15,8 @@ from fcn.normalization import CAFFE_VGG16, Normalization
 ImageArray = NDArray[np.uint8]
 """An H x W x 3 RGB image."""
 LabelArray = NDArray[np.int64]
-"""An H x W map of class indices, with the dataset's ``ignore_index`` where there is no label."""
+"""An H x W map of class indices, with the dataset's ``ignore_index`` where there is no label; for a
+dataset with several heads, one such map per head (heads x H x W)."""
 Sample = tuple[ImageArray, LabelArray]
 
 VOID = 255
@@ -31,6 +32,9 @@ class SegmentationDataset(ABC):
     """What the FCN reference's data layer feeds a network started from the Caffe VGG16 for this
     dataset: its mean, in its channel order. ImageNet's mean unless a dataset's layer says otherwise
     (VOC and PASCAL-Context subtract it, to within 1e-5)."""
+    head_sizes: tuple[tuple[str, int], ...] = ()
+    """``(name, classes)`` of each labelling when a sample has several (``class_names`` runs through
+    them in order); empty for one labelling (``fcn.checkpoint.Head``)."""
 
     def __init__(self, root: Path, split: str, keys: list[str]) -> None:
         self.root = root
@@ -53,10 +57,10 @@ class SegmentationDataset(ABC):
     def __getitem__(self, index: int) -> Sample:
         key = self.keys[index]
         image, label = self.load_image(key), self.load_label(key)
-        if image.shape[:2] != label.shape:
+        if image.shape[:2] != label.shape[-2:]:
             raise FcnpipeError(
                 f"{self.name} sample {key!r} has a {image.shape[1]}x{image.shape[0]} image but "
-                f"a {label.shape[1]}x{label.shape[0]} label; fix it or drop it from the "
+                f"a {label.shape[-1]}x{label.shape[-2]} label; fix it or drop it from the "
                 f"{self.split} list."
             )
         return image, label

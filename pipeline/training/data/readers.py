@@ -12,7 +12,7 @@ from pipeline.training.data.context import PascalContext
 from pipeline.training.data.isprs import Potsdam, Vaihingen
 from pipeline.training.data.nyud import NYUD, NYUDHHA
 from pipeline.training.data.ortho import Ortho
-from pipeline.training.data.siftflow import SiftFlow, SiftFlowGeo
+from pipeline.training.data.siftflow import SiftFlow, SiftFlowBoth, SiftFlowGeo
 from pipeline.training.data.voc import SBD, VOC
 
 Opener = Callable[[Path, str], SegmentationDataset]
@@ -23,6 +23,7 @@ DATASETS: dict[str, Opener] = {
     "sbd": SBD,
     "siftflow": SiftFlow,
     "siftflow-geo": SiftFlowGeo,
+    "siftflow-both": SiftFlowBoth,
     "nyud": NYUD,
     "nyud-hha": NYUDHHA,
     "pascal-context": PascalContext,

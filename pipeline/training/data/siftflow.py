@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path, PureWindowsPath
 
+import numpy as np
+
+from fcn.checkpoint import RGB, default_palette
 from fcn.normalization import CAFFE_SIFTFLOW
 from pipeline.training.data.base import ImageArray, LabelArray, SegmentationDataset, shift_void
 from pipeline.training.data.files import (
@@ -78,7 +81,8 @@ class SiftFlow(SegmentationDataset):
     reference_input = CAFFE_SIFTFLOW
 
     def __init__(self, root: Path, split: str) -> None:
-        require_dirs(self.name, root, f"Images/{SCENES}", f"{self.label_dir}/{SCENES}")
+        labels = ("SemanticLabels", "GeoLabels") if self.head_sizes else (self.label_dir,)
+        require_dirs(self.name, root, f"Images/{SCENES}", *(f"{d}/{SCENES}" for d in labels))
         candidates = [Path(f"{split}.txt")]
         if split in ORIGINAL_SPLITS:
             candidates.append(Path(ORIGINAL_SPLITS[split]))
@@ -102,3 +106,26 @@ class SiftFlowGeo(SiftFlow):
     name = "siftflow-geo"
     class_names = GEOMETRIC_CLASSES
     label_dir = "GeoLabels"
+
+
+class SiftFlowBoth(SiftFlow):
+    """Both labellings at once, for the reference's two-headed net: semantic, then geometric.
+
+    A label is a (2, H, W) stack; the classes are the 33 semantic then the 3 geometric ones, each
+    labelling with its own colours.
+    """
+
+    name = "siftflow-both"
+    class_names = SEMANTIC_CLASSES + GEOMETRIC_CLASSES
+    head_sizes = (("semantic", len(SEMANTIC_CLASSES)), ("geometric", len(GEOMETRIC_CLASSES)))
+
+    @property
+    def palette(self) -> list[RGB]:
+        """Each labelling's colours from the start of the colour map."""
+        return [colour for _, n in self.head_sizes for colour in default_palette(n)]
+
+    def load_label(self, key: str) -> LabelArray:
+        """The semantic and the geometric label of ``key``, stacked."""
+        semantic = super().load_label(key)
+        geometric = shift_void(load_mat(self.root / SiftFlowGeo.label_dir / SCENES / f"{key}.mat", "S"))
+        return np.stack([semantic, geometric])
