@@ -236,7 +236,9 @@ def test_heavy_runs_the_references_steps_and_rates_per_dataset() -> None:
     assert set(stage_lengths(stages, heavy, "pascal-context:x", 4998, None, None).values()) == {400_000}
     assert set(stage_lengths(["fcn32s"], heavy, "nyud-hha:x", 795, None, None).values()) == {100_000}
     assert stage_lengths(stages, heavy, "sbd:x", 8498, 7, None) == dict.fromkeys(stages, 7)  # asked for: wins
-    assert [heavy.for_arch(a, "siftflow") for a in stages] == [1e-10, 1e-12, 1e-12]
+    for siftflow in ("siftflow", "siftflow-geo", "siftflow-both"):  # one head or the two-headed net
+        assert [heavy.for_arch(a, siftflow) for a in stages] == [1e-10, 1e-12, 1e-12]
+        assert set(stage_lengths(stages, heavy, f"{siftflow}:x", 2486, None, None).values()) == {100_000}
     assert [heavy.for_arch(a, "sbd") for a in stages] == [1e-10, 1e-12, 1e-14]
     with pytest.raises(FcnpipeError, match="has no steps of its own for fcn8s on camvid"):
         stage_lengths(["fcn8s"], heavy, "camvid:x", 367, None, None)
@@ -248,7 +250,7 @@ def test_heavy_runs_the_references_steps_and_rates_per_dataset() -> None:
 def test_a_preset_sets_what_it_says_and_options_given_win(tmp_path: Path) -> None:
     options = chosen_options("siftflow-fcn8s", tmp_path, {})
     assert options == {
-        "arch": "fcn8s", "init": "caffe-vgg16", "recipe": "heavy", "dataset": f"siftflow:{tmp_path}",
+        "arch": "fcn8s", "init": "caffe-vgg16", "recipe": "heavy", "dataset": f"siftflow-both:{tmp_path}",
         "train_split": "trainval", "val_dataset": None, "val_split": "test", "eval_every": 2000,
         "max_steps": None,  # the heavy recipe's steps for the dataset
     }  # fmt: skip
