@@ -21,7 +21,7 @@ from pipeline.tiling.engine import pick_device
 from pipeline.training.data import open_dataset
 from pipeline.training.data.synthetic import make_benchmark
 from pipeline.training.recipes import load_recipe, make_optimizer, make_scheduler
-from pipeline.training.train import batches, evaluate, fill_colour, initial_model, network_input, train_steps
+from pipeline.training.train import batches, evaluate, initial_model, network_input, train_steps
 
 
 def main() -> None:
@@ -50,13 +50,13 @@ def main() -> None:
         )
         optimizer = make_optimizer(model, recipe, args.arch)
         scheduler = make_scheduler(optimizer, recipe, args.steps + 1)
-        stream = batches(train_set, recipe, seed=0, fill=fill_colour(card.normalization))
+        stream = batches(train_set, recipe, seed=0, fill=card.normalization.zero_input())
         kwargs = {"device": device, "normalization": card.normalization,
                   "ignore_index": train_set.ignore_index, "recipe": recipe}  # fmt: skip
         train_steps(model, optimizer, scheduler, stream, 1, **kwargs)  # warm-up, not timed
         forward_s, train_s = [], []
         for _ in range(args.steps):  # alternate: one timed forward, one timed training step
-            rgb, _ = next(batches(train_set, recipe, seed=1, fill=fill_colour(card.normalization)))
+            rgb, _ = next(batches(train_set, recipe, seed=1, fill=card.normalization.zero_input()))
             sync(device)
             start = time.perf_counter()
             with torch.no_grad():

@@ -89,7 +89,8 @@ def init_from_scratch(model: FCN) -> FCN:
 class FCN(nn.Module):
     """A VGG16 fully convolutional network with output stride 32, 16 or 8.
 
-    Tensors in (N, 3, H, W), already normalised; per-class logits out (N, num_classes, H, W).
+    Tensors in (N, 3, H, W), already normalised (N, 4, H, W with depth after the colour:
+    ``in_channels``); per-class logits out (N, num_classes, H, W).
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class FCN(nn.Module):
         *,
         skip_scales: tuple[float, float] = (1.0, 1.0),
         learnable_upsampling: bool = False,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if stride not in (32, 16, 8):
@@ -106,7 +108,8 @@ class FCN(nn.Module):
         self.num_classes = num_classes
         self.stride = stride
         self.skip_scales = skip_scales
-        self.features = make_features(first_padding=100)
+        self.in_channels = in_channels
+        self.features = make_features(first_padding=100, in_channels=in_channels)
         self.fc6 = nn.Conv2d(512, 4096, kernel_size=7)
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(0.5)

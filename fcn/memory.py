@@ -124,9 +124,9 @@ def probe_memory(
 ) -> MemoryProbe | None:
     """Measure ``forward``'s peak memory at two input sizes (``None`` where it cannot be read).
 
-    ``forward`` takes a uint8 batch (1, 3, H, W) on ``device`` and does what inference does with
-    it (default: the model on its float value). The model must be on ``device``; it runs in eval
-    mode and is left in the mode it was in.
+    ``forward`` takes a uint8 batch (1, C, H, W; C the model's ``in_channels``, else 3) on
+    ``device`` and does what inference does with it (default: the model on its float value). The
+    model must be on ``device``; it runs in eval mode and is left in the mode it was in.
     """
     target = torch.device(device)
     if target.type not in ("cpu", "cuda") or (target.type == "cpu" and not cpu_peak_supported()):
@@ -146,11 +146,12 @@ def probe_memory(
     hooks = [m.register_forward_hook(record) for m in model.modules()]
     try:
         with torch.inference_mode():
-            warm = torch.zeros(1, 3, sides[0] + 2 * margin, sides[0] + 2 * margin, dtype=torch.uint8)
+            channels = int(getattr(model, "in_channels", 3))
+            warm = torch.zeros(1, channels, sides[0] + 2 * margin, sides[0] + 2 * margin, dtype=torch.uint8)
             run(warm.to(target))  # one-off costs (thread pools, kernel choice) stay out of the line
             for side in sides:
                 n = side + 2 * margin
-                x = torch.randint(0, 256, (1, 3, n, n), dtype=torch.uint8, device=target)
+                x = torch.randint(0, 256, (1, channels, n, n), dtype=torch.uint8, device=target)
                 largest[0] = 0
                 peaks.append(added_peak_mib(functools.partial(run, x), target))
                 elements.append(float(largest[0]))

@@ -157,7 +157,8 @@ def measure_on_strips(model: nn.Module, size: int, phases: int) -> ReceptiveFiel
     """
     replica = one_channel_replica(model)
     height = 2 * int(getattr(model, "total_stride", 32)) + 1 + 2 * int(getattr(model, "margin", 0))
-    strips = torch.ones(phases, 1, height, size, dtype=torch.float64, requires_grad=True)
+    channels = int(getattr(model, "in_channels", 1))  # a late fusion splits its input by channel
+    strips = torch.ones(phases, channels, height, size, dtype=torch.float64, requires_grad=True)
     out = replica(strips)
     top, left = (height - out.shape[-2]) // 2, (size - out.shape[-1]) // 2
     center = size // 2
@@ -166,7 +167,7 @@ def measure_on_strips(model: nn.Module, size: int, phases: int) -> ReceptiveFiel
     assert strips.grad is not None
     lo, hi = 0, 0
     for phase in range(phases):
-        reached = strips.grad[phase, 0].abs().sum(0).nonzero()
+        reached = strips.grad[phase].abs().sum((0, 1)).nonzero()
         if reached.numel() == 0 or reached.min() == 0 or reached.max() == size - 1:
             raise FieldTooWide(f"an input of {size} px is too small to measure the receptive field")
         lo = min(lo, int(reached.min()) - center - phase)

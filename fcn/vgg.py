@@ -33,14 +33,13 @@ class Taps(NamedTuple):
     pool5: torch.Tensor
 
 
-def make_features(first_padding: int = 100) -> nn.Sequential:
+def make_features(first_padding: int = 100, in_channels: int = 3) -> nn.Sequential:
     """Build the 13 convolutions and 5 ceil-mode max pools of VGG16.
 
     ``first_padding`` is 100 for FCNs (the reference's conv1_1 padding, which lets any input size
-    reach fc6) and 1 for the plain ImageNet classifier.
+    reach fc6) and 1 for the plain ImageNet classifier; ``in_channels`` is 4 for colour and depth.
     """
     layers: list[nn.Module] = []
-    in_channels = 3
     for item in VGG16_LAYOUT:
         if item == "M":
             # Caffe rounds pooled sizes up; floor rounding breaks the FCN crops for many sizes.

@@ -34,7 +34,6 @@ from pipeline.training.train import (
     batches,
     criterion,
     evaluate,
-    fill_colour,
     initial_model,
     resume_stage,
     rng_state,
@@ -242,7 +241,7 @@ def test_criterion_sum_is_mean_times_labelled_pixels() -> None:
 
 def test_batches_depend_only_on_seed_and_step() -> None:
     dataset, recipe = InMemory([(40, 50), (20, 70), (64, 64)]), modern(batch_size=2)
-    fill = fill_colour(TORCHVISION_IMAGENET)
+    fill = TORCHVISION_IMAGENET.zero_input()
     whole = list(islice(batches(dataset, recipe, seed=3, fill=fill), 6))
     later = list(islice(batches(dataset, recipe, seed=3, fill=fill, start=4), 2))
     for (x, y), (x2, y2) in zip(whole[4:], later, strict=True):
@@ -253,7 +252,7 @@ def test_batches_depend_only_on_seed_and_step() -> None:
 
 def test_crops_keep_labels_aligned_and_pad_with_ignore() -> None:
     dataset, recipe = InMemory([(40, 50), (20, 70), (24, 24)]), modern(batch_size=3)
-    fill = fill_colour(TORCHVISION_IMAGENET)
+    fill = TORCHVISION_IMAGENET.zero_input()
     assert TORCHVISION_IMAGENET.apply(torch.tensor(fill).view(1, 3, 1, 1)).abs().max() < 1e-6
     padded = 0
     for images, labels in islice(batches(dataset, recipe, seed=0, fill=fill), 8):
