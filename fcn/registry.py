@@ -23,6 +23,7 @@ Builder = Callable[..., nn.Module]
 # The modules that define architectures, in the order ``fcnpipe weights archs`` lists them.
 FAMILIES = (
     "fcn.fcn",
+    "fcn.rgbd",
     "fcn.alexnet",
     "fcn.googlenet",
     "fcn.pointwise",

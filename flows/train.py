@@ -204,7 +204,8 @@ def train(
         dataset: The training data as NAME:PATH (fcnpipe data info NAME:PATH checks it).
         out: The run's folder (one subfolder per stage); default: runs/train.
         arch: The network (fcnpipe weights archs lists them).
-        init: imagenet[:PATH], caffe-vgg16[:PATH], a checkpoint to start from, or scratch.
+        init: imagenet[:PATH], caffe-vgg16[:PATH], a checkpoint to start from, scratch, or
+            streams:COLOUR.pt,HHA.pt (two FCN-32s that start fcn32s-color-hha's streams).
         recipe: modern, heavy (the reference's), default, or a recipe YAML file.
         class_weights: none, or median-frequency (weights from the training split, as SegNet).
         adversarial: LAMBDA of Luc et al.'s adversarial term (0: none).

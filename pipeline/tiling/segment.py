@@ -168,6 +168,11 @@ def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentS
     """Validate the settings against the model; fill in the halo; return warnings worth printing."""
     notes = []
     stride = card.total_stride
+    if card.normalization.channels != 3:
+        raise FcnpipeError(
+            f"the {card.arch} model reads {card.normalization.channels} input channels (colour and more); "
+            "segmenting reads colour rasters, so it takes models of colour alone."
+        )
     unknown = set(settings.outputs) - set(OUTPUTS)
     if unknown or not settings.outputs:
         raise FcnpipeError(f"--outputs takes a comma-separated list of {', '.join(OUTPUTS)}.")

@@ -42,7 +42,10 @@ class Preset(BaseModel):
     val_dataset: str | None = None
     """``NAME:PATH`` of the validation data when it is another dataset, as ``dataset``."""
     val_split: str
-    init: str = "caffe-vgg16"
+    init: str | None = "caffe-vgg16"
+    """The start; none where the folder starts from models trained first (``init_from`` says which)."""
+    init_from: str | None = None
+    """What to pass as ``--init`` when the preset has no start of its own, in words."""
     recipe: str = "heavy"
     eval_every: int = Field(gt=0)
     """The reference's steps between scorings (solve.py's ``solver.step(N)``)."""
@@ -67,6 +70,10 @@ class Preset(BaseModel):
             "val_split": self.val_split, "eval_every": self.eval_every, "max_steps": self.max_steps,
         }  # fmt: skip
         values |= {k: v for k, v in given.items() if v is not None}
+        if values["init"] is None:
+            raise FcnpipeError(
+                f"the {name} preset starts from models trained first: pass --init {self.init_from}."
+            )
         for key in ("dataset", "val_dataset"):
             spec = values[key]
             if isinstance(spec, str) and "{data}" in spec:

@@ -50,11 +50,12 @@ from fcn import (
 from fcn.checkpoint import Head, head_layout, read_checkpoint
 from fcn.margin import same_size_forward
 from fcn.registry import architecture
+from fcn.rgbd import LateFusion, fuse_streams
 from pipeline.training.adversarial import Adversary
 from pipeline.training.balance import class_weights
 from pipeline.training.data import ConfusionMatrix, SegmentationDataset, open_dataset
 from pipeline.training.recipes import Recipe, make_optimizer, make_scheduler, validated
-from pipeline.training.weights import starting_model
+from pipeline.training.weights import check_channels, starting_model
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +122,6 @@ class StageArgs(BaseModel):
 # --- batches -----------------------------------------------------------------------------------
 
 
-def fill_colour(normalization: Normalization) -> tuple[float, float, float]:
-    """The RGB colour (0-255 scale) that normalises to zero: what padding shows the network."""
-    mean = tuple(m / normalization.scale for m in normalization.mean)
-    rgb = mean[::-1] if normalization.channel_order == "BGR" else mean
-    return (rgb[0], rgb[1], rgb[2])
-
-
 def epoch_draws(seed: int, epoch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The sample order of one epoch and three uniform numbers per position (crop row, column, flip)."""
     epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0])
@@ -136,14 +130,14 @@ def epoch_draws(seed: int, epoch: int, size: int) -> tuple[torch.Tensor, torch.T
 
 
 def pad_to(
-    image: torch.Tensor, label: torch.Tensor, size: int, fill: tuple[float, float, float], ignore_index: int
+    image: torch.Tensor, label: torch.Tensor, size: int, fill: tuple[float, ...], ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad bottom and right up to ``size``: the image with ``fill``, the label(s) with ``ignore_index``."""
     h, w = label.shape[-2:]
     if h >= size and w >= size:
         return image, label
     ph, pw = max(h, size), max(w, size)
-    padded = torch.tensor(fill, dtype=image.dtype).view(3, 1, 1).repeat(1, ph, pw)
+    padded = torch.tensor(fill, dtype=image.dtype).view(-1, 1, 1).repeat(1, ph, pw)
     padded[:, :h, :w] = image
     padded_label = torch.full((*label.shape[:-2], ph, pw), ignore_index, dtype=label.dtype)
     padded_label[..., :h, :w] = label
@@ -165,7 +159,7 @@ def training_sample(
     index: int,
     draws: torch.Tensor,
     recipe: Recipe,
-    fill: tuple[float, float, float],
+    fill: tuple[float, ...],
 ) -> Batch:
     """One augmented sample: the recipe's random crop (padded where the image is smaller) and flip."""
     image, label = dataset[index]
@@ -184,7 +178,7 @@ def batches(
     recipe: Recipe,
     *,
     seed: int,
-    fill: tuple[float, float, float],
+    fill: tuple[float, ...],
     start: int = 0,
 ) -> Iterator[Batch]:
     """The training batches of steps ``start``, ``start + 1``, ... without end.
@@ -296,7 +290,7 @@ def train_steps(
     normalization: Normalization,
     ignore_index: int,
     recipe: Recipe,
-    heads: tuple[Head, ...],
+    heads: tuple[Head, ...] = (),
     class_weight: torch.Tensor | None = None,
     adversary: Adversary | None = None,
 ) -> float:
@@ -397,7 +391,8 @@ def initial_model(
     the file ``fcnpipe weights fetch vgg16 --caffe`` leaves in the hub cache without a path), ``scratch``
     (random, seeded; warns where the paper started from ImageNet), or a checkpoint: of the same
     architecture to continue from it, of another (FCN-32s for FCN-16s, FCN-16s for FCN-8s) for the
-    paper's staged initialisation.
+    paper's staged initialisation; or ``streams:COLOUR.pt,HHA.pt``, two trained FCN-32s that start
+    a late fusion's streams (:func:`from_streams`).
     """
     kind, _, path = init.partition(":")
     names = list(dataset.class_names)
@@ -410,15 +405,21 @@ def initial_model(
         weights = Path(path).expanduser() if path else None
         model, card = starting_model(
             arch, dataset.num_classes, imagenet=weights, caffe=kind == "caffe-vgg16", class_names=names,
-            download_base=download_base,
+            download_base=download_base, extra_inputs=dataset.extra_inputs,
         )  # fmt: skip
         if kind == "caffe-vgg16":
-            card = replace(card, normalization=dataset.reference_input)
+            colour = dataset.reference_input
+            card = replace(card, normalization=replace(colour, then=dataset.extra_inputs(colour)))
     elif init == "scratch":
         if architecture(arch).imagenet is not None:
             warnings.warn(SCRATCH_WARNING, UserWarning, stacklevel=2)
         with torch.random.fork_rng(devices=[]):  # seeds torch's global generator: keep the caller's
-            model, card = starting_model(arch, dataset.num_classes, random_seed=seed, class_names=names)
+            model, card = starting_model(
+                arch, dataset.num_classes, random_seed=seed, class_names=names,
+                extra_inputs=dataset.extra_inputs,
+            )  # fmt: skip
+    elif kind == "streams":
+        return from_streams(path, arch, dataset)
     else:
         return from_checkpoint(Path(init).expanduser(), arch, dataset)
     return model, replace(card, palette=tuple(dataset.palette), head_sizes=dataset.head_sizes)
@@ -431,13 +432,41 @@ def from_checkpoint(path: Path, arch: str, dataset: SegmentationDataset) -> tupl
     model = parent
     if card.arch != arch:
         model = build_model(arch, dataset.num_classes)
+        check_channels(model, arch, card.normalization)
         init_from_parent(model, parent)
         card = describe(model, arch, normalization=card.normalization)
+    if card.normalization.channels != dataset.channels:
+        raise FcnpipeError(
+            f"{path} reads {card.normalization.channels} input channels but {dataset.name} images "
+            f"have {dataset.channels}; start from a model made for this dataset."
+        )
     card = replace(
         card, class_names=dataset.class_names, palette=tuple(dataset.palette), provenance=provenance,
         head_sizes=dataset.head_sizes,
     )  # fmt: skip
     return model.train(), card
+
+
+def from_streams(paths: str, arch: str, dataset: SegmentationDataset) -> tuple[nn.Module, ModelCard]:
+    """A late fusion from two trained FCN-32s, colour then HHA (``streams:COLOUR.pt,HHA.pt``).
+
+    The release starts ``nyud-fcn32s-color-hha`` this way; the fusion reads each stream's input
+    as that stream was trained to, so its normalisation is the colour checkpoint's, then the HHA's.
+    """
+    named = [Path(p).expanduser() for p in paths.split(",") if p]
+    model = build_model(arch, dataset.num_classes)
+    if not isinstance(model, LateFusion) or len(named) != 2:
+        raise FcnpipeError(
+            "streams:COLOUR.pt,HHA.pt starts a late fusion (fcn32s-color-hha) from two FCN-32s checkpoints."
+        )
+    k = dataset.num_classes
+    (color, color_card), (hha, hha_card) = (load_checkpoint(p, num_classes=k) for p in named)
+    fuse_streams(model, color, hha)
+    normalization = replace(color_card.normalization, then=(hha_card.normalization,))
+    provenance = {"init": f"streams:{named[0]},{named[1]}", "dataset": None, "steps": 0}
+    card = describe(model, arch, class_names=list(dataset.class_names), palette=list(dataset.palette),
+                    normalization=normalization, provenance=provenance)  # fmt: skip
+    return model.train(), replace(card, head_sizes=dataset.head_sizes)
 
 
 # --- one stage -----------------------------------------------------------------------------------
@@ -708,7 +737,7 @@ def train_stage(
                 card.num_classes, train_set.ignore_index, recipe.adversarial, recipe.discriminator_lr, device
             )
         start_or_resume(run_dir, state, card, recipe, args, resume)
-        fill = fill_colour(card.normalization)
+        fill = card.normalization.zero_input()
         stream = batches(splits[0], recipe, seed=args.seed, fill=fill, start=state.step)
         while state.step < stop:
             started = time.perf_counter()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -14,6 +16,7 @@ from fcn import (
     TORCHVISION_IMAGENET,
     FcnpipeError,
     ModelCard,
+    Normalization,
     build_model,
     describe,
 )
@@ -33,6 +36,7 @@ def starting_model(
     random_seed: int | None = None,
     class_names: list[str] | None = None,
     download_base: str | None = None,
+    extra_inputs: Callable[[Normalization], tuple[Normalization, ...]] | None = None,
 ) -> tuple[nn.Module, ModelCard]:
     """Build an untrained network initialised from its ImageNet classifier (default) or at random.
 
@@ -45,6 +49,8 @@ def starting_model(
     into it (checked against its checksum; from ``download_base`` if given) when it is missing.
     The Caffe conversion of VGG16 (``caffe``) is looked for there under the name ``fcnpipe weights
     fetch vgg16 --caffe`` gives it, never under torchvision's, and never downloaded unasked.
+    ``extra_inputs`` normalises channels after the colour (a dataset's, e.g. NYUD's depth), given
+    the colour's normalisation; the network must read exactly that many channels.
     """
     if random_seed is not None and (imagenet is not None or caffe):
         raise FcnpipeError("choose either ImageNet weights or --random, not both.")
@@ -82,6 +88,8 @@ def starting_model(
         surgery.apply(model, state)
         init = f"{'caffe-vgg16' if caffe else surgery.source}:{path.name}"
         norm = CAFFE_VGG16 if caffe else TORCHVISION_IMAGENET
+    norm = replace(norm, then=extra_inputs(norm) if extra_inputs is not None else ())
+    check_channels(model, arch, norm)
     card = describe(
         model,
         arch,
@@ -90,3 +98,14 @@ def starting_model(
         provenance={"init": init, "dataset": None, "steps": 0},
     )
     return model, card
+
+
+def check_channels(model: nn.Module, arch: str, normalization: Normalization) -> None:
+    """Refuse input of another channel count than the network reads, in one sentence."""
+    channels = int(getattr(model, "in_channels", 3))
+    if channels != normalization.channels:
+        given = "colour alone" if normalization.channels == 3 else f"{normalization.channels} channels"
+        raise FcnpipeError(
+            f"{arch} reads {channels} input channels but its data gives {given}: train fcn32s-color-d "
+            "on nyud-color-d, fcn32s-color-hha on nyud-color-hha, and the other networks on colour."
+        )

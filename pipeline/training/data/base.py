@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -12,8 +13,9 @@ from fcn.checkpoint import RGB, default_palette
 from fcn.errors import FcnpipeError
 from fcn.normalization import CAFFE_VGG16, Normalization
 
-ImageArray = NDArray[np.uint8]
-"""An H x W x 3 RGB image."""
+ImageArray = NDArray[Any]
+"""An H x W x 3 uint8 RGB image; H x W x C when further channels follow the colour (NYUD's depth
+in millimetres as float32, or its HHA encoding: :meth:`SegmentationDataset.extra_inputs`)."""
 LabelArray = NDArray[np.int64]
 """An H x W map of class indices, with the dataset's ``ignore_index`` where there is no label; for a
 dataset with several heads, one such map per head (heads x H x W)."""
@@ -45,6 +47,15 @@ class SegmentationDataset(ABC):
     def num_classes(self) -> int:
         """How many classes the labels distinguish (the ignore value not counted)."""
         return len(self.class_names)
+
+    def extra_inputs(self, colour: Normalization) -> tuple[Normalization, ...]:
+        """How the channels after the colour are normalised when the colour is by ``colour`` (none here)."""
+        return ()
+
+    @property
+    def channels(self) -> int:
+        """How many channels an image has: the colour's three and any further ones."""
+        return 3 + sum(group.channels for group in self.extra_inputs(self.reference_input))
 
     @property
     def palette(self) -> list[RGB]:

@@ -2,7 +2,9 @@
 
 Layout: ``data/images/img_<id>.png`` (RGB), ``segmentation/img_<id>.mat`` (variable
 ``segmentation``, classes 1..40 and 0 void, shifted to 0..39 and 255), HHA encodings of depth in
-``data/hha/img_<id>.png`` (the FCN reference) or ``hha/img_<id>.png``, and ``{train,val,test}.txt``
+``data/hha/img_<id>.png`` (the FCN reference) or ``hha/img_<id>.png``, depth in millimetres as
+16-bit PNGs in ``data/depth/img_<id>.png`` (the reference's ``nyud_layers.py``), and
+``{train,val,test}.txt``
 listing ids such as ``5001`` (else the reference's lists fcnpipe ships, ``splits/nyud/``;
 ``trainval`` is ``train`` then ``val``).
 """
@@ -11,8 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from fcn.errors import FcnpipeError
-from fcn.normalization import CAFFE_NYUD_COLOR, CAFFE_NYUD_HHA
+from fcn.normalization import CAFFE_NYUD_COLOR, CAFFE_NYUD_HHA, NYUD_LOG_DEPTH, Normalization
 from pipeline.training.data.base import ImageArray, LabelArray, SegmentationDataset, shift_void
 from pipeline.training.data.files import (
     load_mat,
@@ -117,3 +122,57 @@ class NYUDHHA(NYUD):
     name = "nyud-hha"
     image_dirs = ("data/hha", "hha")
     reference_input = CAFFE_NYUD_HHA
+
+
+class NYUDColorDepth(NYUD):
+    """NYUDv2 colour and depth as four channels (RGB, then depth in millimetres), for ``fcn32s-color-d``.
+
+    Depth is fed as the reference feeds it, whatever the colour's normalisation: its logarithm less
+    the mean log depth 7.844 (``fcn.normalization.NYUD_LOG_DEPTH``).
+    """
+
+    name = "nyud-color-d"
+
+    def __init__(self, root: Path, split: str) -> None:
+        require_dirs(self.name, root, "data/depth")
+        super().__init__(root, split)
+
+    def extra_inputs(self, colour: Normalization) -> tuple[Normalization, ...]:
+        """Log depth after the colour."""
+        return (NYUD_LOG_DEPTH,)
+
+    def load_image(self, key: str) -> ImageArray:
+        """Colour and ``data/depth/img_<key>.png`` stacked, as float32."""
+        depth = read_depth(self.root / "data" / "depth" / f"img_{key}.png")
+        return np.concatenate([super().load_image(key).astype(np.float32), depth[..., None]], axis=2)
+
+
+class NYUDColorHHA(NYUD):
+    """NYUDv2 colour and HHA as six channels (RGB, then HHA as stored), for ``fcn32s-color-hha``."""
+
+    name = "nyud-color-hha"
+
+    def __init__(self, root: Path, split: str) -> None:
+        super().__init__(root, split)
+        self.hha = NYUDHHA(root, split)
+
+    def extra_inputs(self, colour: Normalization) -> tuple[Normalization, ...]:
+        """HHA after the colour, in the colour's scale and spread, less HHA's own mean and unflipped.
+
+        From the Caffe VGG16 this is the reference's HHA input exactly (``CAFFE_NYUD_HHA``).
+        """
+        mean = tuple(m * colour.scale for m in CAFFE_NYUD_HHA.mean)
+        return (Normalization(channel_order="RGB", scale=colour.scale, mean=mean, std=colour.std),)
+
+    def load_image(self, key: str) -> ImageArray:
+        """Colour and HHA side by side."""
+        return np.concatenate([super().load_image(key), self.hha.load_image(key)], axis=2)
+
+
+def read_depth(path: Path) -> ImageArray:
+    """A depth PNG (16-bit millimetres) as an H x W float32 array."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image, dtype=np.float32)
+    except FileNotFoundError:
+        raise FcnpipeError(f"missing depth {path}; the dataset folder is incomplete.") from None

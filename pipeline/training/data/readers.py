@@ -10,7 +10,7 @@ from pipeline.training.data.base import SegmentationDataset
 from pipeline.training.data.camvid import CamVid
 from pipeline.training.data.context import PascalContext
 from pipeline.training.data.isprs import Potsdam, Vaihingen
-from pipeline.training.data.nyud import NYUD, NYUDHHA
+from pipeline.training.data.nyud import NYUD, NYUDHHA, NYUDColorDepth, NYUDColorHHA
 from pipeline.training.data.ortho import Ortho
 from pipeline.training.data.siftflow import SiftFlow, SiftFlowBoth, SiftFlowGeo
 from pipeline.training.data.voc import SBD, VOC
@@ -26,6 +26,8 @@ DATASETS: dict[str, Opener] = {
     "siftflow-both": SiftFlowBoth,
     "nyud": NYUD,
     "nyud-hha": NYUDHHA,
+    "nyud-color-d": NYUDColorDepth,
+    "nyud-color-hha": NYUDColorHHA,
     "pascal-context": PascalContext,
     "ortho": Ortho,
     # The generated benchmark (training.data.synthetic.make_benchmark) is written in the ortho layout.
