@@ -240,6 +240,11 @@ def test_heavy_runs_the_references_steps_and_rates_per_dataset() -> None:
         assert [heavy.for_arch(a, siftflow) for a in stages] == [1e-10, 1e-12, 1e-12]
         assert set(stage_lengths(stages, heavy, f"{siftflow}:x", 2486, None, None).values()) == {100_000}
     assert [heavy.for_arch(a, "sbd") for a in stages] == [1e-10, 1e-12, 1e-14]
+    # nyud-fcn32s-color-d: the fcn32s rate; nyud-fcn32s-color-hha/solver.prototxt: 1e-12; both 50 x 2000 steps
+    assert heavy.for_arch("fcn32s-color-d", "nyud-color-d") == 1e-10
+    assert heavy.for_arch("fcn32s-color-hha", "nyud-color-hha") == 1e-12
+    for nyud in ("nyud-color-d", "nyud-color-hha"):
+        assert stage_lengths(["fcn32s"], heavy, f"{nyud}:x", 795, None, None) == {"fcn32s": 100_000}
     with pytest.raises(FcnpipeError, match="has no steps of its own for fcn8s on camvid"):
         stage_lengths(["fcn8s"], heavy, "camvid:x", 367, None, None)
 
@@ -269,6 +274,17 @@ def test_a_preset_sets_what_it_says_and_options_given_win(tmp_path: Path) -> Non
         "eval_every": 10,
         "dataset": "siftflow-geo:/g",
     }
+    # The late fusion starts from two trained FCN-32s, which only the user can name.
+    with pytest.raises(
+        FcnpipeError, match=r"starts from models trained first: pass --init streams:COLOUR\.pt,HHA\.pt"
+    ):
+        chosen_options("nyud-fcn32s-color-hha", tmp_path, {})
+    fusion = chosen_options("nyud-fcn32s-color-hha", tmp_path, {"init": "streams:c.pt,h.pt"})
+    assert (fusion["arch"], fusion["dataset"], fusion["recipe"]) == (
+        "fcn32s-color-hha",
+        f"nyud-color-hha:{tmp_path}",
+        "heavy",
+    )
     # The VOC pairing needs both folders: from --data, or each by hand.
     with pytest.raises(FcnpipeError, match=r"voc-fcn8s preset reads its data from --data DIR.*--val-dataset"):
         chosen_options("voc-fcn8s", None, {"dataset": "sbd:/s"})
