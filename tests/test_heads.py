@@ -118,6 +118,14 @@ def test_both_labellings_stack_the_semantic_and_geometric_readers(siftflow: Path
     assert both.palette[33:] == geometric.palette  # each labelling's own colours
 
 
+def test_data_info_lists_each_labellings_classes(siftflow: Path) -> None:
+    result = runner.invoke(app, ["data", "info", f"siftflow-both:{siftflow}"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "semantic: 33 classes (ignore label 255): awning, balcony" in text
+    assert "geometric: 3 classes (ignore label 255): sky, horizontal, vertical" in text
+
+
 def test_a_crop_and_flip_move_both_labellings_together(siftflow: Path) -> None:
     """A two-headed sample is the two one-headed samples with the same draws, stacked."""
     recipe = load_recipe("modern").updated(crop=32, hflip=True)

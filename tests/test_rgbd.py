@@ -13,6 +13,7 @@ import pytest
 import scipy.io  # type: ignore[import-untyped]
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from fcn import FcnpipeError, ModelCard, ReceptiveField, build_model, describe, save_checkpoint
 from fcn.checkpoint import default_palette
@@ -25,6 +26,7 @@ from fcn.normalization import (
 )
 from fcn.rgbd import LateFusion, color_d_surgery, fuse_streams
 from fcn.surgery import init_from_vgg16
+from pipeline.cli.main import app
 from pipeline.tiling.grid import GridSpec, plan_tiles
 from pipeline.tiling.segment import SegmentSettings, check_settings
 from pipeline.training.data import open_dataset
@@ -87,6 +89,12 @@ def test_colour_and_depth_are_fed_as_the_reference_layer_feeds_them(nyud: Path) 
         fed[:3], (rgb[..., ::-1] - (116.190, 97.203, 92.318)).transpose(2, 0, 1), atol=1e-4
     )
     np.testing.assert_allclose(fed[3], np.log(depth) - 7.844, atol=1e-5)
+
+
+def test_data_info_says_how_many_channels_an_image_has(nyud: Path) -> None:
+    result = CliRunner().invoke(app, ["data", "info", f"nyud-color-hha:{nyud}"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert "6 channels per image, colour first" in result.output and "40 classes" in result.output
 
 
 def test_colour_and_hha_from_the_caffe_vgg16_is_the_references_input(nyud: Path) -> None:

@@ -336,6 +336,7 @@ def data_info(
     check: Annotated[int, typer.Option(help="Samples of each split to read and check (0: none).", min=0)] = 1,
 ) -> None:
     """Check that a dataset folder reads: images per split, classes, and the first samples of each split."""
+    from fcn.checkpoint import head_layout
     from pipeline.training.data import open_dataset
 
     opened = []
@@ -353,10 +354,15 @@ def data_info(
     if not opened:
         err.print(f"[red]error:[/] no split of {spec} could be read.", highlight=False)
         raise typer.Exit(1)
-    names = opened[0].class_names
-    out.print(
-        f"{len(names)} classes (ignore label {opened[0].ignore_index}): {', '.join(names)}", highlight=False
-    )
+    first = opened[0]
+    if first.channels != 3:
+        out.print(f"{first.channels} channels per image, colour first", highlight=False)
+    for head in head_layout(first.head_sizes or (("", first.num_classes),)):  # one line per labelling
+        names, prefix = first.class_names[head.channels], f"{head.name}: " if head.name else ""
+        out.print(
+            f"{prefix}{head.classes} classes (ignore label {first.ignore_index}): {', '.join(names)}",
+            highlight=False,
+        )
 
 
 @data_app.command("fetch")
