@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import scipy.io  # type: ignore[import-untyped]
 import torch
 import xarray as xr
@@ -26,6 +27,7 @@ from typer.testing import CliRunner
 from fcn import FcnpipeError, build_model, describe, load_checkpoint, save_checkpoint
 from fcn.checkpoint import read_checkpoint
 from pipeline.cli.main import app
+from pipeline.outputs.export import export_cog
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
 from pipeline.training.data import open_dataset
 from pipeline.training.data.siftflow import SCENES, SiftFlowBoth
@@ -269,6 +271,19 @@ def test_the_mosaic_holds_one_label_map_per_head(tmp_path: Path) -> None:
     assert sum(report["class_pixels"].values()) == int(valid.sum()) and len(report["class_pixels"]) == 33
     overview = xr.open_zarr(tmp_path / "out.zarr", group="overviews/1", decode_coords="all")
     assert overview["labels_geometric"].shape == (40, 48)
+    # Each head exports on its own; the probabilities' bands name every head's classes.
+    export_cog(tmp_path / "out.zarr", tmp_path / "geometric.tif", what="labels_geometric")
+    with rasterio.open(tmp_path / "geometric.tif") as cog:
+        np.testing.assert_array_equal(cog.read(1), np.asarray(group["labels_geometric"][...]))
+        assert (cog.tags()["CLASS_0"], cog.tags()["CLASS_2"]) == ("sky", "vertical")
+    export_cog(tmp_path / "out.zarr", tmp_path / "probabilities.tif", what="probabilities")
+    with rasterio.open(tmp_path / "probabilities.tif") as cog:
+        assert cog.count == 36 and cog.descriptions[:2] == ("s0", "s1")
+        assert cog.descriptions[33:] == ("geometric:sky", "geometric:horizontal", "geometric:vertical")
+    with pytest.raises(
+        FcnpipeError, match="has no label array 'labels_depth'; it has labels, labels_geometric"
+    ):
+        export_cog(tmp_path / "out.zarr", tmp_path / "x.tif", what="labels_depth")
 
 
 @pytest.mark.usefixtures("prefect_api")

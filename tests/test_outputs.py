@@ -217,7 +217,7 @@ def test_cog_export_refuses_bad_requests_and_leaves_nothing(mosaic: Path, tmp_pa
     names = list(zarr.open_group(str(mosaic), mode="r").attrs["class_names"])  # type: ignore[arg-type]
     with pytest.raises(FcnpipeError, match="no class 'lava'"):
         export_cog(mosaic, tmp_path / "x.tif", class_name="lava")
-    with pytest.raises(FcnpipeError, match="labels or probabilities"):
+    with pytest.raises(FcnpipeError, match="must be labels, probabilities or a further head"):
         export_cog(mosaic, tmp_path / "x.tif", what="logits")
     existing = tmp_path / "taken.tif"
     existing.write_bytes(b"keep me")

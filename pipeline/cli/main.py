@@ -468,7 +468,9 @@ def export(
     vector: Annotated[
         str | None, typer.Option(help="Write polygons of the label regions (GeoPackage; path or URL).")
     ] = None,
-    what: Annotated[str, typer.Option(help="For --cog: labels or probabilities.")] = "labels",
+    what: Annotated[
+        str, typer.Option(help="For --cog: labels, probabilities, or a further head's labels (labels_HEAD).")
+    ] = "labels",
     class_name: Annotated[
         str | None,
         typer.Option("--class", help="One class only: a 0/1 mask, its probability or its polygons."),

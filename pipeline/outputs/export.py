@@ -64,11 +64,15 @@ class Mosaic:
     palette: tuple[tuple[int, int, int], ...]
     transform: Affine
     crs_wkt: str | None
+    labels_name: str = "labels"
+    """The label array read: ``labels``, or a further head's (``labels_geometric``)."""
+    channel_names: tuple[str, ...] = ()
+    """The name of each probability channel: every head's classes, a further head's prefixed by it."""
 
     @property
     def labels(self) -> zarr.Array[Any]:
         """The full-resolution label array."""
-        node = self.group["labels"]
+        node = self.group[self.labels_name]
         assert isinstance(node, zarr.Array)
         return node
 
@@ -85,8 +89,11 @@ class Mosaic:
         return self.class_names.index(name)
 
 
-def open_mosaic(path: str | Path | Location) -> Mosaic:
-    """Open a mosaic for export; refuse one that is not a mosaic or not complete."""
+def open_mosaic(path: str | Path | Location, labels: str = "labels") -> Mosaic:
+    """Open a mosaic for export; refuse one that is not a mosaic or not complete.
+
+    ``labels`` names the label array to read: a model with several heads writes one per head.
+    """
     where = Location.of(path)
     state = read_state(where)
     if state is None:
@@ -99,15 +106,25 @@ def open_mosaic(path: str | Path | Location) -> Mosaic:
     group = open_mosaic_group(where, "r")
     ref = dict(group["spatial_ref"].attrs)
     attrs: dict[str, Any] = dict(group.attrs)
-    palette = tuple((int(p[0]), int(p[1]), int(p[2])) for p in attrs["palette"])
+    heads: dict[str, Any] = attrs.get("heads") or {"labels": attrs}
+    if labels not in heads:
+        raise FcnpipeError(f"{where.redacted()} has no label array {labels!r}; it has {', '.join(heads)}.")
+    names = {array: tuple(str(n) for n in head["class_names"]) for array, head in heads.items()}
+    channels = tuple(
+        name if array == "labels" else f"{array.removeprefix('labels_')}:{name}"
+        for array, head_names in names.items()
+        for name in head_names
+    )
     crs_wkt = ref.get("crs_wkt")
     return Mosaic(
         where,
         group,
-        tuple(str(n) for n in attrs["class_names"]),
-        palette,
+        names[labels],
+        tuple((int(p[0]), int(p[1]), int(p[2])) for p in heads[labels]["palette"]),
         Affine(*parse_geotransform(str(ref["GeoTransform"]))),
         str(crs_wkt) if crs_wkt else None,
+        labels,
+        channels,
     )
 
 
@@ -172,9 +189,12 @@ def export_cog(
     uint8 (p = value / 254, as a band scale) or, from float16 mosaics, float32 with NaN nodata.
     GDAL adds overviews by 2 until one ``blocksize`` tile holds the image.
     """
-    if what not in ("labels", "probabilities"):
-        raise FcnpipeError(f"--what must be labels or probabilities, not {what!r}.")
-    mosaic, out = open_mosaic(mosaic_path), Location.of(out_path)
+    if what != "probabilities" and not what.startswith("labels"):
+        raise FcnpipeError(
+            f"--what must be labels, probabilities or a further head's labels_HEAD, not {what!r}."
+        )
+    mosaic = open_mosaic(mosaic_path, what if what.startswith("labels") else "labels")
+    out = Location.of(out_path)
     if what not in mosaic.group:
         raise FcnpipeError(
             f"{mosaic.path.redacted()} has no {what}; segment with --outputs labels,{what} to have them."
@@ -214,7 +234,7 @@ class CogLayer:
     def read(self, mosaic: Mosaic, window: Window) -> NDArray[Any]:
         """The bands of ``window``, (bands, rows, cols)."""
         rows, cols = window.slices()
-        if self.what == "labels":
+        if self.what.startswith("labels"):
             labels = np.asarray(mosaic.labels[rows, cols])
             if self.index is None:
                 return np.asarray(labels[None])
@@ -231,17 +251,17 @@ def cog_layer(mosaic: Mosaic, what: str, index: int | None) -> CogLayer:
     """Describe the bands to export."""
     names, palette = mosaic.class_names, mosaic.palette
     tags = {"CLASS_NAMES": json.dumps(list(names)), "SOURCE_MOSAIC": mosaic.path.redacted()}
-    if what == "labels" and index is None:
+    if what.startswith("labels") and index is None:
         colormap = {i: (*palette[i], 255) for i in range(len(names))} | {mosaic.nodata: (0, 0, 0, 0)}
         tags |= {f"CLASS_{i}": name for i, name in enumerate(names)}
         dtype = str(mosaic.labels.dtype)
-        return CogLayer(what, None, dtype, mosaic.nodata, ("labels",), colormap, "MODE", tags)
-    if what == "labels":
+        return CogLayer(what, None, dtype, mosaic.nodata, (what,), colormap, "MODE", tags)
+    if what.startswith("labels"):
         assert index is not None
         colormap = {0: (0, 0, 0, 0), 1: (*palette[index], 255)}
         tags |= {"CLASS": names[index], "CLASS_0": f"not {names[index]}", "CLASS_1": names[index]}
         return CogLayer(what, index, "uint8", 255, (names[index],), colormap, "MODE", tags)
-    bands = names if index is None else (names[index],)
+    bands = mosaic.channel_names if index is None else (names[index],)
     if mosaic.group["probabilities"].dtype.kind == "f":  # type: ignore[union-attr]
         return CogLayer(what, index, "float32", float("nan"), bands, None, "AVERAGE", tags)
     tags |= {"SCALE": f"1/{PROBABILITY_SCALE}"}
