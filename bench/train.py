@@ -52,7 +52,7 @@ def main() -> None:
         scheduler = make_scheduler(optimizer, recipe, args.steps + 1)
         stream = batches(train_set, recipe, seed=0, fill=card.normalization.zero_input())
         kwargs = {"device": device, "normalization": card.normalization,
-                  "ignore_index": train_set.ignore_index, "recipe": recipe}  # fmt: skip
+                  "ignore_index": train_set.ignore_index, "recipe": recipe, "heads": card.heads}  # fmt: skip
         train_steps(model, optimizer, scheduler, stream, 1, **kwargs)  # warm-up, not timed
         forward_s, train_s = [], []
         for _ in range(args.steps):  # alternate: one timed forward, one timed training step

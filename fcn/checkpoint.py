@@ -73,10 +73,10 @@ class Head:
         return self.stop - self.start
 
 
-def head_layout(sizes: tuple[tuple[str, int], ...]) -> tuple[Head, ...]:
-    """Heads side by side in the order given, from ``(name, classes)`` pairs."""
+def head_layout(sizes: tuple[tuple[str, int], ...], num_classes: int) -> tuple[Head, ...]:
+    """Heads side by side from ``(name, classes)`` pairs; none given: one head over every class."""
     heads, start = [], 0
-    for name, classes in sizes:
+    for name, classes in sizes or (("classes", num_classes),):
         heads.append(Head(name, start, start + classes))
         start += classes
     return tuple(heads)
@@ -100,12 +100,14 @@ class ModelCard:
 
     def __post_init__(self) -> None:
         if self.head_sizes and sum(n for _, n in self.head_sizes) != self.num_classes:
-            raise ValueError(f"heads {self.head_sizes} do not add up to {self.num_classes} classes")
+            raise FcnpipeError(
+                f"the card's heads {self.head_sizes} do not add up to its {self.num_classes} classes."
+            )
 
     @property
     def heads(self) -> tuple[Head, ...]:
         """The output's heads: the named groups, or one head ``classes`` over every class."""
-        return head_layout(self.head_sizes or (("classes", self.num_classes),))
+        return head_layout(self.head_sizes, self.num_classes)
 
     def head_card(self, head: Head) -> ModelCard:
         """The card as seen by one head's label map: its classes, names and colours alone."""

@@ -40,6 +40,8 @@ class Normalization:
 
     def apply(self, rgb: torch.Tensor) -> torch.Tensor:
         """Normalise (N, C, H, W) values (RGB on the 0-255 scale, then any further groups) into new input."""
+        if rgb.shape[1] != self.channels:
+            raise ValueError(f"{rgb.shape[1]} channels given to a normalisation of {self.channels}")
         if self.then:
             groups, parts, start = (replace(self, then=()), *self.then), [], 0
             for group in groups:

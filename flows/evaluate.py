@@ -12,7 +12,7 @@ from fcn import load_checkpoint
 from pipeline.tiling.engine import pick_device
 from pipeline.training.data import open_dataset
 from pipeline.training.evaluation import evaluate_tiled, print_table, write_report
-from pipeline.training.train import dataset_heads, evaluate_heads, heads_scores
+from pipeline.training.train import check_input, dataset_heads, evaluate_heads, heads_scores
 
 
 @flow(name="evaluate")
@@ -33,7 +33,7 @@ def evaluate(
     scene's nodata or mask, where the pipeline predicts nothing, are left out and counted.
     --report writes a JSON report (metrics, per-class IU, confusion matrix) and a confusion-matrix
     PNG beside it. A dataset labelled for several heads (siftflow-both) is scored head by head:
-    a table for each, and REPORT.HEAD.json beside the first head's report.
+    a table for each, and REPORT-HEAD.json beside the first head's report (scores-geometric.json).
 
     Args:
         weights: The checkpoint to score.
@@ -55,6 +55,7 @@ def evaluate(
                          "tiling pipeline predicts nothing; they are not scored.")  # fmt: skip
     else:
         model, card = load_checkpoint(weights, num_classes=data.num_classes)
+        check_input(card, data, str(weights))
         matrices = evaluate_heads(model, data, card.normalization, pick_device(device), limit=limit)
     heads = dataset_heads(data)
     context = {"weights": str(weights), "dataset": dataset, "split": split, "tiled": tiled}
@@ -62,6 +63,8 @@ def evaluate(
         names = data.class_names[head.channels]
         print_table(matrix, names, head=head.name if len(heads) > 1 else None)
         if report is not None:  # a further head's report beside the first: report.<head>.json
-            path = report if head is heads[0] else report.with_suffix(f".{head.name}{report.suffix}")
+            path = (
+                report if head is heads[0] else report.with_name(f"{report.stem}-{head.name}{report.suffix}")
+            )
             write_report(path, matrix, names, context | ({"head": head.name} if len(heads) > 1 else {}))
     return {"report": str(report) if report else None, "warnings": notes, **heads_scores(matrices)}

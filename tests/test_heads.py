@@ -28,6 +28,7 @@ from fcn import FcnpipeError, build_model, describe, load_checkpoint, save_check
 from fcn.checkpoint import read_checkpoint
 from pipeline.cli.main import app
 from pipeline.outputs.export import export_cog
+from pipeline.outputs.inspect import describe_mosaic
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
 from pipeline.training.data import open_dataset
 from pipeline.training.data.siftflow import SCENES, SiftFlowBoth
@@ -40,6 +41,7 @@ from pipeline.training.train import (
     evaluate_heads,
     heads_loss,
     initial_model,
+    resume_stage,
     sampled_cells,
     train_stage,
     training_sample,
@@ -206,6 +208,26 @@ def test_a_stage_keeps_both_heads_scores_and_the_checkpoint_says_so(
     assert scored["semantic"].scores()["mean_iu"] == pytest.approx(float(row["mean_iu"]))
 
 
+def test_a_two_headed_stage_resumed_ends_as_one_run_straight_through(
+    siftflow: Path, recipe: Path, tmp_path: Path
+) -> None:
+    """Plumbing (pointwise): stop after step 1, resume to step 3: the weights and rows of a straight run."""
+    spec = f"siftflow-both:{siftflow}"
+    args = StageArgs(dataset=spec, steps=3, eval_every=1, val_split="test")
+    runs = {}
+    for name, until in (("straight", None), ("resumed", 1)):
+        model, card = initial_model("scratch", "pointwise", open_dataset(spec, "train"))
+        train_stage(model, card, load_recipe(str(recipe)), args, tmp_path / name, until=until)
+        if until is not None:
+            resume_stage(tmp_path / name)
+        with (tmp_path / name / "metrics.csv").open(newline="") as f:
+            rows = [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+        runs[name] = (read_checkpoint(tmp_path / name / "last.pt")["state_dict"], rows)
+    (straight, straight_rows), (resumed, resumed_rows) = runs["straight"], runs["resumed"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert resumed_rows == straight_rows and len(resumed_rows) == 3 and "geometric_mean_iu" in resumed_rows[0]
+
+
 def test_class_weights_with_several_heads_are_one_sentence(siftflow: Path, tmp_path: Path) -> None:
     spec = f"siftflow-both:{siftflow}"
     model, card = initial_model("scratch", "pointwise", open_dataset(spec, "train"))
@@ -280,6 +302,9 @@ def test_the_mosaic_holds_one_label_map_per_head(tmp_path: Path) -> None:
     with rasterio.open(tmp_path / "probabilities.tif") as cog:
         assert cog.count == 36 and cog.descriptions[:2] == ("s0", "s1")
         assert cog.descriptions[33:] == ("geometric:sky", "geometric:horizontal", "geometric:vertical")
+    info = describe_mosaic(tmp_path / "out.zarr")
+    assert "labels_geometric" in info["arrays"] and len(info["classes"]) == 33
+    assert info["head_classes"] == {"labels_geometric": ["sky", "horizontal", "vertical"]}
     with pytest.raises(
         FcnpipeError, match="has no label array 'labels_depth'; it has labels, labels_geometric"
     ):
@@ -294,7 +319,7 @@ def test_the_evaluate_flow_scores_and_reports_each_head(siftflow: Path, tmp_path
     result = runner.invoke(app, ["run", str(ROOT / "flows" / "evaluate.py"), *args, "--report", str(report)])
     assert result.exit_code == 0, result.output
     assert "semantic head" in result.output and "geometric head" in result.output
-    semantic, geometric = (json.loads(p.read_text()) for p in (report, tmp_path / "scores.geometric.json"))
+    semantic, geometric = (json.loads(p.read_text()) for p in (report, tmp_path / "scores-geometric.json"))
     assert len(semantic["class_names"]) == 33 and geometric["class_names"] == [
         "sky",
         "horizontal",
@@ -304,4 +329,4 @@ def test_the_evaluate_flow_scores_and_reports_each_head(siftflow: Path, tmp_path
     both = open_dataset(f"siftflow-both:{siftflow}", "test")
     labelled = [int((both[0][1][i] != 255).sum()) for i in (0, 1)]
     assert [int(np.sum(r["confusion_matrix"])) for r in (semantic, geometric)] == labelled
-    assert (tmp_path / "scores.geometric.confusion.png").is_file()
+    assert (tmp_path / "scores-geometric.confusion.png").is_file()

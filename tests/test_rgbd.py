@@ -29,11 +29,13 @@ from fcn.surgery import init_from_vgg16
 from pipeline.cli.main import app
 from pipeline.tiling.grid import GridSpec, plan_tiles
 from pipeline.tiling.segment import SegmentSettings, check_settings
+from pipeline.training.adversarial import Adversary
 from pipeline.training.data import open_dataset
 from pipeline.training.recipes import load_recipe
-from pipeline.training.train import StageArgs, initial_model, train_stage
+from pipeline.training.train import StageArgs, initial_model, open_splits, train_stage
 from tests.conftest import randomize
 
+ROOT = Path(__file__).resolve().parents[1]
 IDS = ["5001", "5002", "5003"]
 SIDE = 36
 RECIPE = """\
@@ -197,11 +199,43 @@ def test_a_colour_and_depth_stage_trains_and_records_its_input(nyud: Path, tmp_p
 
 def test_a_network_for_other_input_is_one_sentence(nyud: Path) -> None:
     data = open_dataset(f"nyud-color-d:{nyud}", "train")
-    refused = pytest.raises(FcnpipeError, match="fcn32s reads 3 input channels but its data gives 4 channels")
+    refused = pytest.raises(FcnpipeError, match="fcn32s reads 3 input channels, not the 4 of its data")
     with pytest.warns(UserWarning, match="training from scratch"), refused:
         initial_model("scratch", "fcn32s", data)
     with pytest.raises(FcnpipeError, match=r"streams:COLOUR\.pt,HHA\.pt starts a late fusion"):
         initial_model("streams:a.pt", "fcn32s-color-hha", open_dataset(f"nyud-color-hha:{nyud}", "train"))
+
+
+def test_data_of_another_kind_than_the_model_or_the_training_data_is_one_sentence(
+    nyud: Path, tmp_path: Path
+) -> None:
+    """Plumbing: a colour model (the pointwise stand-in) scored on colour and depth, a colour-and-depth
+    run validated on colour and HHA, and a late fusion started for colour alone."""
+    weights = tmp_path / "colour.pt"
+    stand_in = build_model("pointwise", 40)
+    card = describe(stand_in, "pointwise", memory=False)
+    save_checkpoint(weights, stand_in, card)
+    args = ["--weights", str(weights), "--dataset", f"nyud-color-d:{nyud}", "--split", "test"]
+    result = CliRunner().invoke(app, ["run", str(ROOT / "flows" / "evaluate.py"), *args], terminal_width=400)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "reads 3 input channels but nyud-color-d images have 4" in " ".join(result.output.split())
+    mixed = StageArgs(
+        dataset=f"nyud-color-d:{nyud}", val_dataset=f"nyud-color-hha:{nyud}", steps=1, eval_every=1
+    )
+    with pytest.raises(FcnpipeError, match="nyud-color-hha and nyud-color-d differ in image channels"):
+        open_splits(mixed, card)
+    with pytest.raises(
+        FcnpipeError, match=r"a late fusion reads colour and HHA .* train it on nyud-color-hha"
+    ):
+        initial_model("streams:a.pt,b.pt", "fcn32s-color-hha", open_dataset(f"nyud:{nyud}", "train"))
+
+
+def test_the_discriminator_sees_every_channel_of_the_image() -> None:
+    adversary = Adversary.create(5, 255, 0.5, 1e-4, torch.device("cpu"), image_channels=4)
+    image, labels = torch.randn(1, 4, 24, 24), torch.randint(0, 5, (1, 24, 24))
+    probabilities = torch.rand(1, 5, 24, 24).softmax(1)
+    adversary.update(image, probabilities, labels)
+    assert adversary.segmenter_term(image, probabilities, labels).isfinite()
 
 
 @pytest.mark.slow
@@ -217,6 +251,12 @@ def test_a_late_fusion_starts_from_a_colour_and_an_hha_checkpoint(nyud: Path, tm
     model, card = initial_model(f"streams:{paths[0]},{paths[1]}", "fcn32s-color-hha",
                                 open_dataset(f"nyud-color-hha:{nyud}", "train"))  # fmt: skip
     assert card.normalization == COLOUR_AND_HHA and card.arch == "fcn32s-color-hha"
+    hha_run = replace(describe(build_model("fcn32s", 40), "fcn32s", memory=False),
+                      provenance={"dataset": f"nyud-hha:{nyud}"})  # fmt: skip
+    save_checkpoint(tmp_path / "hha.pt", randomize(build_model("fcn32s", 40), seed=2), hha_run)
+    with pytest.raises(FcnpipeError, match="takes the colour FCN-32s first and the HHA one second"):
+        initial_model(f"streams:{tmp_path / 'hha.pt'},{paths[1]}", "fcn32s-color-hha",
+                      open_dataset(f"nyud-color-hha:{nyud}", "train"))  # fmt: skip
     x = torch.randn(1, 6, 40, 40)
     with torch.no_grad():
         color, hha = (randomize(build_model("fcn32s", 40), seed=s) for s in (1, 2))

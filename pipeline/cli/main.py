@@ -357,8 +357,8 @@ def data_info(
     first = opened[0]
     if first.channels != 3:
         out.print(f"{first.channels} channels per image, colour first", highlight=False)
-    for head in head_layout(first.head_sizes or (("", first.num_classes),)):  # one line per labelling
-        names, prefix = first.class_names[head.channels], f"{head.name}: " if head.name else ""
+    for head in head_layout(first.head_sizes, first.num_classes):  # one line per labelling
+        names, prefix = first.class_names[head.channels], f"{head.name}: " if first.head_sizes else ""
         out.print(
             f"{prefix}{head.classes} classes (ignore label {first.ignore_index}): {', '.join(names)}",
             highlight=False,

@@ -28,6 +28,7 @@ def describe_mosaic(path: str | Path | Location) -> dict[str, Any]:
     crs = CRS.from_wkt(ref["crs_wkt"]) if "crs_wkt" in ref else None
     done = blocks_done(group)
     model = state["model"]
+    classes = label_classes(dict(group.attrs))
     return {
         "path": where.redacted(),
         "complete": bool(state.get("complete")),
@@ -35,18 +36,25 @@ def describe_mosaic(path: str | Path | Location) -> dict[str, Any]:
         "blocks_total": int(done.size),
         "shape": list(labels.shape),
         "chunks": list(labels.chunks),
-        "arrays": [name for name in OUTPUTS if name in group],
+        "arrays": [name for name in group.array_keys() if name in OUTPUTS or name.startswith("labels")],
         "overviews": overview_shapes(dict(group.attrs)),
         "crs": crs.to_string() if crs else None,
         "transform": [a, b, c, d, e, f],
         "resolution": [math.hypot(a, d), math.hypot(b, e)],
-        "classes": [str(n) for n in state["model"]["class_names"]],
+        "classes": classes.pop("labels"),
+        "head_classes": classes,  # a further head's label array's, by its name
         "source": state.get("source"),
         "model": {"arch": model["arch"], "sha256": model["sha256"], "provenance": model.get("provenance")},
         "settings": state.get("settings"),
         "fingerprint": state.get("fingerprint"),
         "report": state.get("report"),
     }
+
+
+def label_classes(attrs: dict[str, Any]) -> dict[str, list[str]]:
+    """The class names of each label array: ``labels``, and a further head's (``labels_geometric``)."""
+    heads = attrs.get("heads") or {"labels": attrs}
+    return {array: [str(n) for n in head["class_names"]] for array, head in heads.items()}
 
 
 def overview_shapes(attrs: dict[str, Any]) -> list[list[int]]:
@@ -66,6 +74,10 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
         "overviews " + (", ".join(f"{w} x {h}" for h, w in info["overviews"]) or "none"),
         f"crs {info['crs'] or 'none'}, resolution {info['resolution'][0]:g} x {info['resolution'][1]:g}",
         f"classes ({len(info['classes'])}): {', '.join(info['classes'])}",
+        *(
+            f"{array} classes ({len(names)}): {', '.join(names)}"
+            for array, names in info["head_classes"].items()
+        ),
         f"model {info['model']['arch']} (sha256 {info['model']['sha256'][:12]}), source {info['source']}",
     ]
     if info["report"]:

@@ -143,7 +143,7 @@ class Engine:
         self.device = pick_device(settings.device)
         self.normalization = normalization
         self.num_classes = num_classes
-        self.heads = heads or head_layout((("classes", num_classes),))
+        self.heads = heads or head_layout((), num_classes)
         self.cuda = self.device.type == "cuda"
         self.model = model.to(self.device).eval()
         if self.cuda:

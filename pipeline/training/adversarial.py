@@ -88,10 +88,16 @@ class Adversary:
 
     @classmethod
     def create(
-        cls, num_classes: int, ignore_index: int, weight: float, lr: float, device: torch.device
+        cls,
+        num_classes: int,
+        ignore_index: int,
+        weight: float,
+        lr: float,
+        device: torch.device,
+        image_channels: int = 3,
     ) -> Adversary:
         """A fresh discriminator (PyTorch's default initialisation) with its Adam optimiser."""
-        discriminator = Discriminator(num_classes).to(device)
+        discriminator = Discriminator(num_classes, image_channels).to(device)
         return cls(discriminator, Adam(discriminator.parameters(), lr=lr), weight, num_classes, ignore_index)
 
     def masked(self, probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,13 @@ BUILTIN_RECIPES = ("heavy", "modern", "default")
 T = TypeVar("T")
 
 CLASSIFIER = "score"
-"""The prefix of the score layers' names (``score_fr``, ``score_pool4``; the stand-in's ``score``)."""
+"""The prefix of the score layers' names (``score_fr``, ``score_pool4``; the stand-in's ``score``),
+at the top of the network or of one of its streams (a late fusion's ``color.score_fr``)."""
+
+
+def is_classifier(name: str) -> bool:
+    """Whether the parameter ``name`` belongs to a score layer (:data:`CLASSIFIER`)."""
+    return any(part.startswith(CLASSIFIER) for part in name.split(".")[:2])
 
 
 def per_stage(table: dict[str, T], arch: str, dataset: str) -> T | None:
@@ -163,7 +169,7 @@ def param_groups(model: nn.Module, recipe: Recipe, arch: str, dataset: str = "")
     weights: list[nn.Parameter] = []
     biases: list[nn.Parameter] = []
     for name, param in model.named_parameters():
-        if param.requires_grad and (recipe.learn == "all" or name.startswith(CLASSIFIER)):
+        if param.requires_grad and (recipe.learn == "all" or is_classifier(name)):
             (biases if name.rsplit(".", 1)[-1] == "bias" else weights).append(param)
     if not weights and not biases:
         raise FcnpipeError(
@@ -191,7 +197,7 @@ def freeze_trunk(model: nn.Module, arch: str) -> None:
             "would still update its statistics: use learn: all."
         )
     for name, param in model.named_parameters():
-        if not name.startswith(CLASSIFIER):
+        if not is_classifier(name):
             param.requires_grad_(False)
 
 

@@ -86,8 +86,8 @@ scores at the end (:func:`metric_fields`)."""
 SCORES = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-"""Float RGB images on the 0-255 scale (N, 3, H, W) and int64 label maps (N, H, W), or (N, heads, H, W)
-for a dataset with several heads."""
+"""Float images, RGB on the 0-255 scale then any further channels (N, C, H, W), and int64 label maps
+(N, H, W), or (N, heads, H, W) for a dataset with several heads."""
 
 
 class StageArgs(BaseModel):
@@ -241,11 +241,11 @@ def heads_loss(
     """
     if target.dim() == 3:
         return criterion(logits, target, ignore_index, reduction, weight)
+    if len(heads) != target.shape[1] or weight is not None:  # check_heads refuses class weights
+        raise ValueError(f"{target.shape[1]} labellings for heads {heads}, class weights {weight}")
     losses = [
-        criterion(logits[:, head.channels], target[:, i], ignore_index, reduction,
-                  None if weight is None else weight[head.channels])
-        for i, head in enumerate(heads)
-    ]  # fmt: skip
+        criterion(logits[:, h.channels], target[:, i], ignore_index, reduction) for i, h in enumerate(heads)
+    ]
     return torch.stack(losses).sum()
 
 
@@ -290,7 +290,7 @@ def train_steps(
     normalization: Normalization,
     ignore_index: int,
     recipe: Recipe,
-    heads: tuple[Head, ...] = (),
+    heads: tuple[Head, ...],
     class_weight: torch.Tensor | None = None,
     adversary: Adversary | None = None,
 ) -> float:
@@ -324,7 +324,7 @@ def train_steps(
 
 def dataset_heads(dataset: SegmentationDataset) -> tuple[Head, ...]:
     """The heads a dataset's labels are for (one, over every class, unless it names several)."""
-    return head_layout(dataset.head_sizes or (("classes", dataset.num_classes),))
+    return head_layout(dataset.head_sizes, dataset.num_classes)
 
 
 @torch.inference_mode()
@@ -435,16 +435,21 @@ def from_checkpoint(path: Path, arch: str, dataset: SegmentationDataset) -> tupl
         check_channels(model, arch, card.normalization)
         init_from_parent(model, parent)
         card = describe(model, arch, normalization=card.normalization)
-    if card.normalization.channels != dataset.channels:
-        raise FcnpipeError(
-            f"{path} reads {card.normalization.channels} input channels but {dataset.name} images "
-            f"have {dataset.channels}; start from a model made for this dataset."
-        )
+    check_input(card, dataset, str(path))
     card = replace(
         card, class_names=dataset.class_names, palette=tuple(dataset.palette), provenance=provenance,
         head_sizes=dataset.head_sizes,
     )  # fmt: skip
     return model.train(), card
+
+
+def check_input(card: ModelCard, dataset: SegmentationDataset, model: str) -> None:
+    """Refuse data whose images have another channel count than the model reads, in one sentence."""
+    if card.normalization.channels != dataset.channels:
+        raise FcnpipeError(
+            f"{model} reads {card.normalization.channels} input channels but {dataset.name} images have "
+            f"{dataset.channels}; use a model made for this dataset."
+        )
 
 
 def from_streams(paths: str, arch: str, dataset: SegmentationDataset) -> tuple[nn.Module, ModelCard]:
@@ -459,8 +464,21 @@ def from_streams(paths: str, arch: str, dataset: SegmentationDataset) -> tuple[n
         raise FcnpipeError(
             "streams:COLOUR.pt,HHA.pt starts a late fusion (fcn32s-color-hha) from two FCN-32s checkpoints."
         )
+    if dataset.channels != model.in_channels:
+        raise FcnpipeError(
+            f"a late fusion reads colour and HHA ({model.in_channels} channels) but {dataset.name} images "
+            f"have {dataset.channels}: train it on nyud-color-hha."
+        )
     k = dataset.num_classes
     (color, color_card), (hha, hha_card) = (load_checkpoint(p, num_classes=k) for p in named)
+    trained_on = [
+        str(card.provenance.get("dataset") or "").partition(":")[0] for card in (color_card, hha_card)
+    ]
+    if trained_on[0] == "nyud-hha" or trained_on[1] not in ("nyud-hha", ""):
+        raise FcnpipeError(
+            f"streams: takes the colour FCN-32s first and the HHA one second, but {named[0]} was trained "
+            f"on {trained_on[0] or 'unrecorded data'} and {named[1]} on {trained_on[1]}."
+        )
     fuse_streams(model, color, hha)
     normalization = replace(color_card.normalization, then=(hha_card.normalization,))
     provenance = {"init": f"streams:{named[0]},{named[1]}", "dataset": None, "steps": 0}
@@ -585,6 +603,12 @@ def open_splits(args: StageArgs, card: ModelCard) -> tuple[SegmentationDataset, 
                 f"the {split.split} split of {spec} is empty; a stage needs training images "
                 "and validation images (its best checkpoint is chosen on them)."
             )
+    if (val_set.channels, val_set.head_sizes) != (train_set.channels, train_set.head_sizes):
+        raise FcnpipeError(
+            f"the validation data {args.validation} is not of the training data's kind ({args.dataset}): "
+            f"{val_set.name} and {train_set.name} differ in image channels or labellings."
+        )
+    check_input(card, train_set, card.arch)
     if val_set.class_names != train_set.class_names:
         raise FcnpipeError(
             f"the validation data {args.validation} is labelled with other classes than the training "
@@ -734,8 +758,9 @@ def train_stage(
         torch.manual_seed(args.seed)
         if recipe.adversarial > 0:  # seeded: the discriminator starts the same on every run
             state.adversary = Adversary.create(
-                card.num_classes, train_set.ignore_index, recipe.adversarial, recipe.discriminator_lr, device
-            )
+                card.num_classes, train_set.ignore_index, recipe.adversarial, recipe.discriminator_lr, device,
+                image_channels=card.normalization.channels,
+            )  # fmt: skip
         start_or_resume(run_dir, state, card, recipe, args, resume)
         fill = card.normalization.zero_input()
         stream = batches(splits[0], recipe, seed=args.seed, fill=fill, start=state.step)

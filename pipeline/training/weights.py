@@ -63,13 +63,15 @@ def starting_model(
                 "--imagenet PATH)."
             )
     spec = architecture(arch)  # an unknown name says so here
+    colour = CAFFE_VGG16 if caffe else TORCHVISION_IMAGENET
+    norm = replace(colour, then=extra_inputs(colour) if extra_inputs is not None else ())
     if random_seed is not None:
         torch.manual_seed(random_seed)
         model = build_model(arch, num_classes)
+        check_channels(model, arch, norm)
         if isinstance(model, FCN):
             init_from_scratch(model)
         init = f"random(seed={random_seed})"
-        norm = TORCHVISION_IMAGENET
     else:
         surgery = spec.imagenet
         if surgery is None:
@@ -79,17 +81,14 @@ def starting_model(
             )
         if caffe and surgery.source != "vgg16":
             raise FcnpipeError(f"--caffe is the Caffe VGG16; {arch} starts from {surgery.source}.")
+        model = build_model(arch, num_classes)
+        check_channels(model, arch, norm)  # before a download
         path = imagenet or hub_path(surgery.filename)
         if imagenet is None and not path.is_file():
             with progress_bar(sys.stderr.isatty()) as progress:
                 path = fetch_imagenet(surgery.source, base=download_base, progress=progress)
-        state = load_imagenet_state_dict(path, surgery.source)
-        model = build_model(arch, num_classes)
-        surgery.apply(model, state)
+        surgery.apply(model, load_imagenet_state_dict(path, surgery.source))
         init = f"{'caffe-vgg16' if caffe else surgery.source}:{path.name}"
-        norm = CAFFE_VGG16 if caffe else TORCHVISION_IMAGENET
-    norm = replace(norm, then=extra_inputs(norm) if extra_inputs is not None else ())
-    check_channels(model, arch, norm)
     card = describe(
         model,
         arch,
@@ -104,8 +103,8 @@ def check_channels(model: nn.Module, arch: str, normalization: Normalization) ->
     """Refuse input of another channel count than the network reads, in one sentence."""
     channels = int(getattr(model, "in_channels", 3))
     if channels != normalization.channels:
-        given = "colour alone" if normalization.channels == 3 else f"{normalization.channels} channels"
+        given = "colour alone" if normalization.channels == 3 else f"the {normalization.channels} of its data"
         raise FcnpipeError(
-            f"{arch} reads {channels} input channels but its data gives {given}: train fcn32s-color-d "
-            "on nyud-color-d, fcn32s-color-hha on nyud-color-hha, and the other networks on colour."
+            f"{arch} reads {channels} input channels, not {given}: train fcn32s-color-d on nyud-color-d, "
+            "fcn32s-color-hha on nyud-color-hha, and the other networks on colour."
         )

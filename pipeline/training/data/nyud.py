@@ -144,7 +144,7 @@ class NYUDColorDepth(NYUD):
     def load_image(self, key: str) -> ImageArray:
         """Colour and ``data/depth/img_<key>.png`` stacked, as float32."""
         depth = read_depth(self.root / "data" / "depth" / f"img_{key}.png")
-        return np.concatenate([super().load_image(key).astype(np.float32), depth[..., None]], axis=2)
+        return stacked(self.name, key, super().load_image(key).astype(np.float32), depth[..., None])
 
 
 class NYUDColorHHA(NYUD):
@@ -153,6 +153,10 @@ class NYUDColorHHA(NYUD):
     name = "nyud-color-hha"
 
     def __init__(self, root: Path, split: str) -> None:
+        if not any((root / d).is_dir() for d in NYUDHHA.image_dirs):
+            raise FcnpipeError(
+                f"{root} is not a {self.name} folder: it lacks {' or '.join(NYUDHHA.image_dirs)}/."
+            )
         super().__init__(root, split)
         self.hha = NYUDHHA(root, split)
 
@@ -166,7 +170,17 @@ class NYUDColorHHA(NYUD):
 
     def load_image(self, key: str) -> ImageArray:
         """Colour and HHA side by side."""
-        return np.concatenate([super().load_image(key), self.hha.load_image(key)], axis=2)
+        return stacked(self.name, key, super().load_image(key), self.hha.load_image(key))
+
+
+def stacked(dataset: str, key: str, colour: ImageArray, more: ImageArray) -> ImageArray:
+    """The colour image and further channels of one sample side by side; sizes must agree."""
+    if colour.shape[:2] != more.shape[:2]:
+        raise FcnpipeError(
+            f"{dataset} sample {key!r} has a {colour.shape[1]}x{colour.shape[0]} colour image but "
+            f"{more.shape[1]}x{more.shape[0]} further channels; fix it or drop it from the split list."
+        )
+    return np.concatenate([colour, more], axis=2)
 
 
 def read_depth(path: Path) -> ImageArray:
