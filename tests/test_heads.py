@@ -330,3 +330,24 @@ def test_the_evaluate_flow_scores_and_reports_each_head(siftflow: Path, tmp_path
     labelled = [int((both[0][1][i] != 255).sum()) for i in (0, 1)]
     assert [int(np.sum(r["confusion_matrix"])) for r in (semantic, geometric)] == labelled
     assert (tmp_path / "scores-geometric.confusion.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_two_headed_fcn_streams_both_label_maps_as_tiles_give_them(tmp_path: Path) -> None:
+    """--strategy stream reduces each head on its own channels, as the tiles do."""
+    model = randomize(build_model("fcn32s", 36), seed=8)
+    card = replace(describe(model, "fcn32s", memory=False), head_sizes=(("semantic", 33), ("geometric", 3)))
+    save_checkpoint(tmp_path / "two.pt", model, card)
+    image = noise_image(100, 260, seed=9)
+    image[image == 0] = 1
+    image[:, 10:50, 100:160] = 0  # nodata across two strips
+    scene = write_tif(tmp_path / "scene.tif", image, nodata=0)
+    common = {"chunk": 64, "outputs": ("labels", "probabilities")}
+    tiled, streamed = tmp_path / "tiled.zarr", tmp_path / "streamed.zarr"
+    run_local(plan_scene(scene, tmp_path / "two.pt", SegmentSettings(tile_size=128, **common), output=tiled))
+    settings = SegmentSettings(tile_size=128, strategy="stream", **common)
+    run_local(plan_scene(scene, tmp_path / "two.pt", settings, output=streamed))
+    want, got = zarr.open_group(tiled, mode="r"), zarr.open_group(streamed, mode="r")
+    for name in ("labels", "labels_geometric"):
+        np.testing.assert_array_equal(np.asarray(got[name][...]), np.asarray(want[name][...]))
+    assert (np.asarray(got["labels_geometric"][...])[(image == 0).all(axis=0)] == 255).all()
