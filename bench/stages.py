@@ -55,16 +55,17 @@ def main() -> None:
     )  # fmt: skip
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"{args.dataset}: {len(train_set)} training images, recipe {recipe.name}, init {args.init}, "
-          f"{args.steps} steps per stage on {device} ({name})")  # fmt: skip
+          f"{args.steps} steps per stage on {device} ({name})", flush=True)  # fmt: skip
     rows: list[dict[str, Any]] = []
     previous = args.init
+    every = max(1, min(200, args.steps // 10))  # about ten progress lines a stage
     for stage in args.stages.split(","):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model, card = initial_model(previous, stage, train_set)
         start = time.perf_counter()
         result = train_stage(
-            model, card, recipe, stage_args, args.out / stage, device=device, on_step=log_every(200)
+            model, card, recipe, stage_args, args.out / stage, device=device, on_step=log_every(every)
         )
         seconds = time.perf_counter() - start
         rows.append({"stage": stage, "init": previous, "steps": result.step, "seconds": round(seconds, 1),
