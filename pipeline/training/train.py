@@ -66,14 +66,13 @@ SCRATCH_WARNING = (
     "training from scratch: the paper's results for this network assume an ImageNet start; "
     "expect much lower scores, or pass imagenet:PATH."
 )
+SCORES = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
+"""The paper's four metrics, as ``ConfusionMatrix.scores`` names them."""
 METRIC_FIELDS = (
     "step",
     "epoch",
     "train_loss",
-    "pixel_accuracy",
-    "mean_accuracy",
-    "mean_iu",
-    "fw_iu",
+    *SCORES,
     "seconds",
     "discriminator_loss",
     "discriminator_accuracy",
@@ -83,7 +82,6 @@ training images), ``train_loss`` the mean since the previous row, ``seconds`` th
 far (validation not counted); the discriminator's mean loss and accuracy since the previous row are
 filled in by adversarial training only. A model with several heads adds each further head's four
 scores at the end (:func:`metric_fields`)."""
-SCORES = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 """Float images, RGB on the 0-255 scale then any further channels (N, C, H, W), and int64 label maps
