@@ -27,7 +27,7 @@ step 110 overhead-bf16.log $py bench/overhead.py --size 9216 --tile-size 1024 --
 # same 8192² scene and model, bf16 (MONAI from the bench group: its wheel must travel too).
 step 120 peers-gpu.log $py bench/peers.py --device cuda --size 8192 --methods fcnpipe monai-0.25 whole
 # The default model's recipe: what the first run on a fresh GPU machine costs and gives.
-$py -m pipeline.cli data make synthetic-ortho --out /tmp/synthetic --scenes 12 --size 256 --seed 0
+$py -m fcnpipe data make synthetic-ortho --out /tmp/synthetic --scenes 12 --size 256 --seed 0
 step 130 default.log $py bench/stages.py --dataset synthetic-ortho:/tmp/synthetic --init scratch \
     --recipe default --stages fcn8s --steps 300 --eval-every 75 --device cuda --out /tmp/default
 # Training speed (step vs forward) and evaluation speed.

@@ -32,9 +32,9 @@ from tiling import engine_batches
 from torch import nn
 
 from fcn import save_checkpoint
+from pipeline.grid import Tile
+from pipeline.raster import RasterReader
 from pipeline.tiling.engine import Engine
-from pipeline.tiling.grid import Tile
-from pipeline.tiling.raster import RasterReader
 from pipeline.tiling.segment import Plan, SegmentSettings, cached_engine, plan_scene, run_local
 from pipeline.training.data.synthetic import generate_scene, write_scene
 from pipeline.training.weights import starting_model

@@ -44,7 +44,7 @@ import zarr
 from memory import draw_windows, write_scene_in_windows
 
 from fcn import load_checkpoint, save_checkpoint
-from pipeline.tiling.grid import GridSpec, compute_factor
+from pipeline.grid import GridSpec, compute_factor
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
 from pipeline.training.weights import starting_model
 

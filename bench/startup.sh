@@ -14,13 +14,13 @@ PY="$HERE/.venv/bin/python"
 WORK=$(mktemp -d)
 trap 'git -C "$HERE" worktree remove --force "$WORK/before" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 git -C "$HERE" worktree add -q "$WORK/before" "$REV"
-(cd "$HERE" && "$PY" -m pipeline.cli weights init --arch fcn8s --classes 6 --random --out "$WORK/fcn8s.pt" >/dev/null)
-(cd "$HERE" && "$PY" -m pipeline.cli data scene --out "$WORK/tiny.tif" --size 256 >/dev/null)
+(cd "$HERE" && "$PY" -m fcnpipe weights init --arch fcn8s --classes 6 --random --out "$WORK/fcn8s.pt" >/dev/null)
+(cd "$HERE" && "$PY" -m fcnpipe data scene --out "$WORK/tiny.tif" --size 256 >/dev/null)
 ARGS=(run flows/segment_mosaic.py --input "$WORK/tiny.tif" --weights "$WORK/fcn8s.pt" --tile-size 512
       --overwrite --output "$WORK/out.zarr")
 # The earlier revision's own entry point (the CLI app), this one's (which starts the API first).
 declare -A DIR=([before]="$WORK/before" [after]="$HERE")
-declare -A CODE=([before]="from pipeline.cli.main import app; app()" [after]="from pipeline.cli.entry import main; main()")
+declare -A CODE=([before]="from fcnpipe.main import app; app()" [after]="from fcnpipe.entry import main; main()")
 for _ in $(seq "$ROUNDS"); do
   for which in before after; do
     start=$(date +%s.%N)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from pipeline.grid import Tile
 from pipeline.tiling.engine import geometry
-from pipeline.tiling.grid import Tile
 from pipeline.tiling.segment import Plan
 
 

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 
+from fcn.inputs import network_input
 from pipeline.tiling.engine import pick_device
 from pipeline.training.data import open_dataset
 from pipeline.training.data.synthetic import make_benchmark
+from pipeline.training.evaluation import evaluate
 from pipeline.training.recipes import load_recipe, make_optimizer, make_scheduler
-from pipeline.training.train import batches, evaluate, initial_model, network_input, train_steps
+from pipeline.training.train import batches, initial_model, train_steps
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ pixels fewer than its input on every side. Its paper's overlap-tile strategy sup
 context at the image border by mirroring the image; inside the image the context is real. A model
 declares ``margin`` (0, the default, for networks whose output has the input's size), and
 everything that runs one pads by mirroring the same way: the tiling pipeline reads windows that
-reach past the image edge and mirrors them there (``pipeline.tiling.raster``), and a whole-image
+reach past the image edge and mirrors them there (``pipeline.raster``), and a whole-image
 pass (training, scoring, references in tests) mirrors the whole image
 (:func:`same_size_forward`). Both use :func:`reflect_indices`, so they mirror identically.
 """

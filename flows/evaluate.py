@@ -11,8 +11,15 @@ from prefect import flow
 from fcn import load_checkpoint
 from pipeline.tiling.engine import pick_device
 from pipeline.training.data import open_dataset
-from pipeline.training.evaluation import evaluate_tiled, print_table, write_report
-from pipeline.training.train import check_input, dataset_heads, evaluate_heads, heads_scores
+from pipeline.training.evaluation import (
+    dataset_heads,
+    evaluate_heads,
+    evaluate_tiled,
+    heads_scores,
+    print_table,
+    write_report,
+)
+from pipeline.training.train import check_input
 
 
 @flow(name="evaluate")

@@ -20,7 +20,7 @@ from fcn import FcnpipeError
 from flows.runtime import shared_cluster
 from flows.segment_mosaic import option_defaults as option_defaults  # the same settings, for --help
 from flows.segment_mosaic import segment_mosaic
-from pipeline.cli.inputs import batch_outputs, expand_inputs
+from pipeline.inputs import batch_outputs, expand_inputs
 from pipeline.outputs.mosaic import AlreadyComplete
 from pipeline.storage import Location
 

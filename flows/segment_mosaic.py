@@ -24,12 +24,13 @@ from rich.console import Console
 from fcn import FcnpipeError
 from flows.runtime import block_runner, progress_bar
 from flows.train import DEFAULT_STEPS, default_model
-from pipeline.cli.config import default_model_path, load_segment_config
 from pipeline.cluster import GPU, local_gpus
 from pipeline.outputs.export import export_cog
+from pipeline.outputs.finish import finish
 from pipeline.outputs.stac import attach_cog
+from pipeline.settings import default_model_path, load_segment_config
 from pipeline.storage import Location
-from pipeline.tiling.segment import BlockReport, Plan, Strategy, finish, plan_scene, segment_block
+from pipeline.tiling.segment import BlockReport, Plan, Strategy, plan_scene, segment_block
 
 
 @task(name="plan", cache_policy=NO_CACHE)

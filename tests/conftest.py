@@ -145,7 +145,7 @@ def fcnpipe(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[b
     clean = {k: v for k, v in base.items() if not k.startswith("PREFECT_")}
     clean["PREFECT_API_URL"] = str(get_current_settings().api.url)
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=clean, start_new_session=True,
+        [sys.executable, "-m", "fcnpipe", *args], cwd=ROOT, env=clean, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

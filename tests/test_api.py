@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from fcnpipe.entry import starts_a_flow
 from flows.api import configured_api, free_port
-from pipeline.cli.entry import starts_a_flow
 from tests.conftest import ROOT, noise_image, write_tif
 
 FLOW = "flows/segment_mosaic.py"

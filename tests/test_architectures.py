@@ -95,9 +95,9 @@ def test_weights_archs_lists_every_architecture_with_its_measured_halo(
     from rich.console import Console
     from typer.testing import CliRunner
 
-    from pipeline.cli.main import app
+    from fcnpipe.main import app
 
-    monkeypatch.setattr("pipeline.cli.main.out", Console(width=240))  # a wide terminal: rows unwrapped
+    monkeypatch.setattr("fcnpipe.main.out", Console(width=240))  # a wide terminal: rows unwrapped
     result = CliRunner().invoke(app, ["weights", "archs"])
     assert result.exit_code == 0, result.output
     for arch in ARCHS:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from fcn import CAFFE_VGG16, TORCHVISION_IMAGENET, FcnpipeError, build_model, describe
 from fcn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from fcn.surgery import load_vgg16_state_dict
-from pipeline.cli.main import app
+from fcnpipe.main import app
 from tests.conftest import randomize
 
 runner = CliRunner()

@@ -18,9 +18,10 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from pipeline.cli.main import app
+from fcnpipe.main import app
+from pipeline.outputs.finish import finish
 from pipeline.outputs.mosaic import MANIFEST, block_layouts, open_mosaic_group, read_state
-from pipeline.tiling.segment import SegmentSettings, finish, plan_scene, run_local, segment_block
+from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local, segment_block
 from tests.conftest import ROOT, fcnpipe, noise_image, one_thread_reference, write_tif
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

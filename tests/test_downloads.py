@@ -24,7 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fcn import FcnpipeError
-from pipeline.cli.main import app
+from fcnpipe.main import app
 from pipeline.training import sources
 from pipeline.training.downloads import Checksum, download, extract_all
 from pipeline.training.sources import DATASETS, DatasetSource, Remote, imagenet_remote

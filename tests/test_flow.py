@@ -14,7 +14,7 @@ import rasterio
 import zarr
 from typer.testing import CliRunner
 
-from pipeline.cli.main import app
+from fcnpipe.main import app
 from pipeline.outputs.mosaic import MANIFEST, read_state
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
 from tests.conftest import fcnpipe, noise_image, one_thread_reference, write_tif
@@ -88,7 +88,7 @@ def test_help_describes_every_option_with_its_default_after_the_config(tmp_path:
 
 @pytest.mark.parametrize("name", ["segment_mosaic", "segment_batch", "train", "evaluate"])
 def test_every_flow_parameter_has_a_description(name: str) -> None:
-    from pipeline.cli.flowfile import docstring_parts, find_flow, flow_params, import_flow_module
+    from fcnpipe.flowfile import docstring_parts, find_flow, flow_params, import_flow_module
 
     module = import_flow_module(ROOT / "flows" / f"{name}.py")
     flow = find_flow(module, lambda obj: hasattr(obj, "fn") and hasattr(obj, "name"))
@@ -284,7 +284,7 @@ def test_the_default_model_is_used_when_no_weights_are_given(
     tmp_path: Path, pointwise_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Plumbing: the stand-in sits where the default model lives ($FCNPIPE_HOME/models/).
-    from pipeline.cli.config import default_model_path
+    from pipeline.settings import default_model_path
 
     monkeypatch.setenv("FCNPIPE_HOME", str(tmp_path / "home"))
     default = default_model_path()
@@ -302,7 +302,7 @@ def test_the_summary_counts_training_the_default_model_apart_from_segmenting(
     # Plumbing: "training" here takes 3 s and leaves the stand-in model where the default lives;
     # the property is the accounting: Mpx/s and the segment time exclude it, the phases name it.
     import flows.segment_mosaic
-    from pipeline.cli.config import default_model_path
+    from pipeline.settings import default_model_path
 
     monkeypatch.setenv("FCNPIPE_HOME", str(tmp_path / "home"))
 

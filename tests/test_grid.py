@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from pipeline.tiling.grid import GridSpec, Window, chunks_of, plan_blocks, plan_tiles, tile_count
+from pipeline.grid import GridSpec, Window, chunks_of, plan_blocks, plan_tiles, tile_count
 
 
 def specs() -> list[GridSpec]:

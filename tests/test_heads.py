@@ -26,19 +26,18 @@ from typer.testing import CliRunner
 
 from fcn import FcnpipeError, build_model, describe, load_checkpoint, save_checkpoint
 from fcn.checkpoint import read_checkpoint
-from pipeline.cli.main import app
+from fcnpipe.main import app
 from pipeline.outputs.export import export_cog
 from pipeline.outputs.inspect import describe_mosaic
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
 from pipeline.training.data import open_dataset
 from pipeline.training.data.siftflow import SCENES, SiftFlowBoth
+from pipeline.training.evaluation import evaluate, evaluate_heads
 from pipeline.training.recipes import load_recipe
 from pipeline.training.train import (
     LOSS_CELL,
     StageArgs,
     epoch_draws,
-    evaluate,
-    evaluate_heads,
     heads_loss,
     initial_model,
     resume_stage,

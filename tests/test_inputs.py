@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fcn import FcnpipeError
-from pipeline.cli.inputs import batch_outputs, expand_inputs
+from pipeline.inputs import batch_outputs, expand_inputs
 from pipeline.storage import Location
 
 

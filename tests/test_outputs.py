@@ -25,7 +25,7 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from fcn import FcnpipeError
-from pipeline.cli.main import app
+from fcnpipe.main import app
 from pipeline.outputs.export import export_cog, export_vector
 from pipeline.outputs.inspect import describe_mosaic
 from pipeline.outputs.mosaic import parse_geotransform

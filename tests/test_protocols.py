@@ -29,8 +29,7 @@ from fcn import (
     save_checkpoint,
 )
 from fcn.normalization import CAFFE_NYUD_COLOR, CAFFE_NYUD_HHA, CAFFE_SIFTFLOW, Normalization
-from flows.train import chosen_options, stage_lengths
-from pipeline.cli.main import app
+from fcnpipe.main import app
 from pipeline.training.data import open_dataset
 from pipeline.training.data.base import SegmentationDataset
 from pipeline.training.data.files import SHIPPED_SPLITS
@@ -38,9 +37,11 @@ from pipeline.training.data.nyud import NYUD, NYUDHHA
 from pipeline.training.data.siftflow import SiftFlow, SiftFlowGeo
 from pipeline.training.data.synthetic import make_benchmark
 from pipeline.training.data.voc import SBD, VOC
+from pipeline.training.evaluation import evaluate
 from pipeline.training.presets import load_presets
 from pipeline.training.recipes import load_recipe
-from pipeline.training.train import StageArgs, evaluate, initial_model, train_stage
+from pipeline.training.stages import chosen_options, stage_lengths
+from pipeline.training.train import StageArgs, initial_model, train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 from fcn import build_model, load_checkpoint
 from fcn.checkpoint import default_palette
 from fcn.errors import FcnpipeError
-from pipeline.cli.main import app
+from fcnpipe.main import app
 from pipeline.training.data import SegmentationDataset, available_datasets, open_dataset
 from pipeline.training.data.ortho import GeoTiffDataset
 from pipeline.training.data.siftflow import SCENES
+from pipeline.training.evaluation import evaluate as evaluate_whole
 from pipeline.training.evaluation import evaluate_tiled
-from pipeline.training.train import evaluate as evaluate_whole
 from tests.conftest import randomize, save_model
 
 H, W = 20, 30

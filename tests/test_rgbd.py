@@ -26,8 +26,8 @@ from fcn.normalization import (
 )
 from fcn.rgbd import LateFusion, color_d_surgery, fuse_streams
 from fcn.surgery import init_from_vgg16
-from pipeline.cli.main import app
-from pipeline.tiling.grid import GridSpec, plan_tiles
+from fcnpipe.main import app
+from pipeline.grid import GridSpec, plan_tiles
 from pipeline.tiling.segment import SegmentSettings, check_settings
 from pipeline.training.adversarial import Adversary
 from pipeline.training.data import open_dataset

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fcnpipe.main import app
 from flows.api import free_port
-from pipeline.cli.main import app
 from pipeline.outputs.mosaic import read_state
 from tests.conftest import ROOT, noise_image, write_tif
 
@@ -109,7 +109,7 @@ def test_a_scheduled_batch_segments_a_new_scene_once_and_skips_it_after(
     incoming, mosaics = tmp_path / "incoming", tmp_path / "mosaics"
     incoming.mkdir()
     write_tif(incoming / "scene.tif", noise_image(64, 96, seed=1))  # a new scene, waiting
-    command = [sys.executable, "-m", "pipeline.cli", "schedule", BATCH, "--interval", "5s",
+    command = [sys.executable, "-m", "fcnpipe", "schedule", BATCH, "--interval", "5s",
                "--name", "every-5s", "--inputs", str(incoming), "--output-dir", str(mosaics),
                "--weights", str(pointwise_checkpoint), "--tile-size", "32"]  # fmt: skip
     env = clean_env(PREFECT_API_URL=prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="2")

@@ -321,7 +321,7 @@ def test_inspect_describes_complete_and_interrupted_mosaics(
 
     from typer.testing import CliRunner
 
-    from pipeline.cli.main import app
+    from fcnpipe.main import app
     from pipeline.tiling.segment import segment_block
 
     scene = write_tif(tmp_path / "s.tif", noise_image(100, 130))
@@ -433,7 +433,7 @@ def test_signed_and_float_rasters_with_a_declared_range(
 def test_inspect_raster_says_what_would_be_read(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from pipeline.cli.main import app
+    from fcnpipe.main import app
 
     image = np.concatenate([noise_image(40, 48)[::-1], noise_image(40, 48, bands=1)])
     path = write_tif(tmp_path / "bgrn.tif", image, photometric="minisblack", nodata=0)

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from fcn import FcnpipeError, build_model, load_checkpoint
 from fcn.memory import LARGEST_INDEXABLE, MemoryProbe, added_peak_mib, probe_memory
-from pipeline.cli.main import app
+from fcnpipe.main import app
+from pipeline.grid import GridSpec, compute_factor, plan_tiles
 from pipeline.outputs.mosaic import read_state
-from pipeline.tiling.grid import GridSpec, compute_factor, plan_tiles
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
 from pipeline.tiling.sizing import memory_budget_mib, size_tiles
 from tests.conftest import noise_image, write_tif

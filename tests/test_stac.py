@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from fcn import ModelCard, build_model, describe, save_checkpoint
 from fcn.checkpoint import read_checkpoint
-from pipeline.cli.main import app
+from fcnpipe.main import app
 from pipeline.outputs.mosaic import label_nodata, read_state
 from pipeline.storage import Location, read_bytes
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local

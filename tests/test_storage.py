@@ -20,11 +20,12 @@ from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
 from fcn import FcnpipeError
-from pipeline.cli.main import app
+from fcnpipe.main import app
+from pipeline.outputs.finish import finish
 from pipeline.outputs.mosaic import read_state
+from pipeline.raster import inspect_raster
 from pipeline.storage import Location, read_bytes, write_bytes
-from pipeline.tiling.raster import inspect_raster
-from pipeline.tiling.segment import SegmentSettings, finish, plan_scene, run_local, segment_block
+from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local, segment_block
 from tests.conftest import ROOT, Bucket, fcnpipe, noise_image, write_tif
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -12,7 +12,7 @@ from torch import nn
 
 from fcn import FcnpipeError, build_model
 from fcn.streaming import StreamingNet
-from pipeline.tiling.grid import GridSpec, Window, chunk_rows, chunks_of, plan_strips, strip_compute_factor
+from pipeline.grid import GridSpec, Window, chunk_rows, chunks_of, plan_strips, strip_compute_factor
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local, segment_block
 from pipeline.tiling.sizing import size_tiles
 from tests.conftest import noise_image, randomize, write_tif

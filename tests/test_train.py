@@ -25,6 +25,7 @@ from fcn.checkpoint import read_checkpoint
 from pipeline.training.data import SegmentationDataset, open_dataset
 from pipeline.training.data.base import ImageArray, LabelArray
 from pipeline.training.data.synthetic import make_benchmark
+from pipeline.training.evaluation import evaluate
 from pipeline.training.recipes import Recipe, load_recipe, make_optimizer, param_groups
 from pipeline.training.train import (
     METRIC_FIELDS,
@@ -33,7 +34,6 @@ from pipeline.training.train import (
     StepReport,
     batches,
     criterion,
-    evaluate,
     initial_model,
     resume_stage,
     rng_state,

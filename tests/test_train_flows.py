@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from fcn import build_model, load_checkpoint
-from pipeline.cli.main import app
+from fcnpipe.main import app
 from pipeline.training.data import open_dataset, scores
 from pipeline.training.data.synthetic import CLASSES, make_benchmark
 from tests.conftest import randomize, save_model, write_tif
@@ -189,8 +189,8 @@ def test_tiled_scoring_reads_bands_1_to_3_and_leaves_masked_pixels_out(tmp_path:
     whole-image scoring, which is the whole-image matrix of the same scenes with the patch's labels
     made void.
     """
+    from pipeline.training.evaluation import evaluate as evaluate_whole
     from pipeline.training.evaluation import evaluate_tiled
-    from pipeline.training.train import evaluate as evaluate_whole
 
     source = make_benchmark(tmp_path / "source", scenes=3, size=40, seed=2)
     scenes, voided = (

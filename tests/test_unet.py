@@ -12,8 +12,8 @@ import zarr
 from fcn import build_model, load_checkpoint
 from fcn.margin import mirror_pad, reflect_indices, same_size_forward
 from fcn.unet import MARGIN, UNet, valid_size
-from pipeline.tiling.grid import Window
-from pipeline.tiling.raster import RasterReader, inspect_raster
+from pipeline.grid import Window
+from pipeline.raster import RasterReader, inspect_raster
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
 from tests.conftest import noise_image, randomize, save_model, write_tif
 

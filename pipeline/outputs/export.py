@@ -40,6 +40,7 @@ from pyogrio.raw import write as write_layer
 from rio_cogeo.cogeo import cog_validate
 
 from fcn import FcnpipeError
+from pipeline.grid import Window, windows
 from pipeline.outputs.mosaic import (
     PROBABILITY_NODATA,
     PROBABILITY_SCALE,
@@ -48,7 +49,6 @@ from pipeline.outputs.mosaic import (
     read_state,
 )
 from pipeline.storage import Location, check_writable, is_file, publish
-from pipeline.tiling.grid import Window, windows
 
 BLOCK = 2048  # pixels per side of the windows read from the mosaic
 GDAL_CACHE_MB = 256  # GDAL's block cache while a COG is made (its default is 5 % of the RAM)

@@ -39,10 +39,10 @@ from zarr.codecs import ZstdCodec
 
 from fcn import FcnpipeError, ModelCard
 from fcn.checkpoint import Head
+from pipeline.grid import Window
 from pipeline.outputs.geozarr import geo_attributes
+from pipeline.raster import RasterInfo
 from pipeline.storage import Location, access, check_writable, delete_tree, exists, is_file, zarr_store
-from pipeline.tiling.grid import Window
-from pipeline.tiling.raster import RasterInfo
 
 OUTPUTS = ("labels", "probabilities", "logits")
 PROBABILITY_SCALE = 254

@@ -25,9 +25,9 @@ import zarr
 from numpy.typing import NDArray
 from zarr.codecs import ZstdCodec
 
+from pipeline.grid import windows
 from pipeline.outputs.geozarr import declared, geo_attributes
 from pipeline.outputs.mosaic import PROBABILITY_NODATA, consolidate, parse_geotransform, write_coordinates
-from pipeline.tiling.grid import windows
 
 MULTISCALES_CONVENTION = {
     "uuid": "d35379db-88df-4056-af3a-620245f8e347",

@@ -14,8 +14,8 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
 from fcn import ModelCard
+from pipeline.raster import RasterInfo, expand_palette, open_raster
 from pipeline.storage import Location
-from pipeline.tiling.raster import RasterInfo, expand_palette, open_raster
 
 
 def class_pixels(labels: zarr.Array[Any], num_classes: int) -> NDArray[np.int64]:

@@ -39,8 +39,8 @@ from rasterio.warp import transform_geom
 from fcn import ModelCard
 from pipeline.outputs.geozarr import geo_attributes
 from pipeline.outputs.mosaic import label_arrays, label_dtype, label_nodata
+from pipeline.raster import RasterInfo, open_raster
 from pipeline.storage import Location, is_file, read_bytes, write_bytes
-from pipeline.tiling.raster import RasterInfo, open_raster
 
 if TYPE_CHECKING:  # segment.py imports this module to write the Item after a run
     from pipeline.tiling.segment import Plan

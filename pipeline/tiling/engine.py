@@ -22,6 +22,7 @@ from torch import nn
 
 from fcn import FcnpipeError, Normalization
 from fcn.checkpoint import Head, head_layout
+from pipeline.grid import Tile
 from pipeline.outputs.mosaic import (
     PROBABILITY_NODATA,
     PROBABILITY_SCALE,
@@ -29,8 +30,7 @@ from pipeline.outputs.mosaic import (
     label_dtype,
     label_nodata,
 )
-from pipeline.tiling.grid import Tile
-from pipeline.tiling.raster import RasterReader
+from pipeline.raster import RasterReader
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -1,7 +1,7 @@
 """Tiles sized to the device: the core (and batch) of least compute whose peak memory fits a budget.
 
 Exactness has a price: every tile is read with a halo as wide as the receptive field, and the
-network computes the halo too (the compute factor, :func:`pipeline.tiling.grid.compute_factor`).
+network computes the halo too (the compute factor, :func:`pipeline.grid.compute_factor`).
 A larger core spreads the same halo over more pixels, so among the cores (multiples of the chunk
 and of the network's alignment) whose peak memory fits the budget, the planner takes the one with
 the least compute factor, and of equal ones the least memory: on an 8192 px scene a core of 2048
@@ -17,7 +17,7 @@ by hand gets the largest batch (up to 8) that fits.
 
 Strips (``--strategy stream``): the same choice over strip widths. A strip holds one band of rows
 in flight, so its memory is the probe's at ``STREAM_ROWS`` rows of the strip's read width, and its
-cost is :func:`pipeline.tiling.grid.strip_compute_factor`; it never batches.
+cost is :func:`pipeline.grid.strip_compute_factor`; it never batches.
 
 With several workers, each needs tiles to work on: the core shrinks until there are at least as
 many tiles as workers, and blocks hold fewer cores until there are as many blocks.
@@ -37,7 +37,7 @@ import torch
 
 from fcn import FcnpipeError
 from fcn.memory import LARGEST_INDEXABLE, MemoryProbe
-from pipeline.tiling.grid import GridSpec, compute_factor, largest_read, strip_compute_factor, tile_count
+from pipeline.grid import GridSpec, compute_factor, largest_read, strip_compute_factor, tile_count
 from pipeline.tiling.strips import STREAM_BAND
 
 CPU_SHARE = 0.5  # of the RAM available now: the rest is the page cache, Zarr's buffers, other work

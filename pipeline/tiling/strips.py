@@ -1,7 +1,7 @@
 """One column strip streamed through an FCN's row operators, its output a chunk row at a time.
 
 The streamed counterpart of :meth:`pipeline.tiling.engine.Engine.run` (``--strategy stream``): a
-strip's read (:func:`pipeline.tiling.grid.plan_strips`) is read band by band, top to bottom
+strip's read (:func:`pipeline.grid.plan_strips`) is read band by band, top to bottom
 (range reads, a few bands ahead), normalised and pushed through :class:`fcn.streaming.StreamingNet`
 on the engine's device. The logits' rows are gathered until a row of chunks is complete; its core
 columns are then reduced on the device as a tile's core is (labels, probabilities, logits),
@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import torch
 
 from fcn.streaming import StreamingNet
+from pipeline.grid import Tile, Window, chunk_rows
+from pipeline.raster import RasterReader
 from pipeline.tiling.engine import CoreResult, Engine, Loaded, prefetch
-from pipeline.tiling.grid import Tile, Window, chunk_rows
-from pipeline.tiling.raster import RasterReader
 
 STREAM_BAND = 256  # input rows per push: a multiple of the FCNs' alignment (32), kernels stay large
 

@@ -11,15 +11,76 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import zarr
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from fcn import FcnpipeError
+from fcn.checkpoint import Head, head_layout
+from fcn.inputs import autocast, network_input
+from fcn.margin import same_size_forward
+from fcn.normalization import Normalization
 from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
 from pipeline.training.data import ConfusionMatrix, SegmentationDataset
 from pipeline.training.data.ortho import GeoTiffDataset
+
+
+def dataset_heads(dataset: SegmentationDataset) -> tuple[Head, ...]:
+    """The heads a dataset's labels are for (one, over every class, unless it names several)."""
+    return head_layout(dataset.head_sizes, dataset.num_classes)
+
+
+@torch.inference_mode()
+def evaluate_heads(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    normalization: Normalization,
+    device: torch.device,
+    limit: int | None = None,
+    precision: str = "fp32",
+) -> dict[str, ConfusionMatrix]:
+    """Score whole images at their native size, one at a time like the reference: a confusion per head."""
+    heads = dataset_heads(dataset)
+    matrices = {head.name: ConfusionMatrix(head.classes, dataset.ignore_index) for head in heads}
+    was_training = model.training
+    model.eval()
+    try:
+        for index in range(len(dataset) if limit is None else min(limit, len(dataset))):
+            image, label = dataset[index]
+            rgb = torch.from_numpy(image).permute(2, 0, 1)[None]
+            with autocast(device, precision):
+                logits = same_size_forward(model, network_input(rgb, normalization, device))
+            for head, truth in zip(heads, label.reshape(-1, *label.shape[-2:]), strict=True):
+                matrices[head.name].update(truth, logits[:, head.channels].argmax(1)[0].cpu().numpy())
+    finally:
+        model.train(was_training)
+    return matrices
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    normalization: Normalization,
+    device: torch.device,
+    limit: int | None = None,
+    precision: str = "fp32",
+) -> ConfusionMatrix:
+    """The confusion of the first (or only) head: :func:`evaluate_heads`."""
+    matrices = evaluate_heads(model, dataset, normalization, device, limit, precision)
+    return next(iter(matrices.values()))
+
+
+def heads_scores(matrices: dict[str, ConfusionMatrix]) -> dict[str, float]:
+    """The first head's four metrics under their names; each further head's prefixed by its own."""
+    (_, first), *rest = matrices.items()
+    scores = first.scores()
+    for name, matrix in rest:
+        scores |= {f"{name}_{metric}": value for metric, value in matrix.scores().items()}
+    return scores
+
 
 METRIC_NAMES = {
     "pixel_accuracy": "pixel acc.",

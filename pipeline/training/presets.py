@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError
 
 from fcn.errors import FcnpipeError
-from pipeline.cli.yamlfile import describe_errors, read_mapping
+from pipeline.settings import describe_errors, read_mapping
 from pipeline.training.downloads import Progress
 from pipeline.training.recipes import CONFIGS
 from pipeline.training.sources import fetch_dataset

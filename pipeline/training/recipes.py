@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from fcn.errors import FcnpipeError
 from fcn.normalization import Normalization
-from pipeline.cli.yamlfile import describe_errors, read_mapping
+from pipeline.settings import describe_errors, read_mapping
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BUILTIN_RECIPES = ("heavy", "modern", "default")

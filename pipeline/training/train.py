@@ -47,13 +47,15 @@ from fcn import (
     load_checkpoint,
     save_checkpoint,
 )
-from fcn.checkpoint import Head, head_layout, read_checkpoint
+from fcn.checkpoint import Head, read_checkpoint
+from fcn.inputs import autocast, network_input
 from fcn.margin import same_size_forward
 from fcn.registry import architecture
 from fcn.rgbd import LateFusion, fuse_streams
 from pipeline.training.adversarial import Adversary
 from pipeline.training.balance import class_weights
-from pipeline.training.data import ConfusionMatrix, SegmentationDataset, open_dataset
+from pipeline.training.data import SegmentationDataset, open_dataset
+from pipeline.training.evaluation import evaluate_heads, heads_scores
 from pipeline.training.recipes import Recipe, make_optimizer, make_scheduler, validated
 from pipeline.training.weights import check_channels, starting_model
 
@@ -265,18 +267,6 @@ def sampled_cells(labels: torch.Tensor, keep: float, ignore_index: int) -> torch
     return labels.masked_fill(~mask.to(labels.device), ignore_index)
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """bf16 autocast when asked for on a CUDA device; a no-op elsewhere."""
-    enabled = precision == "bf16" and device.type == "cuda"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def network_input(rgb: torch.Tensor, normalization: Normalization, device: torch.device) -> torch.Tensor:
-    """RGB on the 0-255 scale, moved to ``device`` and normalised (channels-last on CUDA)."""
-    x = normalization.apply(rgb.to(device, dtype=torch.float32, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-
-
 def train_steps(
     model: nn.Module,
     optimizer: Optimizer,
@@ -318,60 +308,6 @@ def train_steps(
         scheduler.step()
         total += float(loss.detach())
     return total / steps
-
-
-def dataset_heads(dataset: SegmentationDataset) -> tuple[Head, ...]:
-    """The heads a dataset's labels are for (one, over every class, unless it names several)."""
-    return head_layout(dataset.head_sizes, dataset.num_classes)
-
-
-@torch.inference_mode()
-def evaluate_heads(
-    model: nn.Module,
-    dataset: SegmentationDataset,
-    normalization: Normalization,
-    device: torch.device,
-    limit: int | None = None,
-    precision: str = "fp32",
-) -> dict[str, ConfusionMatrix]:
-    """Score whole images at their native size, one at a time like the reference: a confusion per head."""
-    heads = dataset_heads(dataset)
-    matrices = {head.name: ConfusionMatrix(head.classes, dataset.ignore_index) for head in heads}
-    was_training = model.training
-    model.eval()
-    try:
-        for index in range(len(dataset) if limit is None else min(limit, len(dataset))):
-            image, label = dataset[index]
-            rgb = torch.from_numpy(image).permute(2, 0, 1)[None]
-            with autocast(device, precision):
-                logits = same_size_forward(model, network_input(rgb, normalization, device))
-            for head, truth in zip(heads, label.reshape(-1, *label.shape[-2:]), strict=True):
-                matrices[head.name].update(truth, logits[:, head.channels].argmax(1)[0].cpu().numpy())
-    finally:
-        model.train(was_training)
-    return matrices
-
-
-def evaluate(
-    model: nn.Module,
-    dataset: SegmentationDataset,
-    normalization: Normalization,
-    device: torch.device,
-    limit: int | None = None,
-    precision: str = "fp32",
-) -> ConfusionMatrix:
-    """The confusion of the first (or only) head: :func:`evaluate_heads`."""
-    matrices = evaluate_heads(model, dataset, normalization, device, limit, precision)
-    return next(iter(matrices.values()))
-
-
-def heads_scores(matrices: dict[str, ConfusionMatrix]) -> dict[str, float]:
-    """The first head's four metrics under their names; each further head's prefixed by its own."""
-    (_, first), *rest = matrices.items()
-    scores = first.scores()
-    for name, matrix in rest:
-        scores |= {f"{name}_{metric}": value for metric, value in matrix.scores().items()}
-    return scores
 
 
 # --- starting points -----------------------------------------------------------------------------

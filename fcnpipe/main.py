@@ -72,8 +72,7 @@ FLOW_COMMAND = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def load_flow(ctx: typer.Context, flow_file: Path, command: str) -> tuple[Any, dict[str, Any]] | None:
     """The flow a file defines and its options parsed from the command line (None after --help)."""
-    from flows.runtime import Flow
-    from pipeline.cli.flowfile import (
+    from fcnpipe.flowfile import (
         describe_params,
         docstring_parts,
         find_flow,
@@ -81,6 +80,7 @@ def load_flow(ctx: typer.Context, flow_file: Path, command: str) -> tuple[Any, d
         import_flow_module,
         parse_options,
     )
+    from flows.runtime import Flow
 
     module = import_flow_module(flow_file)
     flow = find_flow(module, lambda obj: isinstance(obj, Flow))
@@ -140,8 +140,8 @@ def schedule(
         out.print(ctx.get_help())
         return
     with user_errors():
+        from fcnpipe.flowfile import parse_interval
         from flows.runtime import serve_on_schedule
-        from pipeline.cli.flowfile import parse_interval
 
         every = parse_interval(interval) if interval is not None else None
         if cron is None and every is None:
@@ -442,8 +442,8 @@ def inspect_raster_command(
     ] = None,
 ) -> None:
     """Say what the segment flow would read from a raster: size, CRS, bands and why, values, mask."""
-    from pipeline.cli.config import split_list
-    from pipeline.tiling.raster import describe_raster, inspect_raster
+    from pipeline.raster import describe_raster, inspect_raster
+    from pipeline.settings import split_list
 
     with user_errors():
         chosen = tuple(int(b) for b in split_list(bands)) if bands else None

@@ -21,6 +21,6 @@ def main() -> None:
 
         if not configured_api():
             launch_api()
-    from pipeline.cli.main import app
+    from fcnpipe.main import app
 
     app()

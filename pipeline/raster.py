@@ -25,8 +25,8 @@ from rasterio.windows import Window as RioWindow
 
 from fcn import FcnpipeError
 from fcn.margin import reflect_indices
+from pipeline.grid import Window
 from pipeline.storage import Location, gdal_env, probe
-from pipeline.tiling.grid import Window
 
 Transform = tuple[float, float, float, float, float, float]
 RGB = tuple[int, int, int]

@@ -1,0 +1,5 @@
+"""``python -m fcnpipe``: the ``fcnpipe`` command."""
+
+from fcnpipe.entry import main
+
+main()
