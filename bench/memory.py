@@ -42,7 +42,8 @@ from rasterio.windows import Window
 from tiling import largest_batch
 
 from fcn import save_checkpoint
-from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import plan_scene, run_local
 from pipeline.training.data.synthetic import CLASSES, CRS, ORIGIN, RESOLUTION, Bytes, generate_scene
 from pipeline.training.weights import starting_model
 

@@ -33,9 +33,11 @@ from torch import nn
 
 from fcn import save_checkpoint
 from pipeline.grid import Tile
+from pipeline.plan import Plan
 from pipeline.raster import RasterReader
+from pipeline.settings import SegmentSettings
 from pipeline.tiling.engine import Engine
-from pipeline.tiling.segment import Plan, SegmentSettings, cached_engine, plan_scene, run_local
+from pipeline.tiling.segment import cached_engine, plan_scene, run_local
 from pipeline.training.data.synthetic import generate_scene, write_scene
 from pipeline.training.weights import starting_model
 

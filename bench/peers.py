@@ -45,7 +45,8 @@ from memory import draw_windows, write_scene_in_windows
 
 from fcn import load_checkpoint, save_checkpoint
 from pipeline.grid import GridSpec, compute_factor
-from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import plan_scene, run_local
 from pipeline.training.weights import starting_model
 
 METHODS = ("fcnpipe", "whole", "monai-0.25", "monai-0.5")

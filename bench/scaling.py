@@ -24,7 +24,6 @@ import argparse
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,9 @@ from memory import draw_windows, write_scene_in_windows
 
 from fcn import save_checkpoint
 from pipeline.cluster import GPU, cpu_cluster_options, gpu_cluster
-from pipeline.tiling.segment import Plan, SegmentSettings, cached_engine, plan_scene, segment_block
+from pipeline.plan import Plan
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import cached_engine, plan_scene, segment_block
 from pipeline.training.weights import starting_model
 
 
@@ -144,7 +145,7 @@ def cpu_rows(name: str, scene: Path, weights: Path, settings: SegmentSettings, f
 
 def gpu_rows(gpus: int, scene: Path, weights: Path, settings: SegmentSettings, folder: Path) -> list[str]:
     """The in-process engine on cuda against a cluster of one worker per GPU."""
-    cuda = replace(settings, device="cuda")
+    cuda = settings.model_copy(update=dict(device="cuda"))
     reference = fresh_plan(scene, weights, cuda, folder / "gpu-inprocess.zarr")
     in_process(reference, threads=None)  # a first pass: cuDNN picks its kernels, the GPU clocks up
     reference = fresh_plan(scene, weights, cuda, folder / "gpu-inprocess.zarr")

@@ -36,7 +36,8 @@ from memory import draw_windows, make_checkpoint, peak_rss_mib, write_scene_in_w
 from moto.server import ThreadedMotoServer
 from rasterio.shutil import copy as gdal_copy
 
-from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import plan_scene, run_local
 
 BUCKET = "bench"
 

@@ -31,7 +31,9 @@ from torch import nn
 from fcn import FCN, build_model, save_checkpoint
 from fcn.checkpoint import describe
 from fcn.memory import added_peak_mib
-from pipeline.tiling.segment import Plan, SegmentSettings, cached_engine, plan_scene, run_local
+from pipeline.plan import Plan
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import cached_engine, plan_scene, run_local
 
 
 def random_fcn8s(classes: int) -> FCN:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pipeline.grid import Tile
+from pipeline.plan import Plan
 from pipeline.tiling.engine import geometry
-from pipeline.tiling.segment import Plan
 
 
 def engine_batches(plan: Plan) -> list[list[Tile]]:

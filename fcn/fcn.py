@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from fcn.registry import Architecture, ImagenetInit
-from fcn.vgg import make_features, run_features, total_stride
+from fcn.surgery import init_from_vgg16
+from fcn.vgg import VGG16_WIDTHS, make_features, run_features, total_stride
 
 # Crop offsets of the reference release, fixed by conv1_1's padding of 100 and the kernel sizes.
 CROP_32S, CROP_16S, CROP_8S = 19, 27, 31
@@ -90,7 +91,8 @@ class FCN(nn.Module):
     """A VGG16 fully convolutional network with output stride 32, 16 or 8.
 
     Tensors in (N, 3, H, W), already normalised (N, 4, H, W with depth after the colour:
-    ``in_channels``); per-class logits out (N, num_classes, H, W).
+    ``in_channels``); per-class logits out (N, num_classes, H, W). ``widths`` (the trunk's five
+    blocks) and ``fc_width`` (fc6 and fc7) narrow the network without changing its geometry.
     """
 
     def __init__(
@@ -101,6 +103,8 @@ class FCN(nn.Module):
         skip_scales: tuple[float, float] = (1.0, 1.0),
         learnable_upsampling: bool = False,
         in_channels: int = 3,
+        widths: tuple[int, ...] = VGG16_WIDTHS,
+        fc_width: int = 4096,
     ) -> None:
         super().__init__()
         if stride not in (32, 16, 8):
@@ -109,24 +113,25 @@ class FCN(nn.Module):
         self.stride = stride
         self.skip_scales = skip_scales
         self.in_channels = in_channels
-        self.features = make_features(first_padding=100, in_channels=in_channels)
-        self.fc6 = nn.Conv2d(512, 4096, kernel_size=7)
+        self.features = make_features(first_padding=100, in_channels=in_channels, widths=widths)
+        pool3_channels, pool4_channels, pool5_channels = widths[2:]
+        self.fc6 = nn.Conv2d(pool5_channels, fc_width, kernel_size=7)
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(0.5)
-        self.fc7 = nn.Conv2d(4096, 4096, kernel_size=1)
+        self.fc7 = nn.Conv2d(fc_width, fc_width, kernel_size=1)
         self.relu7 = nn.ReLU(inplace=True)
         self.drop7 = nn.Dropout(0.5)
-        self.score_fr = score_layer(4096, num_classes)
+        self.score_fr = score_layer(fc_width, num_classes)
         up = learnable_upsampling
         if stride == 32:
             self.upscore = upsampler(num_classes, 32, up)
             return
-        self.score_pool4 = score_layer(512, num_classes)
+        self.score_pool4 = score_layer(pool4_channels, num_classes)
         self.upscore2 = upsampler(num_classes, 2, up)
         if stride == 16:
             self.upscore16 = upsampler(num_classes, 16, up)
             return
-        self.score_pool3 = score_layer(256, num_classes)
+        self.score_pool3 = score_layer(pool3_channels, num_classes)
         self.upscore_pool4 = upsampler(num_classes, 2, up)
         self.upscore8 = upsampler(num_classes, 8, up)
 
@@ -154,9 +159,7 @@ class FCN(nn.Module):
 
 
 def vgg16_surgery(model: nn.Module, state: dict[str, Any]) -> None:
-    """Net surgery from ImageNet VGG16 (``fcn.surgery.init_from_vgg16``, which imports this module)."""
-    from fcn.surgery import init_from_vgg16
-
+    """Net surgery from ImageNet VGG16 (``fcn.surgery.init_from_vgg16``)."""
     assert isinstance(model, FCN)
     init_from_vgg16(model, state)
 
@@ -173,9 +176,28 @@ def fcn_architecture(stride: int, skip_scales: tuple[float, float] = (1.0, 1.0))
     )  # fmt: skip
 
 
+# fcnpipe's demonstration model: FCN-8s at an eighth of VGG16's widths, fc6 and fc7 256 wide instead of
+# 4096 (1.1 M parameters; a training step costs a 46th of FCN-8s's on a 2-core CPU), so that the
+# default model trains on first use in about a minute (BENCHMARKS.md, "The demonstration model").
+DEMO_WIDTHS, DEMO_FC_WIDTH = (8, 16, 32, 64, 64), 256
+DEMO_PAPER = f"fcnpipe's demonstration model on the FCN-8s topology of {PAPER}"
+
+
+def demo_architecture() -> Architecture:
+    """FCN-8s's layers, kernels, paddings and crops, narrower; trained from scratch only.
+
+    The same geometry as FCN-8s, so the same receptive field, halo and alignment.
+    """
+    return Architecture(
+        lambda num_classes, **kw: FCN(num_classes, 8, widths=DEMO_WIDTHS, fc_width=DEMO_FC_WIDTH, **kw),
+        DEMO_PAPER,
+    )
+
+
 ARCHITECTURES = {
     "fcn32s": fcn_architecture(32),
     "fcn16s": fcn_architecture(16),
     "fcn8s": fcn_architecture(8),
     "fcn8s-atonce": fcn_architecture(8, ATONCE_SCALES),
+    "fcn8s-demo": demo_architecture(),
 }

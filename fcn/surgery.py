@@ -8,13 +8,16 @@ classifier sweep an image of any size, which is what FCNs are built on.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from fcn.errors import FcnpipeError
-from fcn.fcn import FCN
 from fcn.vgg import make_features
+
+if TYPE_CHECKING:  # fcn.fcn imports this module for its ImageNet start
+    from fcn.fcn import FCN
 
 VGG16_FILENAME = "vgg16-397923af.pth"
 CLASSIFIER_SHAPES = {

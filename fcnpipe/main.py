@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import inspect
 import logging
 import os
 from collections.abc import Iterator
@@ -15,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fcn import FcnpipeError, available_models, build_model, save_checkpoint
+from fcn.errors import FcnpipeError
+from fcnpipe.flowfile import FlowFile, help_rows, parse_interval, parse_options, read_flow
 
 app = typer.Typer(
     name="fcnpipe",
@@ -23,11 +23,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: rich's help renderer alone costs ~0.2 s to import
 )
 weights_app = typer.Typer(help="Make and describe model checkpoints.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 data_app = typer.Typer(help="Make the synthetic benchmark; check dataset folders.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+api_app = typer.Typer(help="The local Prefect API fcnpipe keeps between runs.", no_args_is_help=True)
+app.add_typer(api_app, name="api")
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -70,30 +73,18 @@ def user_errors() -> Iterator[None]:
 FLOW_COMMAND = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-def load_flow(ctx: typer.Context, flow_file: Path, command: str) -> tuple[Any, dict[str, Any]] | None:
-    """The flow a file defines and its options parsed from the command line (None after --help)."""
-    from fcnpipe.flowfile import (
-        describe_params,
-        docstring_parts,
-        find_flow,
-        flow_params,
-        import_flow_module,
-        parse_options,
-    )
-    from flows.runtime import Flow
+def read_command(ctx: typer.Context, flow_file: Path, command: str) -> tuple[FlowFile, dict[str, Any]] | None:
+    """The flow file's options parsed from the command line (None after ``--help``, which it prints).
 
-    module = import_flow_module(flow_file)
-    flow = find_flow(module, lambda obj: isinstance(obj, Flow))
-    params = flow_params(flow.fn)
-    if "--help" in ctx.args or "-h" in ctx.args:
-        text, descriptions = docstring_parts(inspect.getdoc(flow.fn) or "")
-        words = list(ctx.args)
+    Nothing heavy is imported: help and every option mistake answer at once.
+    """
+    flow = read_flow(flow_file)
+    words = list(ctx.args)
+    if "--help" in words or "-h" in words:
         config = words[words.index("--config") + 1] if "--config" in words[:-1] else None
-        defaults_of = getattr(module, "option_defaults", None)
-        defaults = defaults_of(Path(config) if config else None) if defaults_of else None
-        print_flow_help(command, flow_file, text, describe_params(params, descriptions, defaults))
+        print_flow_help(command, flow, help_rows(flow, Path(config) if config else None))
         return None
-    return flow, parse_options(list(ctx.args), params)
+    return flow, parse_options(words, flow, command)
 
 
 @app.command("run", context_settings=FLOW_COMMAND, add_help_option=False)
@@ -108,15 +99,58 @@ def run(
         out.print(ctx.get_help())
         return
     with user_errors():
+        parsed = read_command(ctx, flow_file, "run")
+        if parsed is None:
+            return
+        flow_spec, values = parsed
+        from flows.api import configured_api, loaded_api, local_api
+
+        if not configured_api() and not loaded_api():
+            local_api()  # a new one boots on another core while the flow's imports load torch and Prefect
+        from fcnpipe.flowfile import import_flow
         from flows.runtime import prefect_session
 
-        loaded = load_flow(ctx, flow_file, "run")
-        if loaded is None:
-            return
-        flow, values = loaded
-        with prefect_session():
+        flow = import_flow(flow_spec)
+        with stop_when_asked(), prefect_session():
             result = flow(**values)
     print_summary(result)
+
+
+RESUME = "run the same command again to resume: what was written is kept."
+
+
+@contextmanager
+def stop_when_asked() -> Iterator[None]:
+    """SIGINT and SIGTERM stop the run: one sentence that says how to go on, exit 130 or 143."""
+    import signal
+
+    from pipeline import stopping
+
+    received: list[int] = []
+    try:
+        with stopping.on_signals(received):
+            yield
+    except BaseException as exc:
+        if isinstance(exc, Exception) and not received:
+            raise
+        if isinstance(exc, typer.Exit | SystemExit):
+            raise
+        number = received[0] if received else getattr(exc, "signal", signal.SIGINT)
+        stopping.request()
+        said = str(exc) if isinstance(exc, stopping.Stopped) else next(
+            (str(e) for e in causes(exc) if isinstance(e, stopping.Stopped)), ""
+        )  # fmt: skip
+        how = said if said and "resume" in said else RESUME
+        err.print(f"stopped ({signal.Signals(number).name}); {how}", highlight=False)
+        raise typer.Exit(128 + number) from None
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """An exception and those it came from."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
 
 
 @app.command("schedule", context_settings=FLOW_COMMAND, add_help_option=False)
@@ -140,20 +174,21 @@ def schedule(
         out.print(ctx.get_help())
         return
     with user_errors():
-        from fcnpipe.flowfile import parse_interval
-        from flows.runtime import serve_on_schedule
-
         every = parse_interval(interval) if interval is not None else None
         if cron is None and every is None:
             raise FcnpipeError("say when to run: --cron EXPRESSION, --interval DURATION, or both.")
-        loaded = load_flow(ctx, flow_file, "schedule")
-        if loaded is None:
+        parsed = read_command(ctx, flow_file, "schedule")
+        if parsed is None:
             return
-        flow, values = loaded
+        flow_spec, values = parsed
+        from fcnpipe.flowfile import import_flow
+        from flows.runtime import serve_on_schedule
+
+        flow = import_flow(flow_spec)
         serve_on_schedule(flow, values, name=name or "scheduled", cron=cron, interval=every, say=out.print)
 
 
-def print_flow_help(command: str, path: Path, text: str, rows: list[tuple[str, str, str, str]]) -> None:
+def print_flow_help(command: str, flow: FlowFile, rows: list[tuple[str, str, str, str]]) -> None:
     """The flow's description and its options as a table (default: after the config file)."""
     table = Table(box=None, show_header=True, header_style="bold")
     table.add_column("option", no_wrap=True)
@@ -162,7 +197,7 @@ def print_flow_help(command: str, path: Path, text: str, rows: list[tuple[str, s
     table.add_column("description", ratio=1)
     for row in rows:
         table.add_row(*row)
-    out.print(f"Usage: fcnpipe {command} {path} [OPTIONS]\n\n{text}\n", highlight=False)
+    out.print(f"Usage: fcnpipe {command} {flow.path} [OPTIONS]\n\n{flow.text}\n", highlight=False)
     out.print(table, highlight=False)
 
 
@@ -208,12 +243,39 @@ def print_summary(result: Any) -> None:
         out.print(", ".join(f"{k}: {v}" for k, v in result.items() if k != "warnings"))
 
 
+@api_app.command("status")
+def api_status() -> None:
+    """Say whether the kept local Prefect API runs, where, and since when."""
+    import time
+
+    from flows.api import answers, kept_api, state_file
+
+    record = kept_api()
+    if record is None:
+        out.print(f"no local Prefect API runs (the next `fcnpipe run` starts one; record: {state_file()}).")
+        return
+    state = "answering" if answers(record["url"]) else "not answering"
+    minutes = (time.time() - float(record.get("started", time.time()))) / 60
+    out.print(f"{record['url']}: {state}, process {record['pid']}, started {minutes:.0f} min ago; "
+              "`fcnpipe api stop` stops it.", highlight=False)  # fmt: skip
+
+
+@api_app.command("stop")
+def api_stop() -> None:
+    """Stop the kept local Prefect API (the next run starts another)."""
+    from flows.api import stop_local_api
+
+    record = stop_local_api()
+    said = f"stopped the local Prefect API at {record['url']}." if record else "no local Prefect API runs."
+    out.print(said, highlight=False)
+
+
 @weights_app.command("archs")
 def weights_archs(
     classes: Annotated[int, typer.Option(help="Classes to count parameters for.", min=1)] = 21,
 ) -> None:
     """List every architecture: parameters (against its paper's), measured receptive field and halo."""
-    from fcn import measure_receptive_field
+    from fcn import build_model, measure_receptive_field
     from fcn.margin import margin_of
     from fcn.registry import architectures
 
@@ -264,7 +326,7 @@ def weights_fetch(
 
 @weights_app.command("init")
 def weights_init(
-    arch: Annotated[str, typer.Option(help=f"One of: {', '.join(available_models())}.")],
+    arch: Annotated[str, typer.Option(help="The network (`fcnpipe weights archs` lists them).")],
     classes: Annotated[int, typer.Option(help="Number of classes the model predicts.", min=1)],
     out_path: Annotated[Path, typer.Option("--out", help="Checkpoint file to write.")],
     imagenet: Annotated[
@@ -288,6 +350,7 @@ def weights_init(
     ] = None,
 ) -> None:
     """Write a starting checkpoint: a network initialised from its ImageNet classifier, or random."""
+    from fcn import save_checkpoint
     from pipeline.training.downloads import download_base
     from pipeline.training.weights import starting_model
 

@@ -1,25 +1,26 @@
-"""The Prefect API a terminal run reports to: started as the command begins, waited for when needed.
+"""The Prefect API a terminal run reports to: one local server, started on first use and kept.
 
-Left to itself, Prefect starts its embedded server when the first flow runs: the caller imports the
-server (~2 s here) and then waits for the server process to boot (~6 s), in series with everything
-else. ``fcnpipe run`` instead starts the server process before it imports torch and Prefect, so
-the server boots on another core while this process imports, and only waits for it (``wait_api``)
-when the flow is about to run. This module imports nothing of Prefect's for that reason.
-
-The server is Prefect's own application (``create_app(ephemeral=True)``: API only, no UI, no
-services), on 127.0.0.1 and a free port, with the database Prefect would use. It stops when this
-process exits, and on its own if this process dies without exiting (killed).
+Prefect 3 runs every flow against an API. Left to itself it starts an embedded server for each
+run: the command imports the server (~2 s) and waits for it to boot (~6 s), in series with
+everything else, on every run. fcnpipe instead keeps one local server between runs: the first
+``fcnpipe run`` starts Prefect's own API application (``create_app(ephemeral=True)``: API only, no
+UI, no services) on 127.0.0.1 and a free port, detached, and records its address and process in
+``$FCNPIPE_HOME/api.json``; later runs find it there and start at once. It stops by itself after
+an hour with no request or open connection (``FCNPIPE_API_IDLE_SECONDS``), or with ``fcnpipe api
+stop``. A user's own server (``PREFECT_API_URL``, or a Prefect profile that names one) is used
+instead, untouched. This module imports nothing of Prefect's outside the server process.
 """
 
 from __future__ import annotations
 
-import atexit
+import fcntl
+import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -27,7 +28,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import Any
 
 QUIET_ENV = {
     "PREFECT_LOGGING_LEVEL": "CRITICAL",  # the CLI prints its own progress, summary and errors
@@ -63,12 +64,11 @@ class Launched:
     """A server this process started, and the file its error output goes to."""
 
     child: subprocess.Popen[bytes]
-    log: IO[bytes]  # a file, not a pipe: a pipe nobody reads fills up and stalls the server
+    log: Path
 
     def last_words(self) -> str:
         """The last exception the server reported (else its last line, else its exit status)."""
-        self.log.seek(0)
-        lines = self.log.read().decode(errors="replace").strip().splitlines()
+        lines = self.log.read_text(errors="replace").strip().splitlines() if self.log.is_file() else []
         raised = [line for line in lines if EXCEPTION_LINE.match(line)]
         return (raised or lines or [f"exit status {self.child.returncode}"])[-1]
 
@@ -76,6 +76,20 @@ class Launched:
 # The servers this process started, by URL: ``wait_api`` tells a server that stopped from one
 # that never existed.
 LAUNCHED: dict[str, Launched] = {}
+
+IDLE_SECONDS = 3600.0
+"""A kept server stops after this long with no request and no open connection."""
+
+
+def home() -> Path:
+    """Where fcnpipe keeps its state: ``$FCNPIPE_HOME`` or ``~/.cache/fcnpipe``."""
+    value = os.environ.get("FCNPIPE_HOME")
+    return Path(value) if value else Path.home() / ".cache" / "fcnpipe"
+
+
+def state_file() -> Path:
+    """The kept server's address and process: ``api.json`` in fcnpipe's home."""
+    return home() / "api.json"
 
 
 def free_port() -> int:
@@ -113,40 +127,84 @@ def configured_api() -> bool:
         return False
 
 
-def launch_api() -> str:
-    """Start the embedded API in a child process, export its URL (``PREFECT_API_URL``), return it.
+def loaded_api() -> bool:
+    """Whether Prefect is loaded in this process already with an API set (a test harness, a notebook)."""
+    if "prefect.settings" not in sys.modules:
+        return False
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def answers(url: str, timeout: float = 2.0) -> bool:
+    """Whether the API at ``url`` answers its health check now."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def kept_api() -> dict[str, Any] | None:
+    """The kept server's record (``url``, ``pid``), if its process is still there."""
+    try:
+        record = json.loads(state_file().read_text())
+        os.kill(int(record["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return dict(record)
+
+
+def local_api() -> str:
+    """The kept local server's URL, started now if there is none; exported as ``PREFECT_API_URL``.
 
     Exported before Prefect is imported here, the URL is the one this process and the Dask workers
-    it starts report to.
+    it starts report to. Two runs starting at once start one server (a lock on the record).
     """
     quiet_environment()
-    port = free_port()
-    log = tempfile.TemporaryFile()  # noqa: SIM115  (open as long as the server runs; closed by stop)
-    child = subprocess.Popen(
-        # -P: not the working folder first on the path, where a project's own flows/ would shadow ours
-        [sys.executable, "-P", "-m", "flows.api", str(port), str(os.getpid())],
-        env={**os.environ, "PREFECT_UI_ENABLED": "false"},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    LAUNCHED[url] = Launched(child, log)
-    atexit.register(stop, LAUNCHED[url])
+    folder = home()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "api.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = kept_api()
+        alive = record is not None and answers(record["url"])
+        url = str(record["url"]) if record is not None and alive else start_server(folder)
     os.environ["PREFECT_API_URL"] = url
     return url
 
 
-def stop(launched: Launched) -> None:
-    """Stop a server this process started."""
-    child = launched.child
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-    launched.log.close()
+def start_server(folder: Path) -> str:
+    """Start the kept server, detached (its own session: Ctrl-C of a run does not reach it)."""
+    port = free_port()
+    log = folder / "api.log"
+    with open(log, "wb") as errors:
+        child = subprocess.Popen(
+            # -P: not the working folder first on the path, where a project's own flows/ would shadow ours
+            [sys.executable, "-P", "-m", "flows.api", str(port), os.environ.get("FCNPIPE_API_IDLE_SECONDS",
+                                                                                 str(IDLE_SECONDS))],
+            env={**os.environ, "PREFECT_UI_ENABLED": "false"},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    LAUNCHED[url] = Launched(child, log)
+    state_file().write_text(json.dumps({"url": url, "pid": child.pid, "started": time.time()}) + "\n")
+    return url
+
+
+def stop_local_api() -> dict[str, Any] | None:
+    """Stop the kept server, if there is one; its record."""
+    record = kept_api()
+    if record is not None:
+        os.kill(int(record["pid"]), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(int(record["pid"]), 0)
+            except OSError:
+                break
+            time.sleep(0.1)
+    state_file().unlink(missing_ok=True)
+    return record
 
 
 def wait_api(url: str) -> None:
@@ -180,22 +238,52 @@ def wait_api(url: str) -> None:
         time.sleep(0.1)
 
 
-def exit_with_parent(parent: int) -> None:
-    """End this process when ``parent`` is gone (it was killed before it could stop us)."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(0)
+class IdleWatch:
+    """ASGI middleware that knows when the server last had anything to do."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.open = 0
+        self.since = time.monotonic()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve one request or connection, counting it as open while it lasts."""
+        if scope["type"] not in ("http", "websocket"):  # the lifespan lasts as long as the server
+            await self.app(scope, receive, send)
+            return
+        self.open += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.open -= 1
+            self.since = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds with no request and no open connection (0 while one is open)."""
+        return 0.0 if self.open else time.monotonic() - self.since
 
 
-def serve(port: int, parent: int) -> None:
-    """The child: Prefect's API application on 127.0.0.1:``port`` until the parent stops it."""
+def serve(port: int, idle_seconds: float) -> None:
+    """The child: Prefect's API application on 127.0.0.1:``port`` until idle or stopped."""
     import uvicorn
     from prefect.server.api.server import create_app
 
-    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
-    app = create_app(ephemeral=True, final=True)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+    watch = IdleWatch(create_app(ephemeral=True, final=True))
+    config = uvicorn.Config(watch, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+    server = uvicorn.Server(config)
+
+    def stop_when_idle() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.1)
+        watch.since = time.monotonic()  # idle from when it can first answer, not while it boots
+        while not server.should_exit:
+            time.sleep(min(5.0, idle_seconds / 4))
+            if watch.idle_for() > idle_seconds:
+                server.should_exit = True
+
+    threading.Thread(target=stop_when_idle, daemon=True).start()
+    server.run()
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), int(sys.argv[2]))
+    serve(int(sys.argv[1]), float(sys.argv[2]))

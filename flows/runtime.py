@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from flows.api import launch_api, quiet_environment, setting, wait_api
+from flows.api import local_api, quiet_environment, setting, wait_api
 
 quiet_environment()
 
@@ -24,23 +25,18 @@ from prefect.context import refresh_global_settings_context  # noqa: E402
 from prefect.settings import get_current_settings  # noqa: E402
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 from prefect_dask.task_runners import DaskTaskRunner  # noqa: E402
-from rich.progress import (  # noqa: E402
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
+from rich.console import Console  # noqa: E402
 
 from fcn import FcnpipeError  # noqa: E402
+from flows.progress import Meter, progress  # noqa: E402
 from pipeline.cluster import (  # noqa: E402
-    check_worker_kind,
     cpu_cluster_options,
     gpu_cluster,
     local_gpus,
     require_gpu_workers,
 )
-from pipeline.tiling.segment import BlockReport, Plan  # noqa: E402
+from pipeline.plan import BlockReport, Plan  # noqa: E402
+from pipeline.settings import ClusterSettings  # noqa: E402
 from pipeline.training.train import StepReport  # noqa: E402
 
 __all__ = [
@@ -58,13 +54,13 @@ __all__ = [
 def ensure_api() -> str:
     """The URL of the one Prefect API every process of a run reports to, once it answers.
 
-    The user's server, or the one ``fcnpipe run`` started as it began (``flows.api``), or one
-    started now. Exported (``PREFECT_API_URL``) before any cluster starts, so Dask worker
+    The user's server, or fcnpipe's kept local one (``flows.api``; started if there is none).
+    Exported (``PREFECT_API_URL``) before any cluster starts, so Dask worker
     processes report to it rather than each starting an embedded server of their own.
     """
     url = get_current_settings().api.url
     if not url:
-        url = launch_api()
+        url = local_api()
         refresh_global_settings_context()
     wait_api(url)
     os.environ["PREFECT_API_URL"] = url
@@ -93,9 +89,7 @@ def dask_task_runner(workers: int, address: str | None) -> TaskRunner[Any]:
     )
 
 
-def block_runner(
-    workers: int, address: str | None, gpus: str | None, device: str
-) -> tuple[TaskRunner[Any], bool]:
+def block_runner(cluster: ClusterSettings, device: str) -> tuple[TaskRunner[Any], bool]:
     """The task runner for a run's blocks, and whether blocks must go to workers that declare a GPU.
 
     No option: this process, one block at a time. ``--workers N``: a local cluster of N CPU
@@ -103,11 +97,11 @@ def block_runner(
     cluster, and with ``--gpus`` only its GPU workers (checked first: without any, the blocks
     would wait forever).
     """
+    workers, gpus, address = cluster.workers, cluster.gpus, cluster.dask_address
     if gpus is None:
         if workers > 0 or address:
             return dask_task_runner(workers, address), False
         return ThreadPoolTaskRunner(max_workers=1), False
-    check_worker_kind(workers, gpus)
     if device not in ("auto", "cuda"):
         raise FcnpipeError(f"--gpus runs each worker on its own GPU; --device {device} contradicts it.")
     if address:
@@ -117,24 +111,24 @@ def block_runner(
 
 
 @contextmanager
-def shared_cluster(workers: int, gpus: str | None, address: str | None) -> Iterator[str | None]:
+def shared_cluster(cluster: ClusterSettings) -> Iterator[ClusterSettings]:
     """One local cluster for many runs (a batch), so workers start and load the model once.
 
-    Yields the scheduler's address to pass as ``--dask-address``: the one given, a new local
-    cluster of CPU workers or of one worker per GPU, or None to run in this process.
+    Yields where each run's blocks go: the settings given, or, when they ask for a local cluster
+    of CPU workers or of one worker per GPU, that cluster's address (with ``--gpus`` kept, so
+    blocks still go to the workers that declare one).
     """
-    if address or (workers == 0 and gpus is None):
-        yield address
+    if cluster.dask_address or (cluster.workers == 0 and cluster.gpus is None):
+        yield cluster
         return
-    check_worker_kind(workers, gpus)
     from distributed import LocalCluster
 
-    if gpus is not None:
-        cluster = gpu_cluster(local_gpus(gpus))
+    if cluster.gpus is not None:
+        local = gpu_cluster(local_gpus(cluster.gpus))
     else:
-        cluster = LocalCluster(**cpu_cluster_options(workers))  # type: ignore[no-untyped-call]
-    with cluster:
-        yield str(cluster.scheduler_address)
+        local = LocalCluster(**cpu_cluster_options(cluster.workers))  # type: ignore[no-untyped-call]
+    with local:
+        yield ClusterSettings(gpus=cluster.gpus, dask_address=str(local.scheduler_address))
 
 
 def serve_on_schedule(
@@ -183,50 +177,62 @@ def serve_on_schedule(
     )  # fmt: skip
 
 
+class BlockProgress:
+    """Tiles done (those a resume skips included) with Mpx/s and ETA, told per tile or per block."""
+
+    def __init__(self, plan: Plan, update: Callable[[int, str], None], meter: Meter) -> None:
+        self.update, self.meter = update, meter
+        self.megapixels = 0.0
+        self.lock = threading.Lock()  # tiles are told from the thread that runs the blocks
+
+    def tile(self, pixels: int) -> None:
+        """One tile was written (in this process)."""
+        self.told(1, pixels)
+
+    def block(self, report: BlockReport, tiles_told: bool) -> None:
+        """A block finished; its tiles count now unless each was told as it was written."""
+        self.told(0 if tiles_told else report.tiles, 0 if tiles_told else report.pixels)
+
+    def told(self, tiles: int, pixels: int) -> None:
+        with self.lock:
+            self.megapixels += pixels / 1e6
+            rate = self.megapixels / max(time.perf_counter() - self.meter.started, 1e-9)
+            self.update(tiles, f"{rate:.3f} Mpx/s")
+
+
 @contextmanager
-def progress_bar(plan: Plan) -> Iterator[Callable[[BlockReport], None]]:
-    """A tiles-done bar with Mpx/s and ETA; yields the function to call as each block finishes."""
+def progress_bar(plan: Plan) -> Iterator[BlockProgress]:
+    """The segment bar of a run; tell it of tiles (in this process) or of blocks (on a cluster)."""
     blocks = plan.blocks
-    total = sum(len(blocks[i].tiles) for i in plan.todo)
-    start = time.perf_counter()
-    megapixels = 0.0
-    columns: list[Any] = [
-        TextColumn("[bold]segment"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-    ]  # fmt: skip
-    with Progress(*columns, transient=False) as progress:
-        bar = progress.add_task("tiles", total=total, rate="")
-
-        def advance(report: BlockReport) -> None:
-            nonlocal megapixels
-            megapixels += report.pixels / 1e6
-            rate = megapixels / max(time.perf_counter() - start, 1e-9)
-            progress.update(bar, advance=report.tiles, rate=f"{rate:.3f} Mpx/s")
-
-        yield advance
+    total = sum(len(block.tiles) for block in blocks)
+    todo = sum(len(blocks[i].tiles) for i in plan.todo)
+    meter = Meter(total, done_before=total - todo)
+    with progress("segment", "strips" if plan.streamed else "tiles", meter) as update:
+        yield BlockProgress(plan, update, meter)
 
 
 @contextmanager
 def training_bar(arch: str, steps: int) -> Iterator[Callable[[StepReport], None]]:
-    """A steps-done bar with the loss, the best validation mean IU and the ETA of one stage."""
-    columns: list[Any] = [
-        TextColumn(f"[bold]train {arch}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-        TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
-    ]  # fmt: skip
-    with Progress(*columns, transient=False) as progress:
-        bar = progress.add_task(arch, total=steps, status="")
+    """Steps done with the loss, the best validation mean IU and the ETA of one stage.
 
+    A resumed stage's first report says where it resumed; the ETA is from this run's steps.
+    """
+    meter = Meter(steps)
+    console = Console(stderr=True)
+    with progress(f"train {arch}", "steps", meter, console) as update:
         announced = False
 
         def advance(report: StepReport) -> None:
             nonlocal announced
+            if meter.done == 0 and meter.done_before == 0 and report.step > 1:
+                meter.done_before = report.step - 1  # resumed from last.pt
+                meter.started = time.perf_counter()
             best = "—" if report.best_mean_iu is None else f"{report.best_mean_iu:.3f}"
             rate = report.step / max(report.seconds, 1e-9)
-            status = f"loss {report.loss:.4g}, best mean IU {best}, {rate:.2f} steps/s"
-            progress.update(bar, completed=report.step, status=status)
+            update(1, f"loss {report.loss:.4g}, best mean IU {best}, {rate:.2f} steps/s")
             if not announced and MEASURED_AFTER <= report.step < report.steps:
                 announced = True  # also where no bar is drawn (a log, a pipe): the cost, in words
-                progress.console.print(cost_line(arch, report), highlight=False)
+                console.print(cost_line(arch, report), highlight=False)
 
         yield advance
 

@@ -8,9 +8,7 @@ continues that stage exactly and then the stages after it.
 # No ``from __future__ import annotations``: a served flow is pickled by value, and its
 # parameters' annotations must be types, not names of types (Prefect validates them).
 
-import json
 import math
-import shutil
 import sys
 import tempfile
 import time
@@ -18,7 +16,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -28,15 +26,16 @@ from rich.console import Console
 
 from fcn import FcnpipeError
 from flows.runtime import training_bar
-from pipeline.settings import describe_errors
+from pipeline.settings import TrainSettings, describe_errors
 from pipeline.tiling.engine import pick_device
+from pipeline.training import default_model as default
 from pipeline.training.data import open_dataset
 from pipeline.training.downloads import download_base
 from pipeline.training.downloads import progress_bar as download_progress
 from pipeline.training.presets import fetch_missing, find_preset
 from pipeline.training.recipes import Recipe, load_recipe, warn_about_input
 from pipeline.training.stages import (
-    TRAIN_DEFAULTS,
+    PRESET_OPTIONS,
     chosen_options,
     metrics_table,
     resumable,
@@ -101,36 +100,11 @@ def resume_stage_task(last: Path, arch: str, args: StageArgs, device: str) -> St
         return resume_stage(last.parent, device=pick_device(device), on_step=on_step)
 
 
-def option_defaults(config: Path | None = None) -> dict[str, Any]:
-    """What each option left out means, for ``--help`` (the train flow has no config file)."""
-    return TRAIN_DEFAULTS | {
-        "max_steps": "the recipe's for the dataset", "eval_every": "one epoch",
-        "learn": "the recipe's (all)", "loss_sampling": "the recipe's (1.0)",
-    }  # fmt: skip
-
-
 @flow(name="train")
 def train(
-    dataset: str | None = None,
+    settings: TrainSettings = TrainSettings(),
     out: Path | None = None,
-    arch: str | None = None,
-    init: str | None = None,
-    recipe: str | None = None,
-    class_weights: str = "none",
-    adversarial: float = 0.0,
-    learn: Literal["all", "classifier"] | None = None,
-    loss_sampling: float | None = None,
-    max_steps: int | None = None,
-    epochs: int | None = None,
-    eval_every: int | None = None,
-    staged: bool = True,
     resume: Path | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    val_limit: int | None = None,
-    train_split: str | None = None,
-    val_split: str | None = None,
-    val_dataset: str | None = None,
     preset: str | None = None,
     data: Path | None = None,
 ) -> dict[str, Any]:
@@ -149,34 +123,16 @@ def train(
     defaults to runs/train, or to the run that --resume continues.
 
     Args:
-        dataset: The training data as NAME:PATH (fcnpipe data info NAME:PATH checks it).
+        settings: How to train (pipeline.settings.TrainSettings; each field is an option).
         out: The run's folder (one subfolder per stage); default: runs/train.
-        arch: The network (fcnpipe weights archs lists them).
-        init: imagenet[:PATH], caffe-vgg16[:PATH], a checkpoint to start from, scratch, or
-            streams:COLOUR.pt,HHA.pt (two FCN-32s that start fcn32s-color-hha's streams).
-        recipe: modern, heavy (the reference's), default, or a recipe YAML file.
-        class_weights: none, or median-frequency (weights from the training split, as SegNet).
-        adversarial: LAMBDA of Luc et al.'s adversarial term (0: none).
-        learn: all, or classifier: only the score layers learn (the paper's FCN-32s-fixed).
-        loss_sampling: Keep each stride-32 cell in the loss with this probability (the paper's).
-        max_steps: Steps per stage.
-        epochs: Epochs of the training split per stage (instead of --max-steps).
-        eval_every: Steps between validations; default: one epoch.
-        staged: Train FCN-16s and FCN-8s in stages from FCN-32s, as the paper.
         resume: A stage's last.pt to continue exactly (then the stages after it).
-        device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
-        seed: Random seed of initialisation, sampling and augmentation.
-        val_limit: Score only this many validation images.
-        train_split: The split to train on.
-        val_split: The split that chooses the best checkpoint.
-        val_dataset: The validation data as NAME:PATH, if not DATASET (same classes).
         preset: A reference protocol, e.g. voc-fcn8s (README lists them).
         data: The folder a preset reads its datasets from.
     """
-    given = {"dataset": dataset, "arch": arch, "init": init, "recipe": recipe, "train_split": train_split,
-             "val_dataset": val_dataset, "val_split": val_split, "eval_every": eval_every,
-             "max_steps": max_steps}  # fmt: skip
-    options = chosen_options(preset, data, given)
+    device, seed, val_limit = settings.device, settings.seed, settings.val_limit
+    max_steps = settings.max_steps
+    options = chosen_options(preset, data, settings.model_dump(include=set(PRESET_OPTIONS)))
+    epochs = settings.epochs
     if epochs is None:  # a preset's steps give way to --epochs as to --max-steps
         max_steps = options.get("max_steps")
     if preset is not None and data is not None:
@@ -186,7 +142,7 @@ def train(
                 find_preset(preset), data, used, base=download_base(), progress=progress
             ):
                 Console(stderr=True).print(line, highlight=False)
-    chain = stages_for(options["arch"], staged)
+    chain = stages_for(options["arch"], settings.staged)
     resumed_arch, resumed_args, notes = None, None, []
     if resume is not None:
         resumed_arch, resumed_args = resumable(resume, chain)
@@ -198,8 +154,9 @@ def train(
             )
     out = out or Path("runs/train")
     train_size = len(open_dataset(options["dataset"], options["train_split"]))
-    changes: dict[str, Any] = {"class_weights": class_weights, "adversarial": adversarial}
-    changes |= {k: v for k, v in {"learn": learn, "loss_sampling": loss_sampling}.items() if v is not None}
+    changes: dict[str, Any] = {"class_weights": settings.class_weights, "adversarial": settings.adversarial}
+    changes |= {k: v for k, v in {"learn": settings.learn, "loss_sampling": settings.loss_sampling}.items()
+                if v is not None}  # fmt: skip
     chosen = load_recipe(options["recipe"]).updated(**changes)
     lengths = stage_lengths(chain, chosen, options["dataset"], train_size, max_steps, epochs)
     every = options.get("eval_every") or max(1, math.ceil(train_size / chosen.batch_size))
@@ -234,48 +191,23 @@ def train(
     return {"out": str(out), "warnings": notes, "stages": results}
 
 
-DEFAULT_SCENES, DEFAULT_SIZE, DEFAULT_STEPS = 12, 256, 300
-
-
 @flow(name="default-model")
 def default_model(
-    path: Path, steps: int = DEFAULT_STEPS, device: str = "auto", keep_training_files: bool = False
+    path: Path, steps: int = default.STEPS, device: str = "auto", keep_training_files: bool = False
 ) -> Path:
-    """Train fcnpipe's default model once: FCN-8s from scratch on the synthetic orthophoto benchmark.
+    """Train fcnpipe's default model once (pipeline.training.default_model) and keep it at ``path``.
 
-    The benchmark is generated (deterministic, no download) and the best checkpoint by validation
-    mean IU is copied to ``path``, with a small record beside it (``.json``: recipe, steps,
-    validation scores, seconds). Only those two files stay: the benchmark and the run's
-    checkpoints (1.6 GB of last.pt with its optimiser state, 0.5 GB of best.pt) are deleted,
-    unless ``keep_training_files`` keeps them in ``default-model/`` beside the model.
+    Only the model and its record (``.json``: recipe, steps, validation scores, seconds) stay: the
+    benchmark and the run's checkpoints are deleted, unless ``keep_training_files`` keeps them in
+    ``default-model/`` beside the model.
     """
-    from pipeline.training.data.synthetic import make_benchmark
-
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with ExitStack() as stack:
-        if keep_training_files:
-            work = path.parent / "default-model"
-        else:
-            work = Path(
-                stack.enter_context(tempfile.TemporaryDirectory(dir=path.parent, prefix=".training-"))
-            )
-        data = make_benchmark(work / "synthetic-ortho", scenes=DEFAULT_SCENES, size=DEFAULT_SIZE, seed=0)
-        args = StageArgs(dataset=f"synthetic-ortho:{data}", steps=steps, eval_every=max(1, steps // 4))
-        recipe = load_recipe("default")
-        result, _ = train_stage_task("fcn8s", "scratch", recipe, args, work / f"run-{steps}", device)
-        record = {
-            "arch": "fcn8s",
-            "init": "scratch",
-            "dataset": f"synthetic-ortho, {DEFAULT_SCENES} scenes of {DEFAULT_SIZE}² px, seed 0",
-            "steps": steps,
-            "recipe": recipe.model_dump(mode="json"),
-            "best_mean_iu": result.best_mean_iu,
-            "validation": result.scores,
-            "seconds": round(time.perf_counter() - start, 1),
-            "device": str(pick_device(device)),
-        }
-        shutil.copyfile(result.best, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    return path
+        work = path.parent / "default-model" if keep_training_files else Path(
+            stack.enter_context(tempfile.TemporaryDirectory(dir=path.parent, prefix=".training-"))
+        )  # fmt: skip
+        args, recipe = default.default_training(work, steps)
+        result, _ = train_stage_task(default.ARCH, "scratch", recipe, args, work / f"run-{steps}", device)
+        seconds = time.perf_counter() - start
+        return default.keep_default_model(result, path, recipe, seconds, str(pick_device(device)))

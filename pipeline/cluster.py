@@ -25,23 +25,15 @@ def cpu_cluster_options(workers: int) -> dict[str, Any]:
     return {"n_workers": workers, "threads_per_worker": 1, "processes": True, **LOOPBACK}
 
 
-def check_worker_kind(workers: int, gpus: str | None) -> None:
-    """``--workers`` (CPU processes) and ``--gpus`` (one worker per GPU) exclude each other."""
-    if workers > 0 and gpus is not None:
-        raise FcnpipeError("--workers starts CPU workers and --gpus one worker per GPU; give one of them.")
-
-
 def local_gpus(asked: str) -> list[int]:
-    """The CUDA devices ``--gpus N|all`` means on this machine; one sentence if there are too few."""
+    """The CUDA devices ``--gpus N|all`` (as ClusterSettings took it) means on this machine.
+
+    One sentence if there are too few.
+    """
     import torch
 
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if asked.strip().lower() == "all":
-        count = available
-    elif asked.strip().isdigit() and int(asked) > 0:
-        count = int(asked)
-    else:
-        raise FcnpipeError(f"--gpus takes a number of GPUs or 'all', not {asked!r}.")
+    count = available if asked == "all" else int(asked)  # its form is checked by ClusterSettings
     if available == 0:
         raise FcnpipeError(
             "--gpus was given but this machine has no CUDA GPU; leave it out to run on the CPU."

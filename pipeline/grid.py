@@ -124,11 +124,6 @@ class GridSpec:
             raise ValueError(f"a block holds at least one core, not {self.block}")
 
 
-def round_up(value: int, multiple: int) -> int:
-    """The smallest multiple of ``multiple`` that is at least ``value``."""
-    return -(-value // multiple) * multiple
-
-
 def plan_tiles(spec: GridSpec) -> list[Tile]:
     """All tiles of the grid, row-major."""
     tiles = []

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from affine import Affine
 from numpy.typing import NDArray
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
@@ -53,6 +54,11 @@ class RasterInfo:
     def pixels(self) -> int:
         """Number of pixels."""
         return self.height * self.width
+
+    @property
+    def affine(self) -> Affine:
+        """The transform as an ``affine.Affine`` (kept as six numbers in the plan)."""
+        return Affine(*self.transform)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,24 @@ def restore_environment() -> Iterator[None]:
     os.environ.update(saved)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def fcnpipe_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """fcnpipe's home for the session (the default model, the kept local API), never the user's."""
+    home = tmp_path_factory.mktemp("fcnpipe-home")
+    before = os.environ.get("FCNPIPE_HOME")
+    os.environ["FCNPIPE_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        from flows.api import stop_local_api
+
+        stop_local_api()  # a kept API some run started here
+        if before is None:
+            os.environ.pop("FCNPIPE_HOME", None)
+        else:
+            os.environ["FCNPIPE_HOME"] = before
+
+
 def randomize(model: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
     """Give every learnable parameter (score layers included) random values, in eval mode.
 

@@ -1,13 +1,13 @@
-"""The Prefect API of a terminal run: started by ``fcnpipe run`` as it begins, stopped with it.
+"""The Prefect API of terminal runs: one local server, started by the first run and kept (flows/api.py).
 
-These run the real ``fcnpipe`` entry point with no server configured (a fresh PREFECT_HOME), so
-the run starts Prefect's own API application in a child process and reports to it.
+These run the real ``fcnpipe`` entry point with no server configured (a fresh PREFECT_HOME and
+FCNPIPE_HOME), so the run starts Prefect's own API application, or finds the one kept there.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from fcnpipe.entry import starts_a_flow
 from flows.api import configured_api, free_port
 from tests.conftest import ROOT, noise_image, write_tif
 
@@ -23,24 +22,32 @@ FLOW = "flows/segment_mosaic.py"
 
 
 def unconfigured_env(home: Path, **extra: str) -> dict[str, str]:
-    """This environment without any Prefect setting, with its own Prefect home (no profile)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    return env | {"PREFECT_HOME": str(home), "DO_NOT_TRACK": "1", **extra}
+    """This environment without any Prefect setting, with its own Prefect and fcnpipe homes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FCNPIPE_"))}
+    return env | {"PREFECT_HOME": str(home), "FCNPIPE_HOME": str(home / "fcnpipe"), "DO_NOT_TRACK": "1",
+                  **extra}  # fmt: skip
 
 
-def api_servers_of(parent: int) -> list[int]:
-    """The pids of ``flows.api`` servers started by process ``parent`` (read from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def kept_server(home: Path) -> int | None:
+    """The pid of the local API kept for this home, if its process is alive."""
+    record = home / "fcnpipe" / "api.json"
+    if not record.is_file():
+        return None
+    pid = int(json.loads(record.read_text())["pid"])
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
+def gone(pid: int, within: float) -> bool:
+    """Whether process ``pid`` ends (or is left a zombie) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
         try:
-            words = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                return True
         except OSError:
-            continue
-        if "flows.api" in words and words[-2:-1] == [str(parent)]:
-            found.append(int(entry.name))
-    return found
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def start(args: list[str], env: dict[str, str], cwd: Path = ROOT) -> subprocess.Popen[bytes]:
@@ -70,58 +77,48 @@ def test_settings_that_may_name_an_api_are_left_to_prefect(
     assert configured_api()
 
 
-def test_only_a_flow_run_starts_an_api() -> None:
-    assert starts_a_flow(["run", FLOW, "--input", "a.tif"])
-    assert not starts_a_flow(["run", FLOW, "--help"])
-    assert not starts_a_flow(["run"])
-    assert not starts_a_flow(["schedule", FLOW, "--cron", "0 3 * * *"])
-    assert not starts_a_flow(["inspect", "a.zarr"])
+def test_help_and_option_mistakes_start_no_api(tmp_path: Path) -> None:
+    env = unconfigured_env(tmp_path / "prefect")
+    for args in (["run", FLOW, "--help"], ["run", FLOW, "--input", "missing.tif"], ["api", "status"]):
+        output, _ = start(args, env).communicate(timeout=60)
+        assert kept_server(tmp_path / "prefect") is None, output.decode()
 
 
-def test_a_run_without_a_server_starts_one_and_stops_it(tmp_path: Path, pointwise_checkpoint: Path) -> None:
+def test_the_first_run_starts_an_api_that_later_runs_use_until_stopped(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
     scene = write_tif(tmp_path / "scene.tif", noise_image(64, 96, seed=1))
     # Run from a project of the user's with a flows/ package of its own, which must not shadow ours.
     project = tmp_path / "project"
     (project / "flows").mkdir(parents=True)
     (project / "flows" / "__init__.py").write_text("")
-    args = ["run", str(ROOT / FLOW), "--input", str(scene), "--weights", str(pointwise_checkpoint)]
-    proc = start(args, unconfigured_env(tmp_path / "prefect"), cwd=project)
-    seen: list[int] = []
-    while proc.poll() is None and not seen:
-        seen = api_servers_of(proc.pid)
-        time.sleep(0.05)
-    output, _ = proc.communicate(timeout=300)
-    text = output.decode()
-    assert proc.returncode == 0, text
-    assert "complete" in text and "Traceback" not in text
-    assert seen, "the run finished without starting its own API"
-    time.sleep(0.5)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in seen), "the run's API outlived it"
-    assert (tmp_path / "prefect").is_dir()  # the run's records went to the Prefect home it was given
+    home = tmp_path / "prefect"
+    env = unconfigured_env(home)
+    pids = []
+    for name in ("first", "second"):
+        args = ["run", str(ROOT / FLOW), "--input", str(scene), "--weights", str(pointwise_checkpoint),
+                "--output", str(tmp_path / f"{name}.zarr")]  # fmt: skip
+        output, _ = start(args, env, cwd=project).communicate(timeout=300)
+        assert "complete" in output.decode() and "Traceback" not in output.decode(), output.decode()
+        pids.append(kept_server(home))
+    assert pids[0] is not None and pids[0] == pids[1], "the second run did not use the first run's API"
+    assert home.is_dir()  # the runs' records went to the Prefect home they were given
+    status, _ = start(["api", "status"], env).communicate(timeout=60)
+    assert "answering" in status.decode()
+    stopped, _ = start(["api", "stop"], env).communicate(timeout=60)
+    assert "stopped the local Prefect API" in stopped.decode()
+    assert gone(pids[0], within=15), "fcnpipe api stop left the server running"
 
 
-def test_the_api_stops_when_its_run_is_killed(tmp_path: Path) -> None:
+def test_the_kept_api_stops_by_itself_when_idle(tmp_path: Path, pointwise_checkpoint: Path) -> None:
     scene = write_tif(tmp_path / "scene.tif", noise_image(64, 64, seed=2))
-    # A run that will wait on its flow: the checkpoint does not exist, but the API starts first.
-    proc = start(["run", FLOW, "--input", str(scene), "--weights", str(tmp_path / "none.pt")],
-                 unconfigured_env(tmp_path / "prefect"))  # fmt: skip
-    deadline = time.monotonic() + 60
-    servers: list[int] = []
-    while time.monotonic() < deadline and not servers and proc.poll() is None:
-        servers = api_servers_of(proc.pid)
-        time.sleep(0.02)
-    if not servers:
-        proc.kill()
-        pytest.fail(f"no API was started: {proc.communicate()[0].decode()}")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in servers):
-        time.sleep(0.1)
-    alive = [pid for pid in servers if Path(f"/proc/{pid}").exists()]
-    for pid in alive:
-        os.kill(pid, signal.SIGKILL)
-    assert not alive, "the API outlived its killed run"
+    home = tmp_path / "prefect"
+    args = ["run", FLOW, "--input", str(scene), "--weights", str(pointwise_checkpoint)]
+    output, _ = start(args, unconfigured_env(home, FCNPIPE_API_IDLE_SECONDS="2")).communicate(timeout=300)
+    assert "complete" in output.decode(), output.decode()
+    pid = kept_server(home)
+    assert pid is not None
+    assert gone(pid, within=30), "an idle kept API did not stop"
 
 
 def test_a_silent_configured_server_is_one_sentence(tmp_path: Path, pointwise_checkpoint: Path) -> None:
@@ -135,7 +132,7 @@ def test_a_silent_configured_server_is_one_sentence(tmp_path: Path, pointwise_ch
     assert proc.returncode == 1, text
     assert f"the Prefect API at PREFECT_API_URL={url} does not answer" in text, text
     assert "Traceback" not in text
-    assert not api_servers_of(proc.pid)
+    assert kept_server(tmp_path / "prefect") is None  # a configured server is never replaced
     assert not (tmp_path / "scene.zarr").exists()
 
 
@@ -143,16 +140,17 @@ def test_a_server_that_stops_while_starting_is_one_sentence_with_its_last_words(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fcn.errors import FcnpipeError
-    from flows.api import LAUNCHED, launch_api, stop, wait_api
+    from flows.api import local_api, stop_local_api, wait_api
 
     # A database in a folder that does not exist: the server cannot migrate it and exits.
     broken = f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'folder' / 'prefect.db'}"
     monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", broken)
-    url = launch_api()
+    monkeypatch.setenv("FCNPIPE_HOME", str(tmp_path / "fcnpipe"))
+    url = local_api()
     try:
         with pytest.raises(FcnpipeError, match="embedded server stopped while starting: ") as caught:
             wait_api(url)
         assert "OperationalError" in str(caught.value) and "unable to open database file" in str(caught.value)
         assert "\n" not in str(caught.value)
     finally:
-        stop(LAUNCHED[url])
+        stop_local_api()

@@ -17,7 +17,8 @@ from fcn import available_models, build_model, load_checkpoint
 from fcn.margin import margin_of, mirror_pad, same_size_forward
 from fcn.receptive_field import one_channel_replica
 from fcn.registry import architectures
-from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import plan_scene, run_local
 from tests.conftest import noise_image, randomize, save_model, write_tif
 
 ARCHS = available_models()
@@ -66,12 +67,19 @@ def test_parameter_count_is_the_paper_s(arch: str) -> None:
     ],
 )
 def test_tiles_at_the_checkpoint_s_halo_stitch_to_the_whole_image_pass(arch: str, tmp_path: Path) -> None:
+    # Small cores: every tile is cut by the image or the halo.
+    assert_tiles_stitch(arch, tmp_path, 97, 131, tile=64)
+
+
+def assert_tiles_stitch(arch: str, tmp_path: Path, height: int, width: int, tile: int) -> None:
+    """Segment a random ``arch`` over a noise scene in tiles of ``tile`` (at least the network's
+    alignment) at its checkpoint's halo, and check the mosaic against one whole-image pass."""
     model = randomize(build_model(arch, 4), seed=3)
     checkpoint = save_model(tmp_path / f"{arch}.pt", model, arch)
     model, card = load_checkpoint(checkpoint)
-    image = noise_image(97, 131, seed=9)
+    image = noise_image(height, width, seed=9)
     scene = write_tif(tmp_path / "scene.tif", image)
-    tile = max(64, card.total_stride)  # small cores: every tile is cut by the image or the halo
+    tile = max(tile, card.total_stride)
     settings = SegmentSettings(tile_size=tile, chunk=tile, block=2, outputs=("labels", "logits"),
                                logits_dtype="float32", device="cpu")  # fmt: skip
     plan = plan_scene(scene, checkpoint, settings)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,8 @@ from typer.testing import CliRunner
 from fcnpipe.main import app
 from pipeline.outputs.finish import finish
 from pipeline.outputs.mosaic import MANIFEST, block_layouts, open_mosaic_group, read_state
-from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local, segment_block
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import plan_scene, run_local, segment_block
 from tests.conftest import ROOT, fcnpipe, noise_image, one_thread_reference, write_tif
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -69,7 +69,7 @@ def test_gpus_on_a_machine_without_cuda_and_with_workers_are_one_sentence(
     for extra, message in [
         (["--gpus", "1"], "--gpus was given but this machine has no CUDA GPU"),
         (["--gpus", "all", "--workers", "2"], "give one of them"),
-        (["--gpus", "two"], "--gpus takes a number of GPUs or 'all'"),
+        (["--gpus", "two"], "--gpus: 'two' is neither a number of GPUs nor all"),
     ]:
         result = runner.invoke(app, [*common, *extra])
         assert result.exit_code == 1 and message in result.output, result.output
@@ -158,7 +158,7 @@ def test_across_layouts_labels_agree_and_values_stay_within_rounding(
     scene = write_tif(tmp_path / "scene.tif", noise_image(256, 256, seed=7))
     settings = SegmentSettings(tile_size=128, outputs=("labels", "logits"), logits_dtype="float32")
     run_local(plan_scene(scene, fcn8s_checkpoint, settings, output=tmp_path / "many.zarr"))
-    one_thread_reference(scene, fcn8s_checkpoint, replace(settings), tmp_path / "one.zarr")
+    one_thread_reference(scene, fcn8s_checkpoint, settings, tmp_path / "one.zarr")
     many = zarr.open_group(str(tmp_path / "many.zarr"), mode="r")
     one = zarr.open_group(str(tmp_path / "one.zarr"), mode="r")
     logits_a, logits_b = many["logits"][:], one["logits"][:]  # type: ignore[index]

@@ -29,7 +29,8 @@ from fcn.checkpoint import read_checkpoint
 from fcnpipe.main import app
 from pipeline.outputs.export import export_cog
 from pipeline.outputs.inspect import describe_mosaic
-from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import plan_scene, run_local
 from pipeline.training.data import open_dataset
 from pipeline.training.data.siftflow import SCENES, SiftFlowBoth
 from pipeline.training.evaluation import evaluate, evaluate_heads

@@ -30,7 +30,8 @@ from pipeline.outputs.export import export_cog, export_vector
 from pipeline.outputs.inspect import describe_mosaic
 from pipeline.outputs.mosaic import parse_geotransform
 from pipeline.outputs.pyramid import level_shapes, read_level
-from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import plan_scene, run_local
 from tests.conftest import write_tif
 
 COLOURS = [(200, 180, 40), (20, 60, 220), (250, 250, 250), (90, 160, 60)]
@@ -304,9 +305,11 @@ def test_export_command_writes_both_and_refuses_an_incomplete_mosaic(
 
 
 def test_geotransform_text_round_trips() -> None:
+    from affine import Affine
+
     from pipeline.outputs.mosaic import gdal_geotransform
 
-    affine = (0.5, 0.1, 500000.0, -0.2, -0.5, 4500000.0)
+    affine = Affine(0.5, 0.1, 500000.0, -0.2, -0.5, 4500000.0)
     assert parse_geotransform(gdal_geotransform(affine)) == affine
 
 

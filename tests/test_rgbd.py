@@ -28,7 +28,8 @@ from fcn.rgbd import LateFusion, color_d_surgery, fuse_streams
 from fcn.surgery import init_from_vgg16
 from fcnpipe.main import app
 from pipeline.grid import GridSpec, plan_tiles
-from pipeline.tiling.segment import SegmentSettings, check_settings
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import check_settings
 from pipeline.training.adversarial import Adversary
 from pipeline.training.data import open_dataset
 from pipeline.training.recipes import load_recipe
@@ -235,7 +236,13 @@ def test_the_discriminator_sees_every_channel_of_the_image() -> None:
     image, labels = torch.randn(1, 4, 24, 24), torch.randint(0, 5, (1, 24, 24))
     probabilities = torch.rand(1, 5, 24, 24).softmax(1)
     adversary.update(image, probabilities, labels)
-    assert adversary.segmenter_term(image, probabilities, labels).isfinite()
+    term = adversary.segmenter_term(image, probabilities, labels)
+    assert term.isfinite()
+    assert adversary.discriminator.features[0].in_channels == 4 * 5  # each channel times each class map
+    for channel in range(4):  # red, green, blue and depth: each one moves the judgement
+        changed = image.clone()
+        changed[:, channel] += 1.0
+        assert not torch.equal(adversary.segmenter_term(changed, probabilities, labels), term), channel
 
 
 @pytest.mark.slow

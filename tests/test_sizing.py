@@ -15,7 +15,8 @@ from fcn.memory import LARGEST_INDEXABLE, MemoryProbe, added_peak_mib, probe_mem
 from fcnpipe.main import app
 from pipeline.grid import GridSpec, compute_factor, plan_tiles
 from pipeline.outputs.mosaic import read_state
-from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import plan_scene, run_local
 from pipeline.tiling.sizing import memory_budget_mib, size_tiles
 from tests.conftest import noise_image, write_tif
 from tests.test_segment import EXACT, check_exact
@@ -123,12 +124,12 @@ def test_auto_tiles_under_a_small_budget_are_smaller_and_stay_exact(
     assert probe.mib_per_mpx > 0
     # 1100 px wide: a 256 px halo on each side still leaves reads narrower than the scene.
     scene = write_tif(tmp_path / "probe.tif", noise_image(300, 1100))
-    settings = replace(EXACT, tile_size=None)
+    settings = EXACT.model_copy(update=dict(tile_size="auto"))
     roomy = plan_scene(scene, fcn8s_checkpoint, settings, output=tmp_path / "roomy.zarr", dry_run=True)
     assert roomy.grid.core >= 1100  # all the memory it wants: one tile covers the scene
     # A budget that holds a read of about 300 x 704 px but not the whole scene's.
     budget = probe.peak_mib(300 * 704) + 40
-    small = replace(settings, memory_budget=f"{budget:.0f}MiB")
+    small = settings.model_copy(update=dict(memory_budget=f"{budget:.0f}MiB"))
     plan = plan_scene(scene, fcn8s_checkpoint, small, output=tmp_path / "small.zarr", dry_run=True)
     assert plan.grid.core < roomy.grid.core and plan.grid.core % 64 == 0
     assert plan.peak_mib is not None and plan.peak_mib <= budget

@@ -24,8 +24,9 @@ from fcnpipe.main import app
 from pipeline.outputs.finish import finish
 from pipeline.outputs.mosaic import read_state
 from pipeline.raster import inspect_raster
+from pipeline.settings import SegmentSettings
 from pipeline.storage import Location, read_bytes, write_bytes
-from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local, segment_block
+from pipeline.tiling.segment import plan_scene, run_local, segment_block
 from tests.conftest import ROOT, Bucket, fcnpipe, noise_image, write_tif
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -13,7 +13,8 @@ from torch import nn
 from fcn import FcnpipeError, build_model
 from fcn.streaming import StreamingNet
 from pipeline.grid import GridSpec, Window, chunk_rows, chunks_of, plan_strips, strip_compute_factor
-from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local, segment_block
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import plan_scene, run_local, segment_block
 from pipeline.tiling.sizing import size_tiles
 from tests.conftest import noise_image, randomize, write_tif
 from tests.test_sizing import CPU, PROBE, SCENE, factor_of
@@ -35,8 +36,9 @@ def agree(reference: torch.Tensor | np.ndarray, other: torch.Tensor | np.ndarray
 
 @pytest.fixture(scope="module")
 def fcns(random_fcn8s: nn.Module) -> dict[str, nn.Module]:
-    """Random FCN-8s, -16s, -32s and -8s at-once (score layers and upsamplers' neighbours random too)."""
-    others = {arch: randomize(build_model(arch, 5), seed=3) for arch in ("fcn16s", "fcn32s", "fcn8s-atonce")}
+    """Random FCN-8s, -16s, -32s, -8s at-once and the demonstration FCN-8s (score layers random too)."""
+    siblings = ("fcn16s", "fcn32s", "fcn8s-atonce", "fcn8s-demo")
+    others = {arch: randomize(build_model(arch, 5), seed=3) for arch in siblings}
     return {"fcn8s": random_fcn8s, **others}
 
 
@@ -48,6 +50,7 @@ def fcns(random_fcn8s: nn.Module) -> dict[str, nn.Module]:
         ("fcn16s", 75, 200, 64),
         ("fcn32s", 130, 66, 32),
         ("fcn8s-atonce", 64, 97, 64),  # one band: the whole image at once
+        ("fcn8s-demo", 97, 131, 32),  # FCN-8s's geometry at other widths
     ],
 )
 def test_streamed_logits_equal_one_whole_image_pass(

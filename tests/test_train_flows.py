@@ -137,11 +137,11 @@ def test_train_flow_trains_another_family_with_the_new_options_and_relays_warnin
 @pytest.mark.parametrize(
     ("option", "value", "sentence"),
     [
-        ("--max-steps", "0", "invalid training settings: steps: Input should be greater than 0."),
-        ("--val-limit", "0", "val_limit: Input should be greater than or equal to 1."),
+        ("--max-steps", "0", "invalid settings: --max-steps: Input should be greater than or equal to 1."),
+        ("--val-limit", "0", "--val-limit: Input should be greater than or equal to 1."),
         ("--val-split", "nope", "no nope.txt"),
-        ("--class-weights", "inverse", "class_weights: Input should be 'none' or 'median-frequency'"),
-        ("--adversarial", "-1", "adversarial: Input should be greater than or equal to 0"),
+        ("--class-weights", "inverse", "'inverse' is not a valid 'none' or 'median-frequency'"),
+        ("--adversarial", "-1", "--adversarial: Input should be greater than or equal to 0"),
     ],
 )  # fmt: skip
 def test_train_flow_refuses_bad_settings_in_one_sentence(
@@ -231,17 +231,18 @@ def test_the_default_model_leaves_one_model_file_and_its_record(
 ) -> None:
     # The real recipe and network, on a smaller benchmark and for 2 steps.
     import flows.train
+    from pipeline.training import default_model
 
-    monkeypatch.setattr(flows.train, "DEFAULT_SCENES", 4)
-    monkeypatch.setattr(flows.train, "DEFAULT_SIZE", 128)
+    monkeypatch.setattr(default_model, "SCENES", 4)
+    monkeypatch.setattr(default_model, "SIZE", 128)
     path = tmp_path / "models" / "default.pt"
     flows.train.default_model(path, steps=2, device="cpu")
     assert sorted(p.name for p in path.parent.iterdir()) == ["default.json", "default.pt"]
     record = json.loads(path.with_suffix(".json").read_text())
-    assert record["steps"] == 2 and record["recipe"]["name"] == "default"
+    assert record["steps"] == 2 and record["recipe"]["name"] == default_model.RECIPE
     assert 0 <= record["best_mean_iu"] <= 1 and "mean_iu" in record["validation"]
     _, card = load_checkpoint(path)
-    assert card.arch == "fcn8s"
+    assert card.arch == record["arch"] == default_model.ARCH
 
 
 @pytest.mark.slow
@@ -249,9 +250,10 @@ def test_the_default_models_training_files_stay_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import flows.train
+    from pipeline.training import default_model
 
-    monkeypatch.setattr(flows.train, "DEFAULT_SCENES", 4)
-    monkeypatch.setattr(flows.train, "DEFAULT_SIZE", 128)
+    monkeypatch.setattr(default_model, "SCENES", 4)
+    monkeypatch.setattr(default_model, "SIZE", 128)
     path = tmp_path / "default.pt"
     flows.train.default_model(path, steps=1, device="cpu", keep_training_files=True)
     assert (tmp_path / "default-model" / "run-1" / "last.pt").is_file() and path.is_file()

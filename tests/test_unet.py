@@ -14,7 +14,8 @@ from fcn.margin import mirror_pad, reflect_indices, same_size_forward
 from fcn.unet import MARGIN, UNet, valid_size
 from pipeline.grid import Window
 from pipeline.raster import RasterReader, inspect_raster
-from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import plan_scene, run_local
 from tests.conftest import noise_image, randomize, save_model, write_tif
 
 

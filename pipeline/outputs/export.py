@@ -121,7 +121,7 @@ def open_mosaic(path: str | Path | Location, labels: str = "labels") -> Mosaic:
         group,
         names[labels],
         tuple((int(p[0]), int(p[1]), int(p[2])) for p in heads[labels]["palette"]),
-        Affine(*parse_geotransform(str(ref["GeoTransform"]))),
+        parse_geotransform(str(ref["GeoTransform"])),
         str(crs_wkt) if crs_wkt else None,
         labels,
         channels,
@@ -358,8 +358,7 @@ def export_vector(
 
 def write_polygons(mosaic: Mosaic, writer: PolygonWriter, only: int | None, block: int) -> None:
     """Polygonise the mosaic block by block, merging regions cut by block edges after each row."""
-    t = mosaic.transform
-    to_map = [t.a, t.b, t.d, t.e, t.xoff, t.yoff]
+    to_map = mosaic.transform.to_shapely()
     height, width = mosaic.labels.shape
     pending: dict[int, list[shapely.Polygon]] = {}  # pieces that may continue in the next blocks
 

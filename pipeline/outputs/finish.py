@@ -20,8 +20,8 @@ from pipeline.outputs.mosaic import (
 from pipeline.outputs.pyramid import build_pyramid
 from pipeline.outputs.report import class_pixels, markdown_report, pixel_area, preview
 from pipeline.outputs.stac import write_item
+from pipeline.plan import BlockReport, Plan
 from pipeline.storage import Location, write_bytes
-from pipeline.tiling.segment import BlockReport, Plan
 
 
 def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, Any]:
@@ -85,5 +85,5 @@ def layout_warnings(layouts: dict[str, int]) -> list[str]:
 
 def preview_path(plan: Plan) -> Location:
     """``scene.preview.png`` beside ``scene.zarr``."""
-    out = Location(plan.output)
+    out = plan.output
     return out.with_name(f"{out.stem}.preview.png")

@@ -42,17 +42,16 @@ def declared(*lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def geo_attributes(
-    shape: tuple[int, int], transform: tuple[float, ...], crs_wkt: str | None
+    shape: tuple[int, int], grid: Affine, crs_wkt: str | None
 ) -> dict[str, Any]:
     """``spatial:`` (and, with a CRS, ``proj:``) attributes of a grid of ``shape`` pixels."""
-    a, b, c, d, e, f = transform[:6]
     height, width = shape
-    west, south, east, north = array_bounds(height, width, Affine(a, b, c, d, e, f))
+    west, south, east, north = array_bounds(height, width, grid)
     attrs: dict[str, Any] = {
         "spatial:dimensions": ["y", "x"],
         "spatial:shape": [height, width],
         "spatial:transform_type": "affine",
-        "spatial:transform": [a, b, c, d, e, f],
+        "spatial:transform": list(grid)[:6],
         "spatial:bbox": [west, south, east, north],
         "spatial:registration": "pixel",
     }

@@ -10,7 +10,8 @@ import zarr
 from rasterio.crs import CRS
 
 from fcn import FcnpipeError
-from pipeline.outputs.mosaic import OUTPUTS, blocks_done, open_mosaic_group, parse_geotransform, read_state
+from pipeline.outputs.mosaic import blocks_done, open_mosaic_group, parse_geotransform, read_state
+from pipeline.settings import OUTPUTS
 from pipeline.storage import Location
 
 
@@ -24,7 +25,7 @@ def describe_mosaic(path: str | Path | Location) -> dict[str, Any]:
     labels = group["labels"]
     assert isinstance(labels, zarr.Array)
     ref = dict(group["spatial_ref"].attrs)
-    a, b, c, d, e, f = parse_geotransform(str(ref["GeoTransform"]))
+    transform = parse_geotransform(str(ref["GeoTransform"]))
     crs = CRS.from_wkt(ref["crs_wkt"]) if "crs_wkt" in ref else None
     done = blocks_done(group)
     model = state["model"]
@@ -39,8 +40,8 @@ def describe_mosaic(path: str | Path | Location) -> dict[str, Any]:
         "arrays": [name for name in group.array_keys() if name in OUTPUTS or name.startswith("labels")],
         "overviews": overview_shapes(dict(group.attrs)),
         "crs": crs.to_string() if crs else None,
-        "transform": [a, b, c, d, e, f],
-        "resolution": [math.hypot(a, d), math.hypot(b, e)],
+        "transform": list(transform)[:6],
+        "resolution": [math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)],
         "classes": classes.pop("labels"),
         "head_classes": classes,  # a further head's label array's, by its name
         "source": state.get("source"),

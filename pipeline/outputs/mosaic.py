@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from affine import Affine
 from numpy.typing import NDArray
 from zarr.codecs import ZstdCodec
 
@@ -44,7 +45,6 @@ from pipeline.outputs.geozarr import geo_attributes
 from pipeline.raster import RasterInfo
 from pipeline.storage import Location, access, check_writable, delete_tree, exists, is_file, zarr_store
 
-OUTPUTS = ("labels", "probabilities", "logits")
 PROBABILITY_SCALE = 254
 PROBABILITY_NODATA = 255
 MANIFEST = "fcnpipe/blocks_done"
@@ -130,16 +130,14 @@ def hashed_file(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def gdal_geotransform(transform: tuple[float, ...]) -> str:
-    """An affine (a, b, c, d, e, f) as GDAL's GeoTransform string (c a b f d e)."""
-    a, b, c, d, e, f = transform[:6]
-    return " ".join(repr(float(v)) for v in (c, a, b, f, d, e))
+def gdal_geotransform(transform: Affine) -> str:
+    """An affine as GDAL's GeoTransform string (c a b f d e), each number exactly (``repr``)."""
+    return " ".join(repr(v) for v in transform.to_gdal())
 
 
-def parse_geotransform(text: str) -> tuple[float, float, float, float, float, float]:
-    """GDAL's GeoTransform string (c a b f d e) back to an affine (a, b, c, d, e, f)."""
-    c, a, b, f, d, e = (float(v) for v in text.split())
-    return a, b, c, d, e, f
+def parse_geotransform(text: str) -> Affine:
+    """GDAL's GeoTransform string (c a b f d e) back to an affine."""
+    return Affine.from_gdal(*(float(v) for v in text.split()))
 
 
 def open_mosaic_group(location: str | Path | Location, mode: str) -> zarr.Group:
@@ -217,6 +215,7 @@ def create(location: Location, spec: MosaicSpec) -> zarr.Group:
     """Write the empty store: arrays, coordinates, grid mapping, attributes, manifest."""
     scene, card = spec.scene, spec.card
     h, w, c, k = scene.height, scene.width, spec.chunk, card.num_classes
+    transform = Affine(*scene.transform)
     with access(location):
         group = zarr.open_group(store=zarr_store(location, read_only=False), mode="w", zarr_format=3)
     zstd = ZstdCodec(level=3)
@@ -250,7 +249,7 @@ def create(location: Location, spec: MosaicSpec) -> zarr.Group:
             compressors=zstd, dimension_names=("class", "y", "x"),
             attributes={**common, "long_name": "class logit"},
         )  # fmt: skip
-    write_coordinates(group, (h, w), scene.transform, scene.crs_wkt, k)
+    write_coordinates(group, (h, w), transform, scene.crs_wkt, k)
     group.create_array(MANIFEST, shape=(spec.blocks,), chunks=(1,), dtype=str, fill_value="")
     group.attrs.update(
         {
@@ -266,7 +265,7 @@ def create(location: Location, spec: MosaicSpec) -> zarr.Group:
             "class_names": list(arrays["labels"].class_names),
             "palette": [list(p) for p in arrays["labels"].palette],
             **({"heads": heads_attribute(arrays)} if len(arrays) > 1 else {}),
-            **geo_attributes((h, w), scene.transform, scene.crs_wkt),
+            **geo_attributes((h, w), transform, scene.crs_wkt),
         }
     )
     return group
@@ -283,7 +282,7 @@ def heads_attribute(arrays: dict[str, ModelCard]) -> dict[str, Any]:
 def write_coordinates(
     group: zarr.Group,
     shape: tuple[int, int],
-    transform: tuple[float, ...],
+    transform: Affine,
     crs_wkt: str | None,
     num_classes: int,
 ) -> None:
@@ -291,11 +290,11 @@ def write_coordinates(
 
     For the full-resolution arrays and for each overview level (with its own shape and transform).
     """
-    a, b, c, d, e, f = transform[:6]
     cols, rows = np.arange(shape[1]) + 0.5, np.arange(shape[0]) + 0.5
     # For a rotated grid (b, d != 0) these are the coordinates along the first row and column;
     # the exact georeferencing is the GeoTransform on spatial_ref, which rioxarray prefers.
-    coords = {"x": a * cols + b * 0.5 + c, "y": d * 0.5 + e * rows + f}
+    t = transform
+    coords = {"x": t.a * cols + t.b * 0.5 + t.c, "y": t.d * 0.5 + t.e * rows + t.f}
     for name, values in coords.items():
         arr = group.create_array(name, shape=values.shape, dtype="float64", fill_value=0.0,
                                  dimension_names=(name,), attributes={"axis": name.upper()})  # fmt: skip

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from affine import Affine
 from numpy.typing import NDArray
 from zarr.codecs import ZstdCodec
 
@@ -162,20 +163,19 @@ def build_pyramid(group: zarr.Group) -> list[tuple[int, int]]:
     return shapes
 
 
-def scaled(transform: tuple[float, ...], factor: int) -> tuple[float, ...]:
+def scaled(transform: Affine, factor: int) -> Affine:
     """The affine of a level whose pixels are ``factor`` times larger (same origin)."""
-    a, b, c, d, e, f = transform[:6]
-    return (a * factor, b * factor, c, d * factor, e * factor, f)
+    return transform @ Affine.scale(factor)
 
 
 def multiscales_attrs(
-    height: int, width: int, transform: tuple[float, ...], shapes: list[tuple[int, int]]
+    height: int, width: int, transform: Affine, shapes: list[tuple[int, int]]
 ) -> dict[str, Any]:
     """Root attributes describing the pyramid of ``labels`` (zarr-conventions multiscales v0.1.0)."""
 
     def entry(asset: str, level: int, shape: tuple[int, int]) -> dict[str, Any]:
-        a, b, c, d, e, f = scaled(transform, 2**level)
-        return {"asset": asset, "proj:shape": list(shape), "proj:transform": [a, b, c, d, e, f]}
+        level_transform = list(scaled(transform, 2**level))[:6]
+        return {"asset": asset, "proj:shape": list(shape), "proj:transform": level_transform}
 
     identity = {"scale": [1.0, 1.0], "translation": [0.0, 0.0]}
     layout = [{**entry("labels", 0, (height, width)), "transform": identity}]

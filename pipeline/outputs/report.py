@@ -35,8 +35,7 @@ def pixel_area(info: RasterInfo) -> float | None:
     crs = CRS.from_wkt(info.crs_wkt)
     if not crs.is_projected or (crs.linear_units_factor[1] != 1.0):
         return None
-    a, b, _, d, e, _ = info.transform
-    return abs(a * e - b * d)
+    return abs(info.affine.determinant)
 
 
 def preview(
@@ -98,12 +97,12 @@ def markdown_report(info: RasterInfo, card: ModelCard, run: dict[str, Any], coun
     """The run report: scene, size, CRS, resolution, tiles, speed, time and area per class."""
     area = pixel_area(info)
     crs = CRS.from_wkt(info.crs_wkt).to_string() if info.crs_wkt else "none"
-    a, b, _, d, e, _ = info.transform
+    grid = info.affine
     lines = [
         f"# Segmentation of `{Path(info.path).name}`",
         "",
         f"- size: {info.width} x {info.height} px; CRS: {crs}; "
-        f"resolution: {math.hypot(a, d):g} x {math.hypot(b, e):g}",
+        f"resolution: {math.hypot(grid.a, grid.d):g} x {math.hypot(grid.b, grid.e):g}",
         f"- tiles processed: {run['tiles'] - run['tiles_skipped']}, "
         f"skipped (no data): {run['tiles_skipped']}",
         f"- {run['megapixels']:.2f} Mpx in {run['seconds']:.1f} s ({run['mpx_per_s'] or 0:.3f} Mpx/s)",

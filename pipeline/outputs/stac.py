@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import pystac
 import shapely.geometry
-from affine import Affine
 from pystac.extensions.classification import Classification, ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
@@ -43,7 +42,7 @@ from pipeline.raster import RasterInfo, open_raster
 from pipeline.storage import Location, is_file, read_bytes, write_bytes
 
 if TYPE_CHECKING:  # segment.py imports this module to write the Item after a run
-    from pipeline.tiling.segment import Plan
+    from pipeline.plan import Plan
 
 EDGE_POINTS = 21  # points per footprint edge: a projected edge is a curve in EPSG:4326
 MOSAIC, PREVIEW, COG = "mosaic", "preview", "cog"
@@ -62,7 +61,7 @@ def footprint(info: RasterInfo) -> dict[str, Any] | None:
     """
     if info.crs_wkt is None:
         return None
-    grid = Affine(*info.transform[:6])
+    grid = info.affine
     steps = [i / (EDGE_POINTS - 1) for i in range(EDGE_POINTS - 1)]
     w, h = info.width, info.height
     ring = (
@@ -148,23 +147,28 @@ def build_item(
     info: RasterInfo,
     card: ModelCard,
     model_sha256: str,
+    settings: dict[str, Any],
     run: dict[str, Any],
     *,
     created: datetime,
     acquisition: tuple[datetime, str] | None = None,
 ) -> pystac.Item:
-    """The Item of a finished mosaic; ``run`` is the summary ``finish`` returns (settings, preview, count)."""
+    """The Item of a finished mosaic.
+
+    ``settings`` is the run's settings record (``SegmentSettings.record``), ``run`` the summary
+    ``finish`` returns (preview, class counts).
+    """
     geometry = footprint(info)
     bbox = list(shapely.geometry.shape(geometry).bounds) if geometry is not None else None
     when, source = acquisition if acquisition is not None else (created, "run")
     properties = {
         "fcnpipe:datetime_source": source,
         "fcnpipe:model": {"arch": card.arch, "sha256": model_sha256[:12], "classes": card.num_classes},
-        "fcnpipe:settings": {key: run[key] for key in ("tile_size", "halo", "batch_size", "compute_factor")},
+        "fcnpipe:settings": settings,
     }
     item = pystac.Item(mosaic.stem, geometry, bbox, when, properties)
     item.common_metadata.created = created
-    grid = geo_attributes((info.height, info.width), info.transform, info.crs_wkt)
+    grid = geo_attributes((info.height, info.width), info.affine, info.crs_wkt)
     code = grid.get("proj:code")
     ProjectionExtension.ext(item, add_if_missing=True).apply(
         code=code, wkt2=None if code else grid.get("proj:wkt2"), shape=grid["spatial:shape"],
@@ -192,10 +196,10 @@ def save(item: pystac.Item, where: Location) -> None:
 
 def write_item(plan: Plan, run: dict[str, Any]) -> Location:
     """Describe a finished run's mosaic beside it (a COG exported later: ``attach_cog``); its location."""
-    mosaic = Location(plan.output)
+    mosaic = plan.output
     card = label_arrays(plan.card)["labels"]  # the first head's classes, with several
     item = build_item(
-        mosaic, plan.input, card, plan.weights_sha256, run, created=datetime.now(UTC),
+        mosaic, plan.input, card, plan.weights_sha256, plan.settings.record(), run, created=datetime.now(UTC),
         acquisition=acquired(plan.input),
     )  # fmt: skip
     where = item_location(mosaic)

@@ -22,6 +22,8 @@ from torch import nn
 
 from fcn import FcnpipeError, Normalization
 from fcn.checkpoint import Head, head_layout
+from fcn.inputs import autocast, network_input
+from pipeline import stopping
 from pipeline.grid import Tile
 from pipeline.outputs.mosaic import (
     PROBABILITY_NODATA,
@@ -31,6 +33,7 @@ from pipeline.outputs.mosaic import (
     label_nodata,
 )
 from pipeline.raster import RasterReader
+from pipeline.settings import SegmentSettings
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -90,19 +93,6 @@ def geometry(tile: Tile) -> tuple[int, ...]:
     return (*tile.read.shape, rows.start, rows.stop, cols.start, cols.stop)
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    """How to run the model."""
-
-    device: str = "auto"
-    batch_size: int = 4
-    precision: str = "bf16"  # bf16 autocast on CUDA; CPU and MPS always run fp32
-    prefetch: int = 4  # tiles read ahead
-    outputs: tuple[str, ...] = ("labels",)
-    logits_dtype: str = "float16"  # float32 keeps logits exactly as computed
-    probabilities_dtype: str = "uint8"  # quantised to 0..254 (255 = nodata), or float16 (NaN)
-
-
 @dataclass
 class CoreResult:
     """The outputs for one tile's core (``None`` where not requested); ``skipped`` if all nodata.
@@ -136,7 +126,7 @@ class Engine:
         model: nn.Module,
         normalization: Normalization,
         num_classes: int,
-        settings: EngineSettings,
+        settings: SegmentSettings,
         heads: tuple[Head, ...] = (),
     ) -> None:
         self.settings = settings
@@ -161,10 +151,8 @@ class Engine:
 
         ``crop`` keeps only a window of the output, before it is widened to float32.
         """
-        x = self.normalization.apply(rgb)
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        x = network_input(rgb, self.normalization, self.device)
+        with autocast(self.device, self.settings.precision):
             out: torch.Tensor = self.model(x)
         if crop is not None:
             out = out[:, :, crop[0], crop[1]]
@@ -186,6 +174,7 @@ class Engine:
         loaded = prefetch(lambda t: self.load(reader, t), ordered, self.settings.prefetch)
         batch: list[Loaded] = []
         for item in loaded:
+            stopping.check("segmenting")
             if item.pixels is None:
                 yield self.empty(item)
                 continue
@@ -193,7 +182,7 @@ class Engine:
                 yield from self.infer(batch)
                 batch = []
             batch.append(item)
-            if len(batch) == self.settings.batch_size:
+            if len(batch) == self.settings.batch:
                 yield from self.infer(batch)
                 batch = []
         if batch:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,17 +24,8 @@ from fcn.checkpoint import inference_forward, read_checkpoint
 from fcn.margin import aligned_halo
 from fcn.memory import MemoryProbe, probe_memory
 from fcn.streaming import STREAMING_ARCHITECTURES, supports_streaming
-from pipeline.grid import (
-    Block,
-    GridSpec,
-    compute_factor,
-    plan_blocks,
-    plan_strips,
-    strip_compute_factor,
-    tile_count,
-)
+from pipeline.grid import GridSpec
 from pipeline.outputs.mosaic import (
-    OUTPUTS,
     MosaicSpec,
     blocks_done,
     file_sha256,
@@ -44,119 +35,21 @@ from pipeline.outputs.mosaic import (
     read_state,
     write_core,
 )
+from pipeline.plan import BlockReport, Plan, plan_units
 from pipeline.raster import RasterInfo, RasterReader, inspect_raster
+from pipeline.settings import SegmentSettings
 from pipeline.storage import Location, check_writable
-from pipeline.tiling.engine import Engine, EngineSettings, pick_device
+from pipeline.tiling.engine import Engine, pick_device
 from pipeline.tiling.sizing import Sizing, memory_budget_mib, size_tiles
 from pipeline.tiling.strips import stream_strip
 
 log = logging.getLogger(__name__)
 
-# tiles: cores read with the halo on every side; stream: column strips streamed top to bottom
-# (``fcn.streaming``), the halo paid across only
-Strategy = Literal["tiles", "stream"]
-
-
-def plan_units(grid: GridSpec, strategy: Strategy) -> list[Block]:
-    """The units of work (and of resume): blocks of tiles, or strips to stream."""
-    return plan_strips(grid) if strategy == "stream" else plan_blocks(grid)
-
-
-@dataclass(frozen=True)
-class SegmentSettings:
-    """Tiling and inference settings of a segmentation run (validated by :func:`plan_scene`)."""
-
-    tile_size: int | None = None  # output core per tile, a multiple of the chunk and stride; None: auto
-    strategy: Strategy = "tiles"  # with "stream", tile_size is the strips' width
-    halo: int | None = None  # default: the checkpoint's, which covers the receptive field
-    chunk: int = 512
-    block: int = 4  # cores per side of one unit of work
-    batch_size: int | None = None  # None: auto (1 on CPU)
-    device: str = "auto"
-    precision: str = "bf16"
-    prefetch: int = 4
-    outputs: tuple[str, ...] = ("labels",)
-    logits_dtype: str = "float16"
-    probabilities_dtype: str = "uint8"  # quantised, p = value / 254; or float16
-    bands: tuple[int, ...] | None = None
-    value_range: tuple[float, float] | None = None
-    memory_budget: str | None = None  # for auto sizing: "60%" or "8GB"; default a share of what is free
-
-    def engine(self) -> EngineSettings:
-        """The part of the settings the engine needs (once the batch is chosen)."""
-        assert self.batch_size is not None, "plan_scene chooses the batch"
-        return EngineSettings(
-            self.device,
-            self.batch_size,
-            self.precision,
-            self.prefetch,
-            self.outputs,
-            self.logits_dtype,
-            self.probabilities_dtype,
-        )
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything a block needs, small and picklable."""
-
-    input: RasterInfo
-    output: str
-    weights: str
-    weights_sha256: str
-    card: ModelCard
-    grid: GridSpec
-    settings: SegmentSettings
-    todo: tuple[int, ...]
-    warnings: tuple[str, ...] = field(default=())
-    peak_mib: float | None = None  # predicted peak memory of one batch
-    budget_mib: float | None = None
-
-    @property
-    def streamed(self) -> bool:
-        """Whether the blocks are column strips streamed through the network."""
-        return self.settings.strategy == "stream"
-
-    @property
-    def compute_factor(self) -> float:
-        """Network pixels fed over scene pixels (``compute_factor`` or ``strip_compute_factor``)."""
-        return strip_compute_factor(self.grid) if self.streamed else compute_factor(self.grid)
-
-    def summary(self) -> dict[str, Any]:
-        """The plan's figures, for the dry run's output and the run's report."""
-        return {
-            "strategy": self.settings.strategy,
-            "tiles": len(self.blocks) if self.streamed else tile_count(self.grid),  # a strip is one
-            "blocks": len(self.blocks),
-            "blocks_to_do": len(self.todo),
-            "tile_size": self.grid.core,
-            "halo": self.grid.halo,
-            "batch_size": self.settings.batch_size,
-            "compute_factor": round(self.compute_factor, 4),
-            "peak_memory_gib": None if self.peak_mib is None else round(self.peak_mib / 1024, 2),
-            "memory_budget_gib": None if self.budget_mib is None else round(self.budget_mib / 1024, 2),
-        }
-
-    @property
-    def blocks(self) -> list[Block]:
-        """All blocks of the grid, or its strips (recomputed: cheap, and keeps the plan small)."""
-        return plan_units(self.grid, self.settings.strategy)
-
-
-@dataclass(frozen=True)
-class BlockReport:
-    """What one block did."""
-
-    index: int
-    tiles: int
-    skipped: int
-    pixels: int
-    seconds: float
-    layout: str = ""
-
-
 def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentSettings, list[str]]:
-    """Validate the settings against the model; fill in the halo; return warnings worth printing."""
+    """Check the settings against the model (their values are valid already); fill in the halo.
+
+    Returns the warnings worth printing.
+    """
     notes = []
     stride = card.total_stride
     if card.normalization.channels != 3:
@@ -164,24 +57,18 @@ def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentS
             f"the {card.arch} model reads {card.normalization.channels} input channels (colour and more); "
             "segmenting reads colour rasters, so it takes models of colour alone."
         )
-    unknown = set(settings.outputs) - set(OUTPUTS)
-    if unknown or not settings.outputs:
-        raise FcnpipeError(f"--outputs takes a comma-separated list of {', '.join(OUTPUTS)}.")
-    outputs = tuple(o for o in OUTPUTS if o in settings.outputs or o == "labels")
-    if settings.strategy not in get_args(Strategy):
-        raise FcnpipeError(f"--strategy is tiles or stream, not {settings.strategy!r}.")
     if settings.strategy == "stream" and not supports_streaming(card.arch):
         raise FcnpipeError(
             f"--strategy stream runs the FCN family only ({', '.join(STREAMING_ARCHITECTURES)}), "
             f"not {card.arch}: segment it with --strategy tiles."
         )
     tile = settings.tile_size
-    if tile is not None and (tile < stride or tile % stride):
+    if tile != "auto" and (tile < stride or tile % stride):
         raise FcnpipeError(f"--tile-size must be auto or a positive multiple of {stride}, not {tile}.")
-    chunk = settings.chunk if tile is None else min(settings.chunk, tile)
+    chunk = settings.chunk if tile == "auto" else min(settings.chunk, tile)
     if chunk % stride:
         raise FcnpipeError(f"the chunk ({chunk}) must be a multiple of the model's alignment ({stride}).")
-    if tile is not None and tile % chunk:
+    if tile != "auto" and tile % chunk:
         raise FcnpipeError(f"--tile-size ({tile}) must be a multiple of the chunk ({chunk}).")
     halo = card.halo if settings.halo is None else aligned_halo(settings.halo, stride, card.margin)
     if halo < card.receptive_field.radius:
@@ -189,21 +76,7 @@ def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentS
             f"halo {halo} px is below the receptive field ({card.receptive_field.radius} px): "
             "tile borders may show seams."
         )
-    if (
-        (settings.batch_size is not None and settings.batch_size < 1)
-        or settings.prefetch < 1
-        or (settings.block < 1)
-    ):
-        raise FcnpipeError("--batch-size, prefetch and block must be at least 1.")
-    if settings.logits_dtype not in ("float16", "float32"):
-        raise FcnpipeError(f"logits are stored as float16 or float32, not {settings.logits_dtype!r}.")
-    if settings.probabilities_dtype not in ("uint8", "float16"):
-        raise FcnpipeError(
-            f"probabilities are stored as uint8 or float16, not {settings.probabilities_dtype!r}."
-        )
-    if settings.precision not in ("bf16", "fp32"):
-        raise FcnpipeError(f"precision must be bf16 or fp32, not {settings.precision!r}.")
-    return replace(settings, halo=halo, chunk=chunk, outputs=outputs), notes
+    return settings.model_copy(update={"halo": halo, "chunk": chunk}), notes
 
 
 def default_output(input_path: Location) -> Location:
@@ -241,15 +114,15 @@ def plan_scene(
     check_strategy(out, state, settings.strategy)
     settings, sizing = choose_sizing(settings, card, info, weights, sha, workers, state, dry_run)
     notes.extend(sizing.notes)
-    assert settings.halo is not None and settings.tile_size is not None
+    assert settings.halo is not None
     grid = GridSpec(
-        info.height, info.width, core=settings.tile_size, halo=settings.halo,
+        info.height, info.width, core=settings.tile, halo=settings.halo,
         chunk=settings.chunk, stride=card.total_stride, block=settings.block, margin=card.margin,
     )  # fmt: skip
     blocks = plan_units(grid, settings.strategy)
     spec = MosaicSpec(
         info, card, sha, settings.outputs, settings.logits_dtype, settings.chunk,
-        settings_record(settings), len(blocks), settings.probabilities_dtype,
+        settings.record(), len(blocks), settings.probabilities_dtype,
     )  # fmt: skip
     if not dry_run:
         done = blocks_done(prepare(out, spec, overwrite=overwrite))
@@ -258,7 +131,7 @@ def plan_scene(
     else:
         done = np.zeros(len(blocks), dtype=bool)
     todo = tuple(b.index for b in blocks if not done[b.index])
-    return Plan(info, str(out), str(weights), sha, card, grid, settings, todo, tuple(notes),
+    return Plan(info, out, str(weights), sha, card, grid, settings, todo, tuple(notes),
                 sizing.peak_mib, sizing.budget_mib)  # fmt: skip
 
 
@@ -289,12 +162,13 @@ def choose_sizing(
     measured here on the device (not in a dry run, which runs no network).
     """
     recorded = (state or {}).get("settings", {})
-    if settings.tile_size is None and recorded.get("tile_size"):
-        settings = replace(settings, tile_size=int(recorded["tile_size"]), block=int(recorded["block"]))
+    if settings.tile_size == "auto" and recorded.get("tile_size"):
+        update = {"tile_size": int(recorded["tile_size"]), "block": int(recorded["block"])}
+        settings = settings.model_copy(update=update)
     device = pick_device(settings.device)
     probe = card.memory.get(device.type)
     # a CPU runs one tile at a time: a given tile needs no probe there
-    needs_probe = settings.tile_size is None or (settings.batch_size is None and device.type == "cuda")
+    needs_probe = settings.tile_size == "auto" or (settings.batch_size == "auto" and device.type == "cuda")
     if probe is None and needs_probe and not dry_run:
         probe = measured_probe(weights, sha, str(device))
     assert settings.halo is not None
@@ -302,12 +176,15 @@ def choose_sizing(
         info.height, info.width, halo=settings.halo, margin=card.margin, chunk=settings.chunk,
         stride=card.total_stride, block=settings.block, probe=probe,
         budget_mib=memory_budget_mib(settings.memory_budget, device, workers), device=device,
-        tile_size=settings.tile_size, batch_size=settings.batch_size, workers=workers,
+        tile_size=None if settings.tile_size == "auto" else settings.tile_size,
+        batch_size=None if settings.batch_size == "auto" else settings.batch_size, workers=workers,
         classes=card.num_classes, outputs=settings.outputs, prefetch=settings.prefetch,
         stream=settings.strategy == "stream",
     )  # fmt: skip
     block = int(recorded["block"]) if recorded.get("block") else sizing.block
-    chosen = replace(settings, tile_size=sizing.tile_size, batch_size=sizing.batch_size, block=block)
+    chosen = settings.model_copy(
+        update={"tile_size": sizing.tile_size, "batch_size": sizing.batch_size, "block": block}
+    )
     return chosen, sizing
 
 
@@ -319,39 +196,27 @@ def measured_probe(weights: str | Path, sha256: str, device: str) -> MemoryProbe
     return probe_memory(model.to(target), inference_forward(model, card.normalization), target)
 
 
-def settings_record(settings: SegmentSettings) -> dict[str, Any]:
-    """The settings that change the bytes written (not device or batch size, which do not)."""
-    data = asdict(settings)
-    for key in (
-        "memory_budget",
-        "device",
-        "batch_size",
-        "prefetch",
-        "bands",
-        "value_range",
-        "outputs",
-        "chunk",
-        "logits_dtype",
-        "probabilities_dtype",
-    ):
-        data.pop(key)
-    if data["strategy"] == "tiles":  # as before strategies existed: mosaics begun then still resume
-        data.pop("strategy")
-    return data
-
-
 @functools.lru_cache(maxsize=2)
-def cached_engine(weights: str, sha256: str, settings: EngineSettings) -> Engine:
-    """Load a model once per process (per weights file and settings) and keep it."""
-    model, card = load_checkpoint(Path(weights))
+def cached_model(weights: str, sha256: str) -> tuple[torch.nn.Module, ModelCard]:
+    """Load a model once per process (per weights file) and keep it."""
+    return load_checkpoint(Path(weights))
+
+
+def cached_engine(weights: str, sha256: str, settings: SegmentSettings) -> Engine:
+    """An engine on the process's copy of the model (cheap: the model is loaded once)."""
+    model, card = cached_model(weights, sha256)
     return Engine(model, card.normalization, card.num_classes, settings, card.heads)
 
 
-def segment_block(plan: Plan, index: int) -> BlockReport:
-    """Segment one block's tiles (or stream one strip), write its chunks, then record it in the manifest."""
+def segment_block(plan: Plan, index: int, on_tile: Callable[[int], None] | None = None) -> BlockReport:
+    """Segment one block's tiles (or stream one strip), write its chunks, then record it in the manifest.
+
+    ``on_tile`` hears of each tile written, with the pixels it segmented (a progress display in the
+    same process; a strip is one unit, reported by the block's report).
+    """
     start = time.perf_counter()
     block = plan.blocks[index]
-    engine = cached_engine(plan.weights, plan.weights_sha256, plan.settings.engine())
+    engine = cached_engine(plan.weights, plan.weights_sha256, plan.settings)
     group = open_mosaic_group(plan.output, "r+")
     reader = RasterReader(plan.input)
     skipped = pixels = 0
@@ -364,7 +229,10 @@ def segment_block(plan: Plan, index: int) -> BlockReport:
             write_core(group, result.tile.core, result.labels, result.probabilities, result.logits,
                        result.head_labels)  # fmt: skip
             skipped += result.skipped
-            pixels += 0 if result.skipped else result.tile.core.height * result.tile.core.width
+            segmented = 0 if result.skipped else result.tile.core.height * result.tile.core.width
+            pixels += segmented
+            if on_tile is not None and not plan.streamed:
+                on_tile(segmented)
     finally:
         reader.close()
     mark_block_done(group, index, engine.layout)

@@ -29,7 +29,6 @@ split between the local workers; on CUDA of the device's free memory, per GPU.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import psutil
@@ -38,14 +37,13 @@ import torch
 from fcn import FcnpipeError
 from fcn.memory import LARGEST_INDEXABLE, MemoryProbe
 from pipeline.grid import GridSpec, compute_factor, largest_read, strip_compute_factor, tile_count
+from pipeline.settings import parse_budget
 from pipeline.tiling.strips import STREAM_BAND
 
 CPU_SHARE = 0.5  # of the RAM available now: the rest is the page cache, Zarr's buffers, other work
 CUDA_SHARE = 0.8  # of the device's free memory
 MAX_BATCH = 8
 FALLBACK_TILE = 1024  # when the model's memory cannot be probed
-UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12,
-         "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
 MIB = 2**20
 # Full-resolution rows a stream holds at its peak: a band, conv1_1's 100 zero rows at the first
 # one, the line buffers and the concatenations that copy them (BENCHMARKS.md, streaming).
@@ -80,21 +78,13 @@ def memory_budget_mib(text: str | None, device: torch.device, workers: int = 1) 
     share = 1 if device.type == "cuda" else max(workers, 1)
     if text is None:
         return available_mib(device) * (CUDA_SHARE if device.type == "cuda" else CPU_SHARE) / share
-    if text.strip().endswith("%"):
-        try:
-            fraction = float(text.strip()[:-1]) / 100
-        except ValueError:
-            fraction = 0.0
-        if not 0 < fraction <= 1:
-            raise FcnpipeError(f"--memory-budget {text!r} is not a share between 1% and 100%.")
-        return available_mib(device) * fraction / share
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in UNITS or unit in ("", "b"):
-        raise FcnpipeError(
-            f"--memory-budget {text!r} is not an amount of memory; give e.g. 8GB, 512MiB or 60%."
-        )
-    return float(match.group(1)) * UNITS[unit] / MIB / share
+    try:
+        kind, value = parse_budget(text)
+    except ValueError as exc:
+        raise FcnpipeError(f"--memory-budget {exc}.") from None
+    if kind == "share":
+        return available_mib(device) * value / share
+    return value / MIB / share
 
 
 def beside_network_mib(read_px: int, core_px: int, batch: int, prefetch: int, classes: int,

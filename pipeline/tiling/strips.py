@@ -15,7 +15,9 @@ from collections.abc import Iterator
 
 import torch
 
+from fcn.inputs import autocast, network_input
 from fcn.streaming import StreamingNet
+from pipeline import stopping
 from pipeline.grid import Tile, Window, chunk_rows
 from pipeline.raster import RasterReader
 from pipeline.tiling.engine import CoreResult, Engine, Loaded, prefetch
@@ -40,9 +42,9 @@ def stream_strip(
     todo = chunk_rows(strip, chunk)
     pending: list[torch.Tensor] = []
     for number, pixels in enumerate(bands):
-        rgb = torch.from_numpy(pixels)[None].to(engine.device)
-        x = engine.normalization.apply(rgb)
-        with torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=engine.autocast):
+        stopping.check("segmenting")
+        x = network_input(torch.from_numpy(pixels)[None], engine.normalization, engine.device)
+        with autocast(engine.device, engine.settings.precision):
             out = net.push(x, final=number == len(windows) - 1)
         pending.append(out[:, :, :, columns].float())
         while todo and sum(p.shape[2] for p in pending) >= todo[0].core.height:

@@ -23,7 +23,8 @@ from fcn.checkpoint import Head, head_layout
 from fcn.inputs import autocast, network_input
 from fcn.margin import same_size_forward
 from fcn.normalization import Normalization
-from pipeline.tiling.segment import SegmentSettings, plan_scene, run_local
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import plan_scene, run_local
 from pipeline.training.data import ConfusionMatrix, SegmentationDataset
 from pipeline.training.data.ortho import GeoTiffDataset
 

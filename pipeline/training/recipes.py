@@ -25,7 +25,7 @@ from fcn.normalization import Normalization
 from pipeline.settings import describe_errors, read_mapping
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-BUILTIN_RECIPES = ("heavy", "modern", "default")
+BUILTIN_RECIPES = ("heavy", "modern", "default", "demo")
 
 T = TypeVar("T")
 
@@ -122,7 +122,7 @@ def validated(data: dict[str, Any], source: str) -> Recipe:
 
 
 def recipe_path(path_or_name: str | Path) -> Path:
-    """``heavy`` and ``modern`` name the shipped configs/train-<name>.yaml; anything else is a path."""
+    """A built-in name (``heavy``, ``modern``, …) is configs/train-<name>.yaml; anything else a path."""
     if str(path_or_name) in BUILTIN_RECIPES:
         return CONFIGS / f"train-{path_or_name}.yaml"
     return Path(path_or_name).expanduser()

@@ -37,6 +37,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 """What an option given neither on the command line nor by a preset means."""
 
+PRESET_OPTIONS = (
+    "dataset", "arch", "init", "recipe", "train_split", "val_dataset", "val_split", "eval_every", "max_steps",
+)  # fmt: skip
+"""The options a preset sets (``Preset.options``): given ones win over the preset's."""
+
 
 def chosen_options(preset: str | None, data: Path | None, given: dict[str, Any]) -> dict[str, Any]:
     """The options a run uses: those given, then the preset's, then :data:`TRAIN_DEFAULTS`."""

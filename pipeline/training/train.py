@@ -52,6 +52,7 @@ from fcn.inputs import autocast, network_input
 from fcn.margin import same_size_forward
 from fcn.registry import architecture
 from fcn.rgbd import LateFusion, fuse_streams
+from pipeline import stopping
 from pipeline.training.adversarial import Adversary
 from pipeline.training.balance import class_weights
 from pipeline.training.data import SegmentationDataset, open_dataset
@@ -698,25 +699,39 @@ def train_stage(
         start_or_resume(run_dir, state, card, recipe, args, resume)
         fill = card.normalization.zero_input()
         stream = batches(splits[0], recipe, seed=args.seed, fill=fill, start=state.step)
-        while state.step < stop:
-            started = time.perf_counter()
-            loss = train_steps(
-                model, optimizer, state.scheduler, stream, 1, device=device,
-                normalization=card.normalization, ignore_index=train_set.ignore_index, recipe=recipe,
-                heads=card.heads, class_weight=class_weight, adversary=state.adversary,
-            )  # fmt: skip
-            state.step += 1
-            state.losses.append(loss)
-            state.seconds += time.perf_counter() - started
-            due = state.step % args.eval_every == 0 or state.step == args.steps
-            if due:
-                validate(run_dir, state, card, recipe, args, splits, device)
-            if due or state.step == stop:
-                save_last(run_dir, state, card, recipe, args, len(splits[0]))
-            if on_step is not None:
-                best = state.best_mean_iu if state.scores else None
-                on_step(StepReport(state.step, args.steps, loss, best, state.seconds))
+        try:
+            while state.step < stop:
+                started = time.perf_counter()
+                loss = train_steps(
+                    model, optimizer, state.scheduler, stream, 1, device=device,
+                    normalization=card.normalization, ignore_index=train_set.ignore_index, recipe=recipe,
+                    heads=card.heads, class_weight=class_weight, adversary=state.adversary,
+                )  # fmt: skip
+                state.step += 1
+                state.losses.append(loss)
+                state.seconds += time.perf_counter() - started
+                due = state.step % args.eval_every == 0 or state.step == args.steps
+                if due:
+                    validate(run_dir, state, card, recipe, args, splits, device)
+                if due or state.step == stop:
+                    save_last(run_dir, state, card, recipe, args, len(splits[0]))
+                if on_step is not None:
+                    best = state.best_mean_iu if state.scores else None
+                    on_step(StepReport(state.step, args.steps, loss, best, state.seconds))
+        except Exception:
+            raise
+        except BaseException as exc:  # a signal (KeyboardInterrupt, or Prefect's for SIGTERM)
+            raise stopping.Stopped(resume_hint(run_dir, card.arch)) from exc
     return StageResult(run_dir, state.step, state.best_mean_iu, state.scores)
+
+
+def resume_hint(run_dir: Path, arch: str) -> str:
+    """What to do after a stage was stopped: resume from its last.pt, which continues it exactly."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return f"training of {arch} stopped before its first checkpoint; the same command starts it again."
+    step = torch.load(last, map_location="cpu", weights_only=True).get("step", "?")
+    return f"training of {arch} stopped; --resume {last} continues it exactly from step {step}."
 
 
 def check_heads(dataset: SegmentationDataset, recipe: Recipe) -> None:
