@@ -17,8 +17,9 @@ The logits come out in order, row for row those of one pass over the whole input
 summation order of the floating-point kernels), with memory set by the width and the band, never by
 the height. Tensors only: the caller reads, normalises and writes.
 
-The FCN family (``fcn.fcn``: FCN-32s, -16s, -8s and -8s at-once) streams; other architectures
-(batch norm over a band, unpooling by indices, dense blocks) are not built from these operators.
+The FCN family (``fcn.fcn``: FCN-32s, -16s, -8s, -8s at-once and the narrow demonstration FCN-8s, whose
+layers the operators read at any width) streams; other architectures (batch norm over a band,
+unpooling by indices, dense blocks) are not built from these operators.
 """
 
 from __future__ import annotations

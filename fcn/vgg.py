@@ -11,15 +11,26 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-# Output channels of each 3x3 convolution; "M" is a 2x2 max pool. Indices in the resulting
-# nn.Sequential match torchvision's ``features`` (convs at 0, 2, 5, ...; pools at 4, 9, 16, 23, 30).
-VGG16_LAYOUT: tuple[int | str, ...] = (
-    64, 64, "M",
-    128, 128, "M",
-    256, 256, 256, "M",
-    512, 512, 512, "M",
-    512, 512, 512, "M",
-)  # fmt: skip
+# Output channels of the convolutions of each of the five blocks, and how many convolutions each has.
+VGG16_WIDTHS = (64, 128, 256, 512, 512)
+BLOCK_CONVS = (2, 2, 3, 3, 3)
+
+
+def vgg16_layout(widths: tuple[int, ...] = VGG16_WIDTHS) -> tuple[int | str, ...]:
+    """Output channels of each 3x3 convolution, block by block ``widths[k]`` wide; "M" is a 2x2 max pool.
+
+    Indices in the resulting nn.Sequential match torchvision's ``features`` whatever the widths
+    (convs at 0, 2, 5, ...; pools at 4, 9, 16, 23, 30).
+    """
+    if len(widths) != len(BLOCK_CONVS):
+        raise ValueError(f"VGG16 has {len(BLOCK_CONVS)} blocks, not {len(widths)} widths: {widths}")
+    layout: list[int | str] = []
+    for width, convs in zip(widths, BLOCK_CONVS, strict=True):
+        layout += [width] * convs + ["M"]
+    return tuple(layout)
+
+
+VGG16_LAYOUT = vgg16_layout()
 
 # Positions of pool3, pool4 and pool5 in ``features``.
 POOL3, POOL4, POOL5 = 16, 23, 30
@@ -33,14 +44,17 @@ class Taps(NamedTuple):
     pool5: torch.Tensor
 
 
-def make_features(first_padding: int = 100, in_channels: int = 3) -> nn.Sequential:
+def make_features(
+    first_padding: int = 100, in_channels: int = 3, widths: tuple[int, ...] = VGG16_WIDTHS
+) -> nn.Sequential:
     """Build the 13 convolutions and 5 ceil-mode max pools of VGG16.
 
     ``first_padding`` is 100 for FCNs (the reference's conv1_1 padding, which lets any input size
-    reach fc6) and 1 for the plain ImageNet classifier; ``in_channels`` is 4 for colour and depth.
+    reach fc6) and 1 for the plain ImageNet classifier; ``in_channels`` is 4 for colour and depth;
+    ``widths`` narrows the blocks (the geometry, and so the receptive field, stays VGG16's).
     """
     layers: list[nn.Module] = []
-    for item in VGG16_LAYOUT:
+    for item in vgg16_layout(widths):
         if item == "M":
             # Caffe rounds pooled sizes up; floor rounding breaks the FCN crops for many sizes.
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
