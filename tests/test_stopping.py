@@ -37,7 +37,7 @@ def test_check_raises_only_once_a_stop_was_asked_for() -> None:
 def test_a_signal_stops_a_run_within_5_s_and_the_same_command_resumes_to_identical_bytes(
     tmp_path: Path, fcn8s_checkpoint: Path, number: signal.Signals
 ) -> None:
-    scene = write_tif(tmp_path / "scene.tif", noise_image(256, 320, seed=4))
+    scene = write_tif(tmp_path / "scene.tif", noise_image(128, 320, seed=4))  # 10 blocks of one tile
     settings = SegmentSettings(tile_size=64, halo=32, block=1)
     run_local(plan_scene(scene, fcn8s_checkpoint, settings, output=tmp_path / "reference.zarr"))
 
