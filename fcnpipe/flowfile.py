@@ -60,7 +60,6 @@ class FlowFile:
     """What a flow file offers, read from its source."""
 
     path: Path
-    module: str  # the name it is imported under
     function: str
     text: str  # the docstring before ``Args:``
     options: tuple[Option, ...]
@@ -150,13 +149,12 @@ def read_flow(path: Path) -> FlowFile:
             continue
         help_text = described.get(argument.arg, "")
         options.append(Option(argument.arg, annotation, default, default_node is None, help_text))
-    module, _ = module_name(path)
-    flow = FlowFile(path, module, function.name, text, tuple(options), tuple(models))
+    flow = FlowFile(path, function.name, text, tuple(options), tuple(models))
     if flow.configurable is not None:
         config = Option(CONFIG, Path | None, None, False,
                         f"A YAML file of {flow.configurable.SECTION} settings (configs/"
                         f"{flow.configurable.SECTION}.yaml); options given here win.")  # fmt: skip
-        flow = FlowFile(path, module, function.name, text, (*options, config), tuple(models))
+        flow = FlowFile(path, function.name, text, (*options, config), tuple(models))
     return flow
 
 
