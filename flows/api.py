@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.home import home
+
 QUIET_ENV = {
     "PREFECT_LOGGING_LEVEL": "CRITICAL",  # the CLI prints its own progress, summary and errors
     "DO_NOT_TRACK": "1",  # client analytics
@@ -79,12 +81,6 @@ LAUNCHED: dict[str, Launched] = {}
 
 IDLE_SECONDS = 3600.0
 """A kept server stops after this long with no request and no open connection."""
-
-
-def home() -> Path:
-    """Where fcnpipe keeps its state: ``$FCNPIPE_HOME`` or ``~/.cache/fcnpipe``."""
-    value = os.environ.get("FCNPIPE_HOME")
-    return Path(value) if value else Path.home() / ".cache" / "fcnpipe"
 
 
 def state_file() -> Path:

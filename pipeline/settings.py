@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from fcn.errors import FcnpipeError
+from pipeline.home import home
 
 Auto = Literal["auto"]
 """A value fcnpipe chooses: the tile and batch from the memory budget."""
@@ -120,9 +121,7 @@ DEFAULT_MODEL_NAME = "fcn8s-demo-synthetic-ortho.pt"
 
 def default_model_path() -> Path:
     """Where the default model lives: ``$FCNPIPE_HOME/models`` or ``~/.cache/fcnpipe/models``."""
-    home = os.environ.get("FCNPIPE_HOME")
-    base = Path(home) if home else Path.home() / ".cache" / "fcnpipe"
-    return base / "models" / DEFAULT_MODEL_NAME
+    return home() / "models" / DEFAULT_MODEL_NAME
 
 
 def split_list(value: Any) -> Any:
