@@ -230,12 +230,16 @@ def save_checkpoint(
             os.unlink(tmp)
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint's raw contents safely (``weights_only=True``), with clear errors."""
+def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
+    """Read a checkpoint's raw contents safely (``weights_only=True``), with clear errors.
+
+    ``lazy`` maps the file instead of reading it: its tensors are read only where used, so the
+    card of a half-gigabyte checkpoint costs milliseconds.
+    """
     if not path.is_file():
         raise FcnpipeError(f"checkpoint {path} does not exist.")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc):
             raise FcnpipeError(f"{path} is not a readable checkpoint (corrupt or truncated).") from exc

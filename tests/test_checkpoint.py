@@ -180,3 +180,31 @@ def test_a_file_is_hashed_again_when_it_changes(tmp_path: Path) -> None:
     path.write_bytes(b"second!")
     os.utime(path, ns=(1, 1))  # even with an old timestamp, the size changed
     assert file_sha256(path) == hashlib.sha256(b"second!").hexdigest()
+
+
+def test_a_digest_is_kept_between_runs_until_the_file_is_written_again(tmp_path: Path) -> None:
+    """The digest is read from fcnpipe's home while the file is unchanged; any write, even one that
+    keeps the size and sets the modification time back, makes it hashed again (its change time moved)."""
+    import hashlib
+    import json
+    import os
+    import time
+
+    from pipeline.home import home
+    from pipeline.outputs.mosaic import file_sha256, hashed_file
+
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"first")
+    assert file_sha256(path) == hashlib.sha256(b"first").hexdigest()
+    kept_file = home() / "sha256.json"
+    kept = json.loads(kept_file.read_text())
+    kept[str(path.resolve())]["sha256"] = "kept"  # what a later run finds there, unchanged file
+    kept_file.write_text(json.dumps(kept))
+    hashed_file.cache_clear()  # as in a new process
+    assert file_sha256(path) == "kept"
+    stat = path.stat()
+    time.sleep(0.01)
+    path.write_bytes(b"other")  # the same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same modification time
+    hashed_file.cache_clear()
+    assert file_sha256(path) == hashlib.sha256(b"other").hexdigest()

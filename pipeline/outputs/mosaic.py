@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from zarr.codecs import ZstdCodec
 from fcn import FcnpipeError, ModelCard
 from fcn.checkpoint import Head
 from pipeline.grid import Window
+from pipeline.home import home
 from pipeline.outputs.geozarr import geo_attributes
 from pipeline.raster import RasterInfo
 from pipeline.storage import Location, access, check_writable, delete_tree, exists, is_file, zarr_store
@@ -111,22 +113,48 @@ class MosaicSpec:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file; computed once per process for each path, size and modification time.
+    """SHA-256 of a file, remembered between runs while the file is unchanged.
 
-    A batch of scenes plans each with the same checkpoint (half a gigabyte for the FCNs, about a
-    second to hash): it is read once.
+    A checkpoint is half a gigabyte for the FCNs, about a second to hash on every run and for every
+    scene of a batch. The digest is kept in ``sha256.json`` in fcnpipe's home under the file's path,
+    keyed as git's index keys a file: inode, size, and modification and change times (any write
+    changes the change time, and nothing can set it back).
     """
     stat = path.stat()
-    return hashed_file(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
+    return hashed_file(str(path.resolve()), key)
+
+
+KEPT_DIGESTS = 64
+"""How many files' digests ``sha256.json`` keeps (the most recent)."""
 
 
 @functools.lru_cache(maxsize=32)
-def hashed_file(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of the file at ``path`` (``size`` and ``mtime_ns`` key the cache), in 8 MiB pieces."""
+def hashed_file(path: str, key: str) -> str:
+    """SHA-256 of the file at ``path`` (``key`` says which version), kept, else read in 8 MiB pieces."""
+    kept_file = home() / "sha256.json"
+    try:
+        kept = json.loads(kept_file.read_text())
+        assert isinstance(kept, dict)
+    except (OSError, ValueError, AssertionError):
+        kept = {}
+    entry = kept.get(path)
+    if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("sha256"), str):
+        return str(entry["sha256"])
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while piece := f.read(8 << 20):
             digest.update(piece)
+    kept.pop(path, None)
+    kept[path] = {"key": key, "sha256": digest.hexdigest()}
+    kept = dict(list(kept.items())[-KEPT_DIGESTS:])
+    try:
+        kept_file.parent.mkdir(parents=True, exist_ok=True)
+        scratch = kept_file.with_name(f".sha256.{os.getpid()}.json")
+        scratch.write_text(json.dumps(kept, indent=1) + "\n")
+        os.replace(scratch, kept_file)  # whole, or not at all: another run may read it now
+    except OSError:
+        pass  # a read-only home: the digest is computed again next time
     return digest.hexdigest()
 
 

@@ -102,7 +102,7 @@ def plan_scene(
     ``dry_run`` plans the same way but writes nothing and runs no network.
     """
     source = Location.of(input_path)
-    card = ModelCard.from_dict(read_checkpoint(weights)["card"])
+    card = ModelCard.from_dict(read_checkpoint(weights, lazy=True)["card"])
     settings, notes = check_settings(settings, card)
     info = inspect_raster(source, channels=3, bands=settings.bands, value_range=settings.value_range)
     if info.crs_wkt is None:
