@@ -12,17 +12,21 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from typing import Any
 
-from flows.api import local_api, quiet_environment, setting, wait_api
+from flows.api import kept_api, local_api, quiet_environment, setting, wait_api
 
 quiet_environment()
 
 from prefect import Flow  # noqa: E402  (after the environment it reads)
 from prefect.context import refresh_global_settings_context  # noqa: E402
-from prefect.settings import get_current_settings  # noqa: E402
+from prefect.settings import (  # noqa: E402
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    get_current_settings,
+    temporary_settings,
+)
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 from prefect_dask.task_runners import DaskTaskRunner  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -67,15 +71,27 @@ def ensure_api() -> str:
     return url
 
 
+HEARTBEAT_SETTINGS = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+
+
 @contextmanager
 def prefect_session() -> Iterator[str]:
-    """A terminal run: one API for all processes, Prefect's own console logs kept quiet."""
+    """A terminal run: one API for all processes, Prefect's own console logs kept quiet.
+
+    On fcnpipe's kept local API, flow runs send no heartbeats (unless the user sets their
+    frequency): heartbeats only serve a server's automations that mark silent runs as crashed, the
+    kept API runs none, and ending each flow run waits up to a second for the heartbeat thread.
+    """
     url = ensure_api()
     logger = logging.getLogger("prefect")
     level = logger.level
     logger.setLevel(setting("PREFECT_LOGGING_LEVEL"))  # also when Prefect was imported before us
+    kept = kept_api()
+    quiet = kept is not None and kept["url"] == url and not any(os.environ.get(s) for s in HEARTBEAT_SETTINGS)
+    silent = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if quiet else nullcontext()
     try:
-        yield url
+        with silent:
+            yield url
     finally:
         logger.setLevel(level)
 
