@@ -29,7 +29,9 @@ weights_app = typer.Typer(help="Make and describe model checkpoints.", no_args_i
 app.add_typer(weights_app, name="weights")
 data_app = typer.Typer(help="Make the synthetic benchmark; check dataset folders.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-api_app = typer.Typer(help="The local Prefect API fcnpipe keeps between runs.", no_args_is_help=True)
+api_app = typer.Typer(
+    help="The local Prefect API and the warm runner fcnpipe keeps between runs.", no_args_is_help=True
+)
 app.add_typer(api_app, name="api")
 
 err = Console(stderr=True, soft_wrap=True)
@@ -103,17 +105,31 @@ def run(
         if parsed is None:
             return
         flow_spec, values = parsed
-        from flows.api import configured_api, loaded_api, local_api
+        from fcnpipe import warm
 
-        if not configured_api() and not loaded_api():
-            local_api()  # a new one boots on another core while the flow's imports load torch and Prefect
-        from fcnpipe.flowfile import import_flow
-        from flows.runtime import prefect_session
-
-        flow = import_flow(flow_spec)
-        with stop_when_asked(), prefect_session():
-            result = flow(**values)
+        status = warm.hand_over(["run", str(flow_file), *ctx.args])
+        if status is not None:
+            raise typer.Exit(status)
+        environ = dict(os.environ)
+        try:
+            result = run_here(flow_spec, values)
+        finally:
+            warm.start_if_absent(environ)  # for the next run
     print_summary(result)
+
+
+def run_here(flow_spec: FlowFile, values: dict[str, Any]) -> Any:
+    """Run the flow in this process, against the kept local API unless the user names one."""
+    from flows.api import configured_api, loaded_api, local_api
+
+    if not configured_api() and not loaded_api():
+        local_api()  # a new one boots on another core while the flow's imports load torch and Prefect
+    from fcnpipe.flowfile import import_flow
+    from flows.runtime import prefect_session
+
+    flow = import_flow(flow_spec)
+    with stop_when_asked(), prefect_session():
+        return flow(**values)
 
 
 RESUME = "run the same command again to resume: what was written is kept."
@@ -245,29 +261,44 @@ def print_summary(result: Any) -> None:
 
 @api_app.command("status")
 def api_status() -> None:
-    """Say whether the kept local Prefect API runs, where, and since when."""
+    """Say whether the kept local Prefect API and the warm runner run, where, and since when."""
     import time
 
+    from fcnpipe import warm
     from flows.api import answers, kept_api, state_file
+    from pipeline.home import home
 
     record = kept_api()
     if record is None:
         out.print(f"no local Prefect API runs (the next `fcnpipe run` starts one; record: {state_file()}).")
-        return
-    state = "answering" if answers(record["url"]) else "not answering"
-    minutes = (time.time() - float(record.get("started", time.time()))) / 60
-    out.print(f"{record['url']}: {state}, process {record['pid']}, started {minutes:.0f} min ago; "
-              "`fcnpipe api stop` stops it.", highlight=False)  # fmt: skip
+    else:
+        state = "answering" if answers(record["url"]) else "not answering"
+        minutes = (time.time() - float(record.get("started", time.time()))) / 60
+        out.print(f"{record['url']}: {state}, process {record['pid']}, started {minutes:.0f} min ago; "
+                  "`fcnpipe api stop` stops it.", highlight=False)  # fmt: skip
+    runner = warm.runner()
+    if runner is None:
+        said = "not running (the next `fcnpipe run` starts one)" if warm.enabled() else "off (FCNPIPE_WARM=0)"
+        out.print(f"warm runner: {said}.", highlight=False)
+    else:
+        minutes = (time.time() - float(runner.get("started", time.time()))) / 60
+        state = "ready" if runner.get("ready") else "starting"
+        out.print(f"warm runner: {state}, process {runner['pid']}, started {minutes:.0f} min ago, "
+                  f"log {home() / 'warm.log'}.", highlight=False)  # fmt: skip
 
 
 @api_app.command("stop")
 def api_stop() -> None:
-    """Stop the kept local Prefect API (the next run starts another)."""
+    """Stop the kept local Prefect API and the warm runner (the next run starts them again)."""
+    from fcnpipe import warm
     from flows.api import stop_local_api
 
     record = stop_local_api()
     said = f"stopped the local Prefect API at {record['url']}." if record else "no local Prefect API runs."
     out.print(said, highlight=False)
+    runner = warm.stop()
+    out.print(f"stopped the warm runner (process {runner['pid']})." if runner else "no warm runner runs.",
+              highlight=False)  # fmt: skip
 
 
 @weights_app.command("archs")

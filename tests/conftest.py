@@ -41,15 +41,22 @@ def restore_environment() -> Iterator[None]:
 
 @pytest.fixture(autouse=True, scope="session")
 def fcnpipe_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """fcnpipe's home for the session (the default model, the kept local API), never the user's."""
+    """fcnpipe's home for the session (the default model, the kept local API), never the user's.
+
+    Commands run in their own processes here (``FCNPIPE_WARM=0``): tests/test_warm.py turns the
+    warm runner on where it is what a test is about.
+    """
     home = tmp_path_factory.mktemp("fcnpipe-home")
     before = os.environ.get("FCNPIPE_HOME")
     os.environ["FCNPIPE_HOME"] = str(home)
+    os.environ["FCNPIPE_WARM"] = "0"
     try:
         yield home
     finally:
+        from fcnpipe import warm
         from flows.api import stop_local_api
 
+        warm.stop()  # a warm runner a test started here
         stop_local_api()  # a kept API some run started here
         if before is None:
             os.environ.pop("FCNPIPE_HOME", None)
@@ -156,6 +163,21 @@ def pointwise_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def stoppable_scene(tmp_path_factory: pytest.TempPathFactory, fcn8s_checkpoint: Path) -> tuple[Path, Path]:
+    """A scene of 10 one-tile blocks (tile 64, halo 32, block 1) that the random FCN-8s segments
+    slowly enough to stop midway, and the mosaic of an uninterrupted run: (scene, mosaic)."""
+    from pipeline.settings import SegmentSettings
+    from pipeline.tiling.segment import plan_scene, run_local
+
+    folder = tmp_path_factory.mktemp("stoppable")
+    scene = write_tif(folder / "scene.tif", noise_image(128, 320, seed=4))
+    reference = folder / "reference.zarr"
+    settings = SegmentSettings(tile_size=64, halo=32, block=1)
+    run_local(plan_scene(scene, fcn8s_checkpoint, settings, output=reference))
+    return scene, reference
+
+
+@pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
     """One Prefect API (a real server in a subprocess, temporary database) for the whole session."""
     from prefect.testing.utilities import prefect_test_harness
@@ -164,15 +186,20 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
-def fcnpipe(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start the real CLI in its own process group, reporting to the test's Prefect API."""
+def command_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment ``fcnpipe`` runs with: ``env`` (else this one) reporting to the test's Prefect API."""
     from prefect.settings import get_current_settings
 
     base = env if env is not None else dict(os.environ)
     clean = {k: v for k, v in base.items() if not k.startswith("PREFECT_")}
     clean["PREFECT_API_URL"] = str(get_current_settings().api.url)
+    return clean
+
+
+def fcnpipe(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start the real CLI in its own process group, reporting to the test's Prefect API."""
     return subprocess.Popen(
-        [sys.executable, "-m", "fcnpipe", *args], cwd=ROOT, env=clean, start_new_session=True,
+        [sys.executable, "-m", "fcnpipe", *args], cwd=ROOT, env=command_env(env), start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

@@ -13,9 +13,7 @@ from typer.testing import CliRunner
 from fcnpipe.main import RESUME, app
 from pipeline import stopping
 from pipeline.outputs.mosaic import MANIFEST, read_state
-from pipeline.settings import SegmentSettings
-from pipeline.tiling.segment import plan_scene, run_local
-from tests.conftest import ROOT, fcnpipe, noise_image, write_tif
+from tests.conftest import ROOT, fcnpipe
 from tests.test_flow import chunk_bytes
 
 FLOW = str(ROOT / "flows" / "segment_mosaic.py")
@@ -35,11 +33,9 @@ def test_check_raises_only_once_a_stop_was_asked_for() -> None:
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_a_run_within_5_s_and_the_same_command_resumes_to_identical_bytes(
-    tmp_path: Path, fcn8s_checkpoint: Path, number: signal.Signals
+    tmp_path: Path, fcn8s_checkpoint: Path, stoppable_scene: tuple[Path, Path], number: signal.Signals
 ) -> None:
-    scene = write_tif(tmp_path / "scene.tif", noise_image(128, 320, seed=4))  # 10 blocks of one tile
-    settings = SegmentSettings(tile_size=64, halo=32, block=1)
-    run_local(plan_scene(scene, fcn8s_checkpoint, settings, output=tmp_path / "reference.zarr"))
+    scene, reference = stoppable_scene  # 10 blocks of one tile
 
     out = tmp_path / "stopped.zarr"
     args = ["run", FLOW, "--input", str(scene), "--weights", str(fcn8s_checkpoint), "--tile-size", "64",
@@ -68,4 +64,4 @@ def test_a_signal_stops_a_run_within_5_s_and_the_same_command_resumes_to_identic
     rerun = CliRunner().invoke(app, args)  # the same command
     assert rerun.exit_code == 0, rerun.output
     assert read_state(out)["complete"]  # type: ignore[index]
-    assert chunk_bytes(out) == chunk_bytes(tmp_path / "reference.zarr")
+    assert chunk_bytes(out) == chunk_bytes(reference)
