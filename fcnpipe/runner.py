@@ -66,6 +66,11 @@ def serve() -> None:
     idle = float(os.environ.get("FCNPIPE_API_IDLE_SECONDS", "3600"))
     began = time.perf_counter()
     preload()
+    import torch
+
+    if torch.cuda.is_initialized():  # a forked child could not use it: commands run themselves
+        say("CUDA was initialised while importing; not serving.")
+        return
     threads = len(os.listdir("/proc/self/task"))
     say(f"ready, key {wanted}: preloaded in {time.perf_counter() - began:.1f} s, {threads} OS thread(s)")
     path = socket_path()

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fcnpipe.main import RESUME, app
@@ -65,3 +66,42 @@ def test_a_signal_stops_a_run_within_5_s_and_the_same_command_resumes_to_identic
     assert rerun.exit_code == 0, rerun.output
     assert read_state(out)["complete"]  # type: ignore[index]
     assert chunk_bytes(out) == chunk_bytes(reference)
+
+
+def test_a_signal_stops_training_within_5_s_and_its_resume_reaches_the_same_weights(tmp_path: Path) -> None:
+    # The per-pixel stand-in keeps this about stopping and resuming, not the network.
+    from fcn import load_checkpoint
+    from pipeline.training.data.synthetic import make_benchmark
+    from tests.test_train_flows import TINY
+
+    benchmark = make_benchmark(tmp_path / "synthetic", scenes=4, size=48, seed=1)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY)
+    train = str(ROOT / "flows" / "train.py")
+    common = ["--dataset", f"synthetic-ortho:{benchmark}", "--arch", "pointwise", "--init", "scratch",
+              "--recipe", str(recipe), "--eval-every", "5", "--max-steps", "100"]  # fmt: skip
+    proc = fcnpipe("run", train, *common, "--out", str(tmp_path / "stopped"))
+    last = tmp_path / "stopped" / "pointwise" / "last.pt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not last.exists():
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[0].decode()
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    took = time.monotonic() - sent
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    assert proc.returncode == 130, output
+    assert took < 5, f"stopped {took:.1f} s after SIGINT"
+    said = " ".join(output.split()).split("stopped (SIGINT); ")[1:]
+    assert len(said) == 1 and f"--resume {last} continues it" in said[0], output
+    assert "Traceback" not in output, output
+
+    resumed = CliRunner().invoke(app, ["run", train, *common, "--resume", str(last)])
+    assert resumed.exit_code == 0, resumed.output
+    full = CliRunner().invoke(app, ["run", train, *common, "--out", str(tmp_path / "full")])
+    assert full.exit_code == 0, full.output
+    a, _ = load_checkpoint(last)
+    b, _ = load_checkpoint(tmp_path / "full" / "pointwise" / "last.pt")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
