@@ -68,7 +68,7 @@ def serve() -> None:
     preload()
     import torch
 
-    if torch.cuda.is_initialized():  # a forked child could not use it: commands run themselves
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]  # a forked child could not use it
         say("CUDA was initialised while importing; not serving.")
         return
     threads = len(os.listdir("/proc/self/task"))
