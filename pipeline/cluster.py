@@ -18,11 +18,12 @@ from fcn import FcnpipeError
 
 GPU = "GPU"  # the resource a GPU worker declares: dask worker --resources GPU=1
 LOOPBACK = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}  # None would still bind :8787
+PRELOAD = ["pipeline.quiet_worker"]  # local workers leave Ctrl-C to the command
 
 
 def cpu_cluster_options(workers: int) -> dict[str, Any]:
     """``distributed.LocalCluster`` options: ``workers`` processes of one thread (torch uses the cores)."""
-    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, **LOOPBACK}
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "preload": PRELOAD, **LOOPBACK}
 
 
 def local_gpus(asked: str) -> list[int]:
@@ -49,7 +50,7 @@ def gpu_cluster(devices: list[int], **kwargs: Any) -> Any:
     """A local cluster with one worker process per GPU, each pinned to its device, declaring ``GPU=1``."""
     from distributed import Nanny, Scheduler, SpecCluster
 
-    worker = {"nthreads": 1, "resources": {GPU: 1}, "host": LOOPBACK["host"]}
+    worker = {"nthreads": 1, "resources": {GPU: 1}, "host": LOOPBACK["host"], "preload": PRELOAD}
     workers = {
         f"gpu-{device}": {"cls": Nanny, "options": {**worker, "env": {"CUDA_VISIBLE_DEVICES": str(device)}}}
         for device in devices

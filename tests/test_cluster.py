@@ -150,6 +150,44 @@ def test_a_worker_killed_mid_run_does_not_lose_the_run_or_change_its_bytes(
     assert np.array_equal(labels, zarr.open_group(str(tmp_path / "reference.zarr"), mode="r")["labels"][:])  # type: ignore[index]
 
 
+def test_ctrl_c_stops_a_run_on_local_workers_in_one_sentence_and_it_resumes_to_the_same_bytes(
+    tmp_path: Path, fcn8s_checkpoint: Path
+) -> None:
+    from fcnpipe.main import RESUME
+
+    scene = write_tif(tmp_path / "scene.tif", noise_image(128, 320, seed=4))  # 10 blocks of one tile
+    settings = SegmentSettings(tile_size=64, halo=32, block=1)
+    one_thread_reference(scene, fcn8s_checkpoint, settings, tmp_path / "reference.zarr")
+    out = tmp_path / "stopped.zarr"
+    args = ["run", FLOW, "--input", str(scene), "--weights", str(fcn8s_checkpoint), "--tile-size", "64",
+            "--halo", "32", "--block", "1", "--workers", "2", "--output", str(out)]  # fmt: skip
+    proc = fcnpipe(*args)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        manifest = out / MANIFEST / "c"
+        if manifest.is_dir() and len(list(manifest.iterdir())) >= 2:
+            break
+        time.sleep(0.05)
+    workers = worker_processes(proc.pid)
+    assert workers, "no worker processes"
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: the workers are in the group too
+    output = proc.communicate(timeout=120)[0].decode()
+    took = time.monotonic() - sent
+    assert proc.returncode == 130, output
+    assert took < 10, f"stopped {took:.1f} s after SIGINT"  # the cluster's close included
+    said = [line for line in output.splitlines() if line.startswith("stopped")]
+    assert said == [f"stopped (SIGINT); {RESUME}"]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert all(not psutil.pid_exists(w.pid) or w.status() == psutil.STATUS_ZOMBIE for w in workers)
+    assert not read_state(out)["complete"]  # type: ignore[index]
+
+    rerun = fcnpipe(*args)
+    said = rerun.communicate(timeout=600)[0].decode()
+    assert rerun.returncode == 0, said
+    assert chunk_bytes(out) == chunk_bytes(tmp_path / "reference.zarr")  # same layout, same bytes
+
+
 @pytest.mark.slow
 def test_across_layouts_labels_agree_and_values_stay_within_rounding(
     tmp_path: Path, fcn8s_checkpoint: Path
