@@ -52,6 +52,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fcn.blocks import pad_to_multiple
 from fcn.errors import FcnpipeError
 from fcn.registry import Architecture, ImagenetInit
 from fcn.segnet import (
@@ -59,7 +60,6 @@ from fcn.segnet import (
     copy_vgg16_bn_features,
     make_decoder,
     make_encoder,
-    pad_to_multiple,
     run_encoder,
 )
 from fcn.surgery import fc_as_conv

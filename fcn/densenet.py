@@ -48,9 +48,9 @@ registered (``published_params_m=None``), and FC-DenseNet67's and 103's are.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fcn.blocks import pad_to_multiple
 from fcn.registry import Architecture
 
 FIRST_FILTERS = 48  # maps of the first convolution
@@ -151,10 +151,7 @@ class FCDenseNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return per-pixel class logits with the input's height and width."""
         h, w = x.shape[-2:]
-        s = self.total_stride
-        # Pad at the bottom and right only: tiles start on multiples of 32, so a tile and the whole
-        # image pool on the same grid.
-        x = F.pad(x, (0, -w % s, 0, -h % s))
+        x = pad_to_multiple(x, self.total_stride)
         x = self.first_conv(x)
         skips = []
         for block, transition in zip(self.down_blocks, self.transitions_down, strict=True):

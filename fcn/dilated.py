@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcn.blocks import pad_to_multiple
 from fcn.registry import Architecture, ImagenetInit
 from fcn.surgery import copy_trunk_and_fc
 from fcn.vgg import POOL4, POOL5, make_features, total_stride
@@ -200,9 +201,7 @@ class DilatedNet(nn.Module):
         """Return per-pixel class logits with the input's height and width."""
         height, width = x.shape[-2:]
         stride = self.total_stride
-        # Padding at the bottom and right keeps every tile, whose origin is a multiple of the
-        # stride, on the whole image's pooling grid.
-        h = self.scores(F.pad(x, (0, -width % stride, 0, -height % stride)))
+        h = self.scores(pad_to_multiple(x, stride))
         if self.context is not None:
             h = self.context(h)
         h = F.interpolate(h, scale_factor=stride, mode="bilinear", align_corners=False)

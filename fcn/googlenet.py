@@ -44,10 +44,10 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fcn.alexnet import expect_shapes, odd_upsampler, stride_product
+from fcn.blocks import pad_to_multiple
 from fcn.fcn import PAPER, crop, score_layer
 from fcn.registry import Architecture, ImagenetInit
 
@@ -146,12 +146,6 @@ def to_googlenet_input(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x * std + mean - 0.5) / 0.5
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad the bottom and right with zeros to the next multiple of ``multiple``."""
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, -w % multiple, 0, -h % multiple))
 
 
 class FCNGoogLeNet(nn.Module):

@@ -58,9 +58,9 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fcn.blocks import pad_to_multiple
 from fcn.errors import FcnpipeError
 from fcn.registry import Architecture, ImagenetInit
 from fcn.vgg import VGG16_LAYOUT, total_stride
@@ -156,12 +156,6 @@ def make_decoder(
             in_channels = out_channels
         decoder.append(DecoderStage(layers))
     return nn.ModuleList(decoder)
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad at the bottom and right so that height and width are multiples of ``multiple``."""
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, -w % multiple, 0, -h % multiple))
 
 
 def init_he(model: nn.Module) -> None:
