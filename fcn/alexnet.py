@@ -31,12 +31,12 @@ counts every parameter, so the figure is not registered (``published_params_m=No
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from fcn.blocks import total_stride
 from fcn.errors import FcnpipeError
 from fcn.fcn import PAPER, bilinear_kernel, crop, score_layer
 from fcn.registry import Architecture, ImagenetInit
@@ -80,19 +80,6 @@ def make_features(first_padding: int = 100) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def stride_product(module: nn.Module) -> int:
-    """The product of every convolution's and max pool's stride: a chain's total stride.
-
-    Parallel branches (inception modules) must have stride 1 for this to hold.
-    """
-    strides = (
-        layer.stride if isinstance(layer.stride, int) else layer.stride[0]
-        for layer in module.modules()
-        if isinstance(layer, nn.Conv2d | nn.MaxPool2d)
-    )
-    return math.prod(strides)
-
-
 def odd_upsampler(channels: int, factor: int, learnable: bool) -> nn.ConvTranspose2d:
     """A bias-free transposed convolution (kernel 2*factor - 1, stride factor) set to bilinear.
 
@@ -114,7 +101,7 @@ class FCNAlexNet(nn.Module):
         self.num_classes = num_classes
         self.features = make_features(first_padding=100)
         # The output stride (conv1's 4 times three pools' 2), fixed here: tiles start on its multiples.
-        self.total_stride = stride_product(self.features)
+        self.total_stride = total_stride(self.features)
         self.fc6 = nn.Conv2d(256, 4096, kernel_size=6)
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(0.5)

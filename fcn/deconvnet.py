@@ -52,7 +52,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fcn.blocks import pad_to_multiple
+from fcn.blocks import pad_to_multiple, total_stride
 from fcn.errors import FcnpipeError
 from fcn.registry import Architecture, ImagenetInit
 from fcn.segnet import (
@@ -63,7 +63,6 @@ from fcn.segnet import (
     run_encoder,
 )
 from fcn.surgery import fc_as_conv
-from fcn.vgg import total_stride
 
 FC_CHANNELS = 4096
 FC6_KERNEL = 7

@@ -67,10 +67,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcn.blocks import pad_to_multiple
+from fcn.blocks import pad_to_multiple, total_stride
 from fcn.registry import Architecture, ImagenetInit
 from fcn.surgery import copy_trunk_and_fc
-from fcn.vgg import POOL4, POOL5, make_features, total_stride
+from fcn.vgg import POOL4, POOL5, make_features
 
 # conv5_1, conv5_2 and conv5_3 in torchvision's ``features``.
 CONV5 = (24, 26, 28)

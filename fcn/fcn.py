@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from fcn.blocks import total_stride
 from fcn.registry import Architecture, ImagenetInit
 from fcn.surgery import init_from_vgg16
-from fcn.vgg import VGG16_WIDTHS, make_features, run_features, total_stride
+from fcn.vgg import VGG16_WIDTHS, make_features, run_features
 
 # Crop offsets of the reference release, fixed by conv1_1's padding of 100 and the kernel sizes.
 CROP_32S, CROP_16S, CROP_8S = 19, 27, 31

@@ -46,8 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fcn.alexnet import expect_shapes, odd_upsampler, stride_product
-from fcn.blocks import pad_to_multiple
+from fcn.alexnet import expect_shapes, odd_upsampler
+from fcn.blocks import pad_to_multiple, total_stride
 from fcn.fcn import PAPER, crop, score_layer
 from fcn.registry import Architecture, ImagenetInit
 
@@ -156,7 +156,7 @@ class FCNGoogLeNet(nn.Module):
         self.num_classes = num_classes
         self.trunk = make_trunk()
         # The output stride (conv1's 2 times four pools' 2), fixed here: tiles start on its multiples.
-        self.total_stride = stride_product(self.trunk)
+        self.total_stride = total_stride(self.trunk)
         self.score_fr = score_layer(1024, num_classes)
         self.edge = nn.ReplicationPad2d(1)
         self.upscore = odd_upsampler(num_classes, 32, learnable_upsampling)

@@ -60,10 +60,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from fcn.blocks import pad_to_multiple
+from fcn.blocks import pad_to_multiple, total_stride
 from fcn.errors import FcnpipeError
 from fcn.registry import Architecture, ImagenetInit
-from fcn.vgg import VGG16_LAYOUT, total_stride
+from fcn.vgg import VGG16_LAYOUT
 
 Layout = Sequence[int | str]  # output channels of each convolution; "M" is a 2x2 max pool
 
