@@ -52,7 +52,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fcn.blocks import pad_to_multiple, total_stride
+from fcn.blocks import total_stride
 from fcn.errors import FcnpipeError
 from fcn.registry import Architecture, ImagenetInit
 from fcn.segnet import (
@@ -60,7 +60,7 @@ from fcn.segnet import (
     copy_vgg16_bn_features,
     make_decoder,
     make_encoder,
-    run_encoder,
+    unpooling_forward,
 )
 from fcn.surgery import fc_as_conv
 
@@ -117,15 +117,14 @@ class DeconvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return per-pixel class logits with the input's height and width."""
-        h, w = x.shape[-2:]
-        x, switches = run_encoder(self.features, pad_to_multiple(x, self.total_stride))
+        return unpooling_forward(x, self.features, self.decoder, self.score, self.fully_connected)
+
+    def fully_connected(self, x: torch.Tensor) -> torch.Tensor:
+        """fc6 and fc7 on pool5, then fc6_deconv back to pool5's channels (each with batch norm and ReLU)."""
         x = self.relu6(self.bn6(self.fc6(x)))
         x = self.relu7(self.bn7(self.fc7(x)))
-        x = self.relu6_deconv(self.bn6_deconv(self.fc6_deconv(x)))
-        for stage, switch in zip(self.decoder, reversed(switches), strict=True):
-            x = stage(x, switch)
-        out: torch.Tensor = self.score(x)
-        return out[..., :h, :w]
+        out: torch.Tensor = self.relu6_deconv(self.bn6_deconv(self.fc6_deconv(x)))
+        return out
 
 
 def imagenet_fc(

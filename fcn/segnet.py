@@ -54,7 +54,7 @@ Departures, and why:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -158,6 +158,29 @@ def make_decoder(
     return nn.ModuleList(decoder)
 
 
+def unpooling_forward(
+    x: torch.Tensor,
+    features: nn.Sequential,
+    decoder: nn.ModuleList,
+    classifier: nn.Module,
+    bottleneck: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The forward pass of a network that unpools with its encoder's switches: logits of ``x``'s size.
+
+    Pad to the encoder's total stride, encode keeping each pool's switch, run ``bottleneck`` (for
+    DeconvNet, fc6, fc7 and fc6_deconv), decode stage by stage with the switches, deepest first,
+    score with ``classifier`` and crop back.
+    """
+    h, w = x.shape[-2:]
+    x, switches = run_encoder(features, pad_to_multiple(x, total_stride(features)))
+    if bottleneck is not None:
+        x = bottleneck(x)
+    for stage, switch in zip(decoder, reversed(switches), strict=True):
+        x = stage(x, switch)
+    out: torch.Tensor = classifier(x)
+    return out[..., :h, :w]
+
+
 def init_he(model: nn.Module) -> None:
     """He-normal weights (the reference's "msra" filler: fan-in, ReLU gain) and zero biases."""
     for layer in model.modules():
@@ -186,12 +209,7 @@ class SegNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return per-pixel class logits with the input's height and width."""
-        h, w = x.shape[-2:]
-        x, switches = run_encoder(self.features, pad_to_multiple(x, self.total_stride))
-        for stage, switch in zip(self.decoder, reversed(switches), strict=True):
-            x = stage(x, switch)
-        out: torch.Tensor = self.classifier(x)
-        return out[..., :h, :w]
+        return unpooling_forward(x, self.features, self.decoder, self.classifier)
 
 
 def segnet(num_classes: int, *, learnable_upsampling: bool = False) -> SegNet:
