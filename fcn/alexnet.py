@@ -96,6 +96,9 @@ def odd_upsampler(channels: int, factor: int, learnable: bool) -> nn.ConvTranspo
 class FCNAlexNet(ConvolutionalFC):
     """FCN-32s on torchvision's AlexNet trunk: any (N, 3, H, W) in, (N, num_classes, H, W) logits out."""
 
+    in_channels = 3
+    margin = 0
+
     def __init__(self, num_classes: int, *, learnable_upsampling: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes

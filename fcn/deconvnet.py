@@ -80,6 +80,9 @@ class DeconvNet(nn.Module):
     Tensors in (N, 3, H, W), already normalised; per-class logits out (N, num_classes, H, W).
     """
 
+    in_channels = 3
+    margin = 0
+
     def __init__(self, num_classes: int, *, learnable_upsampling: bool = False) -> None:
         super().__init__()
         del learnable_upsampling  # unpooling with the switches has no weights

@@ -111,7 +111,9 @@ class FCDenseNet(nn.Module):
     Tensors in (N, 3, H, W), already normalised; per-class logits out (N, num_classes, H, W).
     """
 
+    in_channels = 3
     total_stride = 2**POOLS
+    margin = 0
 
     def __init__(self, num_classes: int, layers_per_block: tuple[int, ...], growth_rate: int) -> None:
         super().__init__()
@@ -126,7 +128,7 @@ class FCDenseNet(nn.Module):
             layers_per_block[POOLS],
             layers_per_block[POOLS + 1 :],
         )
-        self.first_conv = nn.Conv2d(3, FIRST_FILTERS, 3, padding=1)
+        self.first_conv = nn.Conv2d(self.in_channels, FIRST_FILTERS, 3, padding=1)
         he_uniform(self.first_conv)
 
         channels, skips = FIRST_FILTERS, []

@@ -163,6 +163,9 @@ class DilatedNet(ConvolutionalFC):
     Tensors in (N, 3, H, W), already normalised; per-class logits out (N, num_classes, H, W).
     """
 
+    in_channels = 3
+    margin = 0
+
     def __init__(self, num_classes: int, *, context: str | None = None, **_: object) -> None:
         super().__init__()
         self.num_classes = num_classes

@@ -96,6 +96,8 @@ class FCN(ConvolutionalFC):
     blocks) and ``fc_width`` (fc6 and fc7) narrow the network without changing its geometry.
     """
 
+    margin = 0
+
     def __init__(
         self,
         num_classes: int,

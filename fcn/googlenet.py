@@ -151,6 +151,9 @@ def to_googlenet_input(x: torch.Tensor) -> torch.Tensor:
 class FCNGoogLeNet(nn.Module):
     """FCN-32s on torchvision's GoogLeNet trunk: any (N, 3, H, W) in, (N, num_classes, H, W) logits out."""
 
+    in_channels = 3
+    margin = 0
+
     def __init__(self, num_classes: int, *, learnable_upsampling: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes

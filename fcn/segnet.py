@@ -195,6 +195,9 @@ class SegNet(nn.Module):
     Tensors in (N, 3, H, W), already normalised; per-class logits out (N, num_classes, H, W).
     """
 
+    in_channels = 3
+    margin = 0
+
     def __init__(self, features: nn.Sequential, decoder: nn.ModuleList, classifier: nn.Conv2d) -> None:
         super().__init__()
         self.num_classes = classifier.out_channels
