@@ -31,12 +31,12 @@ counts every parameter, so the figure is not registered (``published_params_m=No
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from fcn.blocks import ConvolutionalFC, total_stride
 from fcn.errors import FcnpipeError
 from fcn.fcn import PAPER, bilinear_kernel, crop, score_layer
 from fcn.registry import Architecture, ImagenetInit
@@ -80,19 +80,6 @@ def make_features(first_padding: int = 100) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def stride_product(module: nn.Module) -> int:
-    """The product of every convolution's and max pool's stride: a chain's total stride.
-
-    Parallel branches (inception modules) must have stride 1 for this to hold.
-    """
-    strides = (
-        layer.stride if isinstance(layer.stride, int) else layer.stride[0]
-        for layer in module.modules()
-        if isinstance(layer, nn.Conv2d | nn.MaxPool2d)
-    )
-    return math.prod(strides)
-
-
 def odd_upsampler(channels: int, factor: int, learnable: bool) -> nn.ConvTranspose2d:
     """A bias-free transposed convolution (kernel 2*factor - 1, stride factor) set to bilinear.
 
@@ -106,29 +93,26 @@ def odd_upsampler(channels: int, factor: int, learnable: bool) -> nn.ConvTranspo
     return layer
 
 
-class FCNAlexNet(nn.Module):
+class FCNAlexNet(ConvolutionalFC):
     """FCN-32s on torchvision's AlexNet trunk: any (N, 3, H, W) in, (N, num_classes, H, W) logits out."""
+
+    in_channels = 3
+    margin = 0
 
     def __init__(self, num_classes: int, *, learnable_upsampling: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.features = make_features(first_padding=100)
         # The output stride (conv1's 4 times three pools' 2), fixed here: tiles start on its multiples.
-        self.total_stride = stride_product(self.features)
-        self.fc6 = nn.Conv2d(256, 4096, kernel_size=6)
-        self.relu6 = nn.ReLU(inplace=True)
-        self.drop6 = nn.Dropout(0.5)
-        self.fc7 = nn.Conv2d(4096, 4096, kernel_size=1)
-        self.relu7 = nn.ReLU(inplace=True)
-        self.drop7 = nn.Dropout(0.5)
+        self.total_stride = total_stride(self.features)
+        self.add_fc6_fc7(nn.Conv2d(256, 4096, kernel_size=6))
         self.score_fr = score_layer(4096, num_classes)
         self.upscore = odd_upsampler(num_classes, 32, learnable_upsampling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return per-pixel class logits with the input's height and width."""
-        h = self.drop6(self.relu6(self.fc6(self.features(x))))
-        h = self.drop7(self.relu7(self.fc7(h)))
-        return crop(self.upscore(self.score_fr(h)), CROP, x)
+        h = self.score_fr(self.fc6_fc7(self.features(x)))
+        return crop(self.upscore(h), CROP, x)
 
 
 def expect_shapes(state: dict[str, Any], expected: dict[str, tuple[int, ...]], source: str) -> None:

@@ -21,11 +21,10 @@ import torch
 from torch import nn
 
 from fcn.errors import FcnpipeError
-from fcn.margin import margin_of
 from fcn.memory import MemoryProbe, probe_memory
 from fcn.normalization import TORCHVISION_IMAGENET, Normalization
 from fcn.receptive_field import ReceptiveField, measure_receptive_field
-from fcn.registry import available_models, build_model
+from fcn.registry import available_models, build_model, segmentation_net
 
 FORMAT = "fcnpipe-checkpoint"
 VERSION = 1
@@ -187,7 +186,8 @@ def describe(
     memory: bool = True,
 ) -> ModelCard:
     """Make the card of ``model``, measuring its receptive field and (unless not ``memory``) its memory."""
-    num_classes = int(model.num_classes)  # type: ignore[arg-type]
+    net = segmentation_net(model)
+    num_classes = net.num_classes
     names = class_names or [f"class_{i}" for i in range(num_classes)]
     colours = palette or default_palette(num_classes)
     if len(names) != num_classes or len(colours) != num_classes:
@@ -202,9 +202,9 @@ def describe(
         palette=tuple(colours),
         normalization=normalization,
         receptive_field=measure_receptive_field(model),
-        total_stride=int(model.total_stride),  # type: ignore[arg-type]
+        total_stride=net.total_stride,
         provenance=provenance or {},
-        margin=margin_of(model),
+        margin=net.margin,
         memory=probe_card_memory(model, normalization) if memory else {},
     )
 

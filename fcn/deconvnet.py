@@ -52,6 +52,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fcn.blocks import total_stride
 from fcn.errors import FcnpipeError
 from fcn.registry import Architecture, ImagenetInit
 from fcn.segnet import (
@@ -59,11 +60,9 @@ from fcn.segnet import (
     copy_vgg16_bn_features,
     make_decoder,
     make_encoder,
-    pad_to_multiple,
-    run_encoder,
+    unpooling_forward,
 )
 from fcn.surgery import fc_as_conv
-from fcn.vgg import total_stride
 
 FC_CHANNELS = 4096
 FC6_KERNEL = 7
@@ -80,6 +79,9 @@ class DeconvNet(nn.Module):
 
     Tensors in (N, 3, H, W), already normalised; per-class logits out (N, num_classes, H, W).
     """
+
+    in_channels = 3
+    margin = 0
 
     def __init__(self, num_classes: int, *, learnable_upsampling: bool = False) -> None:
         super().__init__()
@@ -118,15 +120,14 @@ class DeconvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return per-pixel class logits with the input's height and width."""
-        h, w = x.shape[-2:]
-        x, switches = run_encoder(self.features, pad_to_multiple(x, self.total_stride))
+        return unpooling_forward(x, self.features, self.decoder, self.score, self.fully_connected)
+
+    def fully_connected(self, x: torch.Tensor) -> torch.Tensor:
+        """fc6 and fc7 on pool5, then fc6_deconv back to pool5's channels (each with batch norm and ReLU)."""
         x = self.relu6(self.bn6(self.fc6(x)))
         x = self.relu7(self.bn7(self.fc7(x)))
-        x = self.relu6_deconv(self.bn6_deconv(self.fc6_deconv(x)))
-        for stage, switch in zip(self.decoder, reversed(switches), strict=True):
-            x = stage(x, switch)
-        out: torch.Tensor = self.score(x)
-        return out[..., :h, :w]
+        out: torch.Tensor = self.relu6_deconv(self.bn6_deconv(self.fc6_deconv(x)))
+        return out
 
 
 def imagenet_fc(

@@ -48,9 +48,9 @@ registered (``published_params_m=None``), and FC-DenseNet67's and 103's are.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fcn.blocks import pad_to_multiple
 from fcn.registry import Architecture
 
 FIRST_FILTERS = 48  # maps of the first convolution
@@ -111,7 +111,9 @@ class FCDenseNet(nn.Module):
     Tensors in (N, 3, H, W), already normalised; per-class logits out (N, num_classes, H, W).
     """
 
+    in_channels = 3
     total_stride = 2**POOLS
+    margin = 0
 
     def __init__(self, num_classes: int, layers_per_block: tuple[int, ...], growth_rate: int) -> None:
         super().__init__()
@@ -126,7 +128,7 @@ class FCDenseNet(nn.Module):
             layers_per_block[POOLS],
             layers_per_block[POOLS + 1 :],
         )
-        self.first_conv = nn.Conv2d(3, FIRST_FILTERS, 3, padding=1)
+        self.first_conv = nn.Conv2d(self.in_channels, FIRST_FILTERS, 3, padding=1)
         he_uniform(self.first_conv)
 
         channels, skips = FIRST_FILTERS, []
@@ -151,10 +153,7 @@ class FCDenseNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return per-pixel class logits with the input's height and width."""
         h, w = x.shape[-2:]
-        s = self.total_stride
-        # Pad at the bottom and right only: tiles start on multiples of 32, so a tile and the whole
-        # image pool on the same grid.
-        x = F.pad(x, (0, -w % s, 0, -h % s))
+        x = pad_to_multiple(x, self.total_stride)
         x = self.first_conv(x)
         skips = []
         for block, transition in zip(self.down_blocks, self.transitions_down, strict=True):

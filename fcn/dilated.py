@@ -67,9 +67,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcn.blocks import ConvolutionalFC, pad_to_multiple, total_stride
 from fcn.registry import Architecture, ImagenetInit
 from fcn.surgery import copy_trunk_and_fc
-from fcn.vgg import POOL4, POOL5, make_features, total_stride
+from fcn.vgg import POOL4, POOL5, make_features
 
 # conv5_1, conv5_2 and conv5_3 in torchvision's ``features``.
 CONV5 = (24, 26, 28)
@@ -156,22 +157,20 @@ def large_context_module(classes: int, noise: float = LARGE_NOISE) -> nn.Sequent
     return nn.Sequential(layers)
 
 
-class DilatedNet(nn.Module):
+class DilatedNet(ConvolutionalFC):
     """The dilated VGG16 front-end at output stride 8, with or without a context module.
 
     Tensors in (N, 3, H, W), already normalised; per-class logits out (N, num_classes, H, W).
     """
 
+    in_channels = 3
+    margin = 0
+
     def __init__(self, num_classes: int, *, context: str | None = None, **_: object) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.features = make_dilated_features()
-        self.fc6 = same_conv(512, 4096, 7, FC6_DILATION)
-        self.relu6 = nn.ReLU(inplace=True)
-        self.drop6 = nn.Dropout(0.5)
-        self.fc7 = nn.Conv2d(4096, 4096, kernel_size=1)
-        self.relu7 = nn.ReLU(inplace=True)
-        self.drop7 = nn.Dropout(0.5)
+        self.add_fc6_fc7(same_conv(512, 4096, 7, FC6_DILATION))
         self.final = nn.Conv2d(4096, num_classes, kernel_size=1)
         with torch.no_grad():
             self.final.weight.normal_(0.0, FINAL_STD)
@@ -191,18 +190,14 @@ class DilatedNet(nn.Module):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores at stride 8 of an input whose sides are multiples of 8 (before the context)."""
-        h = self.drop6(self.relu6(self.fc6(self.features(x))))
-        h = self.drop7(self.relu7(self.fc7(h)))
-        out: torch.Tensor = self.final(h)
+        out: torch.Tensor = self.final(self.fc6_fc7(self.features(x)))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return per-pixel class logits with the input's height and width."""
         height, width = x.shape[-2:]
         stride = self.total_stride
-        # Padding at the bottom and right keeps every tile, whose origin is a multiple of the
-        # stride, on the whole image's pooling grid.
-        h = self.scores(F.pad(x, (0, -width % stride, 0, -height % stride)))
+        h = self.scores(pad_to_multiple(x, stride))
         if self.context is not None:
             h = self.context(h)
         h = F.interpolate(h, scale_factor=stride, mode="bilinear", align_corners=False)

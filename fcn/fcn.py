@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from fcn.blocks import ConvolutionalFC, total_stride
 from fcn.registry import Architecture, ImagenetInit
 from fcn.surgery import init_from_vgg16
-from fcn.vgg import VGG16_WIDTHS, make_features, run_features, total_stride
+from fcn.vgg import VGG16_WIDTHS, make_features, run_features
 
 # Crop offsets of the reference release, fixed by conv1_1's padding of 100 and the kernel sizes.
 CROP_32S, CROP_16S, CROP_8S = 19, 27, 31
@@ -87,13 +88,15 @@ def init_from_scratch(model: FCN) -> FCN:
     return model
 
 
-class FCN(nn.Module):
+class FCN(ConvolutionalFC):
     """A VGG16 fully convolutional network with output stride 32, 16 or 8.
 
     Tensors in (N, 3, H, W), already normalised (N, 4, H, W with depth after the colour:
     ``in_channels``); per-class logits out (N, num_classes, H, W). ``widths`` (the trunk's five
     blocks) and ``fc_width`` (fc6 and fc7) narrow the network without changing its geometry.
     """
+
+    margin = 0
 
     def __init__(
         self,
@@ -115,12 +118,7 @@ class FCN(nn.Module):
         self.in_channels = in_channels
         self.features = make_features(first_padding=100, in_channels=in_channels, widths=widths)
         pool3_channels, pool4_channels, pool5_channels = widths[2:]
-        self.fc6 = nn.Conv2d(pool5_channels, fc_width, kernel_size=7)
-        self.relu6 = nn.ReLU(inplace=True)
-        self.drop6 = nn.Dropout(0.5)
-        self.fc7 = nn.Conv2d(fc_width, fc_width, kernel_size=1)
-        self.relu7 = nn.ReLU(inplace=True)
-        self.drop7 = nn.Dropout(0.5)
+        self.add_fc6_fc7(nn.Conv2d(pool5_channels, fc_width, kernel_size=7))
         self.score_fr = score_layer(fc_width, num_classes)
         up = learnable_upsampling
         if stride == 32:
@@ -143,9 +141,7 @@ class FCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return per-pixel class logits with the input's height and width."""
         taps = run_features(self.features, x)
-        h = self.drop6(self.relu6(self.fc6(taps.pool5)))
-        h = self.drop7(self.relu7(self.fc7(h)))
-        h = self.score_fr(h)
+        h = self.score_fr(self.fc6_fc7(taps.pool5))
         if self.stride == 32:
             return crop(self.upscore(h), CROP_32S, x)
         pool4_scale, pool3_scale = self.skip_scales

@@ -44,10 +44,10 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fcn.alexnet import expect_shapes, odd_upsampler, stride_product
+from fcn.alexnet import expect_shapes, odd_upsampler
+from fcn.blocks import pad_to_multiple, total_stride
 from fcn.fcn import PAPER, crop, score_layer
 from fcn.registry import Architecture, ImagenetInit
 
@@ -148,21 +148,18 @@ def to_googlenet_input(x: torch.Tensor) -> torch.Tensor:
     return (x * std + mean - 0.5) / 0.5
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad the bottom and right with zeros to the next multiple of ``multiple``."""
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, -w % multiple, 0, -h % multiple))
-
-
 class FCNGoogLeNet(nn.Module):
     """FCN-32s on torchvision's GoogLeNet trunk: any (N, 3, H, W) in, (N, num_classes, H, W) logits out."""
+
+    in_channels = 3
+    margin = 0
 
     def __init__(self, num_classes: int, *, learnable_upsampling: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.trunk = make_trunk()
         # The output stride (conv1's 2 times four pools' 2), fixed here: tiles start on its multiples.
-        self.total_stride = stride_product(self.trunk)
+        self.total_stride = total_stride(self.trunk)
         self.score_fr = score_layer(1024, num_classes)
         self.edge = nn.ReplicationPad2d(1)
         self.upscore = odd_upsampler(num_classes, 32, learnable_upsampling)

@@ -3,7 +3,7 @@
 A network with unpadded ("valid") convolutions, such as the original U-Net, outputs ``margin``
 pixels fewer than its input on every side. Its paper's overlap-tile strategy supplies the missing
 context at the image border by mirroring the image; inside the image the context is real. A model
-declares ``margin`` (0, the default, for networks whose output has the input's size), and
+declares ``margin`` (0 for networks whose output has the input's size), and
 everything that runs one pads by mirroring the same way: the tiling pipeline reads windows that
 reach past the image edge and mirrors them there (``pipeline.raster``), and a whole-image
 pass (training, scoring, references in tests) mirrors the whole image
@@ -17,10 +17,12 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from fcn.registry import segmentation_net
+
 
 def margin_of(model: nn.Module) -> int:
     """Pixels the model's output lacks on each side of its input (0 for same-size networks)."""
-    return int(getattr(model, "margin", 0))
+    return segmentation_net(model).margin
 
 
 def aligned_halo(reach: int, stride: int, margin: int = 0) -> int:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fcn.margin import margin_of
+from fcn.registry import segmentation_net
 
 LARGEST_INDEXABLE = 2**31 - 1  # elements one activation may hold under 32-bit indexing
 MIB = 2**20
@@ -110,7 +110,7 @@ def added_peak_mib(run: Callable[[], object], device: torch.device) -> float:
 
 def probe_sizes(model: nn.Module, device: torch.device) -> tuple[int, int]:
     """Two input sides on the model's pooling grid: small on a CPU (seconds), larger on a GPU."""
-    stride = int(getattr(model, "total_stride", 32))
+    stride = segmentation_net(model).total_stride
     base = 1024 if device.type == "cuda" else 256
     side = -(-base // stride) * stride
     return side, 2 * side
@@ -124,7 +124,7 @@ def probe_memory(
 ) -> MemoryProbe | None:
     """Measure ``forward``'s peak memory at two input sizes (``None`` where it cannot be read).
 
-    ``forward`` takes a uint8 batch (1, C, H, W; C the model's ``in_channels``, else 3) on
+    ``forward`` takes a uint8 batch (1, C, H, W; C the model's ``in_channels``) on
     ``device`` and does what inference does with it (default: the model on its float value). The
     model must be on ``device``; it runs in eval mode and is left in the mode it was in.
     """
@@ -134,7 +134,8 @@ def probe_memory(
     training = model.training
     model.eval()
     run = forward or (lambda x: model(x.float()))
-    margin = margin_of(model)
+    net = segmentation_net(model)
+    channels, margin = net.in_channels, net.margin
     sides = sizes or probe_sizes(model, target)
     largest = [0]
 
@@ -146,7 +147,6 @@ def probe_memory(
     hooks = [m.register_forward_hook(record) for m in model.modules()]
     try:
         with torch.inference_mode():
-            channels = int(getattr(model, "in_channels", 3))
             warm = torch.zeros(1, channels, sides[0] + 2 * margin, sides[0] + 2 * margin, dtype=torch.uint8)
             run(warm.to(target))  # one-off costs (thread pools, kernel choice) stay out of the line
             for side in sides:

@@ -1,6 +1,6 @@
 """A per-pixel linear classifier (one 1x1 convolution): a cheap stand-in for plumbing and benchmarks.
 
-It has the interface of the FCNs (``num_classes``, ``total_stride``, any input size) and a
+It declares what every network does (``fcn.registry.SegmentationNet``), takes any input size and has a
 receptive field of one pixel, so it exercises tiling, I/O and bookkeeping without their cost.
 """
 
@@ -16,11 +16,13 @@ class Pointwise(nn.Module):
     """Logits = a 1x1 convolution of the normalised input."""
 
     total_stride = 1
+    in_channels = 3
+    margin = 0
 
     def __init__(self, num_classes: int, **_: object) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.score = nn.Conv2d(3, num_classes, kernel_size=1)
+        self.score = nn.Conv2d(self.in_channels, num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel class logits."""

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fcn.margin import aligned_halo
+from fcn.registry import segmentation_net
 
 Pair = tuple[int, int]
 
@@ -155,11 +156,13 @@ def measure_on_strips(model: nn.Module, size: int, phases: int) -> ReceptiveFiel
     rows to pool. An output smaller than its input (unpadded convolutions) is taken as centred
     in it. ``size`` must exceed the field.
     """
+    net = segmentation_net(model)
     replica = one_channel_replica(model)
-    height = 2 * int(getattr(model, "total_stride", 32)) + 1 + 2 * int(getattr(model, "margin", 0))
-    channels = int(getattr(model, "in_channels", 1))  # a late fusion splits its input by channel
-    strips = torch.ones(phases, channels, height, size, dtype=torch.float64, requires_grad=True)
-    out = replica(strips)
+    height = 2 * net.total_stride + 1 + 2 * net.margin
+    # One plane seen on every channel (a late fusion splits its input by channel): its gradient is
+    # the sum of theirs, all of them non-negative.
+    strips = torch.ones(phases, 1, height, size, dtype=torch.float64, requires_grad=True)
+    out = replica(strips.expand(-1, net.in_channels, -1, -1))
     top, left = (height - out.shape[-2]) // 2, (size - out.shape[-1]) // 2
     center = size // 2
     row, columns = height // 2 - top, [center - left + p for p in range(phases)]

@@ -1,10 +1,9 @@
 """Model registry: ``build_model(name, num_classes)``, the names it knows, and what is known of each.
 
 Each family module (``fcn.fcn``, ``fcn.dilated``, …) defines ``ARCHITECTURES``, a dict of name to
-:class:`Architecture`; a new family is one module and one line in ``FAMILIES``. What tiling needs
-from a model is on the model itself: ``total_stride`` (the alignment: the product of its pooling
-strides) and, for networks whose output is smaller than their input, ``margin``; the receptive
-field and the halo are measured from it (``fcn.receptive_field``), never typed in.
+:class:`Architecture`; a new family is one module and one line in ``FAMILIES``. What tiling,
+sizing and training need from a model is declared on the model itself (:class:`SegmentationNet`);
+the receptive field and the halo are measured from it (``fcn.receptive_field``), never typed in.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
@@ -33,6 +32,42 @@ FAMILIES = (
     "fcn.segnet",
     "fcn.deconvnet",
 )
+
+
+@runtime_checkable
+class SegmentationNet(Protocol):
+    """What every registered network declares about itself (as attributes or properties), typed."""
+
+    @property
+    def num_classes(self) -> int:
+        """The logits' channels."""
+
+    @property
+    def in_channels(self) -> int:
+        """The input channels ``forward`` reads: 3 for colour, 4 with depth, 6 with HHA."""
+
+    @property
+    def total_stride(self) -> int:
+        """The alignment: a tile whose origin is on a multiple of it sees the whole image's pooling grid."""
+
+    @property
+    def margin(self) -> int:
+        """Pixels the output lacks on each side of the input (0 where the two sizes agree)."""
+
+
+DECLARED = ("num_classes", "in_channels", "total_stride", "margin")
+"""The members of :class:`SegmentationNet`."""
+
+
+def segmentation_net(model: nn.Module) -> SegmentationNet:
+    """``model`` typed as the :class:`SegmentationNet` it declares it is; TypeError where it is not."""
+    if not isinstance(model, SegmentationNet):
+        missing = ", ".join(name for name in DECLARED if not hasattr(model, name))
+        raise TypeError(
+            f"{type(model).__name__} does not declare {missing}: a segmentation network declares "
+            f"{', '.join(DECLARED)} (fcn.registry.SegmentationNet)."
+        )
+    return model
 
 
 @dataclass(frozen=True)
@@ -77,7 +112,7 @@ def architecture(name: str) -> Architecture:
 
 
 def build_model(name: str, num_classes: int, *, learnable_upsampling: bool = False) -> nn.Module:
-    """Build an untrained model by name; an unknown name raises an error listing the valid ones."""
+    """Build an untrained :class:`SegmentationNet` by name; an unknown name raises an error listing them."""
     spec = architecture(name)
     if num_classes < 1:
         raise FcnpipeError(f"a model needs at least one class, not {num_classes}.")

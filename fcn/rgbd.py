@@ -42,6 +42,7 @@ class LateFusion(nn.Module):
 
     total_stride = 32
     in_channels = 2 * COLOR_CHANNELS
+    margin = 0
 
     def __init__(self, num_classes: int, *, learnable_upsampling: bool = False) -> None:
         super().__init__()

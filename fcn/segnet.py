@@ -54,16 +54,16 @@ Departures, and why:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fcn.blocks import pad_to_multiple, total_stride
 from fcn.errors import FcnpipeError
 from fcn.registry import Architecture, ImagenetInit
-from fcn.vgg import VGG16_LAYOUT, total_stride
+from fcn.vgg import VGG16_LAYOUT
 
 Layout = Sequence[int | str]  # output channels of each convolution; "M" is a 2x2 max pool
 
@@ -158,10 +158,27 @@ def make_decoder(
     return nn.ModuleList(decoder)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad at the bottom and right so that height and width are multiples of ``multiple``."""
+def unpooling_forward(
+    x: torch.Tensor,
+    features: nn.Sequential,
+    decoder: nn.ModuleList,
+    classifier: nn.Module,
+    bottleneck: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The forward pass of a network that unpools with its encoder's switches: logits of ``x``'s size.
+
+    Pad to the encoder's total stride, encode keeping each pool's switch, run ``bottleneck`` (for
+    DeconvNet, fc6, fc7 and fc6_deconv), decode stage by stage with the switches, deepest first,
+    score with ``classifier`` and crop back.
+    """
     h, w = x.shape[-2:]
-    return F.pad(x, (0, -w % multiple, 0, -h % multiple))
+    x, switches = run_encoder(features, pad_to_multiple(x, total_stride(features)))
+    if bottleneck is not None:
+        x = bottleneck(x)
+    for stage, switch in zip(decoder, reversed(switches), strict=True):
+        x = stage(x, switch)
+    out: torch.Tensor = classifier(x)
+    return out[..., :h, :w]
 
 
 def init_he(model: nn.Module) -> None:
@@ -178,6 +195,9 @@ class SegNet(nn.Module):
     Tensors in (N, 3, H, W), already normalised; per-class logits out (N, num_classes, H, W).
     """
 
+    in_channels = 3
+    margin = 0
+
     def __init__(self, features: nn.Sequential, decoder: nn.ModuleList, classifier: nn.Conv2d) -> None:
         super().__init__()
         self.num_classes = classifier.out_channels
@@ -192,12 +212,7 @@ class SegNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return per-pixel class logits with the input's height and width."""
-        h, w = x.shape[-2:]
-        x, switches = run_encoder(self.features, pad_to_multiple(x, self.total_stride))
-        for stage, switch in zip(self.decoder, reversed(switches), strict=True):
-            x = stage(x, switch)
-        out: torch.Tensor = self.classifier(x)
-        return out[..., :h, :w]
+        return unpooling_forward(x, self.features, self.decoder, self.classifier)
 
 
 def segnet(num_classes: int, *, learnable_upsampling: bool = False) -> SegNet:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from fcn.blocks import ConvolutionalFC
 from fcn.errors import FcnpipeError
 from fcn.vgg import make_features
 
@@ -107,7 +108,7 @@ def fc_as_conv(weight: torch.Tensor, in_channels: int, kernel: int) -> torch.Ten
     return weight.reshape(weight.shape[0], in_channels, kernel, kernel)
 
 
-class ConvolutionalVGG16(nn.Module):
+class ConvolutionalVGG16(ConvolutionalFC):
     """VGG16 with its classifier turned into convolutions: ImageNet score maps for any input size.
 
     On a 224 x 224 image the single output position holds the classifier's 1000 logits.
@@ -116,16 +117,12 @@ class ConvolutionalVGG16(nn.Module):
     def __init__(self, num_classes: int = IMAGENET_CLASSES) -> None:
         super().__init__()
         self.features = make_features(first_padding=1)
-        self.fc6 = nn.Conv2d(512, 4096, kernel_size=7)
-        self.fc7 = nn.Conv2d(4096, 4096, kernel_size=1)
+        self.add_fc6_fc7(nn.Conv2d(512, 4096, kernel_size=7))
         self.fc8 = nn.Conv2d(4096, num_classes, kernel_size=1)
-        self.dropout = nn.Dropout(0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class score maps at stride 32."""
-        h = self.dropout(torch.relu(self.fc6(self.features(x))))
-        h = self.dropout(torch.relu(self.fc7(h)))
-        return self.fc8(h)  # type: ignore[no-any-return]
+        return self.fc8(self.fc6_fc7(self.features(x)))  # type: ignore[no-any-return]
 
 
 def convolutionalize(state_dict: StateDict) -> ConvolutionalVGG16:

@@ -55,13 +55,14 @@ def valid_size(size: int) -> int:
 class UNet(nn.Module):
     """The original U-Net: output ``margin`` pixels smaller than the input on every side."""
 
+    in_channels = 3
     total_stride = STRIDE
     margin = MARGIN
 
     def __init__(self, num_classes: int, **_: object) -> None:
         super().__init__()
         self.num_classes = num_classes
-        widths = (3, *CHANNELS)
+        widths = (self.in_channels, *CHANNELS)
         self.down = nn.ModuleList(double_conv(widths[i], widths[i + 1]) for i in range(4))
         self.pool = nn.MaxPool2d(2, 2)
         self.dropout = nn.Dropout(0.5)

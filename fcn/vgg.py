@@ -74,13 +74,3 @@ def run_features(features: nn.Sequential, x: torch.Tensor) -> Taps:
         if index in (POOL3, POOL4, POOL5):
             taps[index] = x
     return Taps(taps[POOL3], taps[POOL4], taps[POOL5])
-
-
-def total_stride(features: nn.Sequential) -> int:
-    """The trunk's output stride, the product of its pooling strides (32 for VGG16)."""
-    stride = 1
-    for layer in features:
-        if isinstance(layer, nn.MaxPool2d | nn.AvgPool2d):
-            s = layer.stride
-            stride *= s if isinstance(s, int) else s[0]
-    return stride

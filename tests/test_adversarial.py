@@ -28,7 +28,7 @@ X = 255
 class Small(nn.Module):
     """Two 3x3 convolutions: enough structure for an adversary to push on."""
 
-    total_stride = 1
+    in_channels, total_stride, margin = 3, 1, 0
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()

@@ -1,7 +1,8 @@
 """What every registered architecture must do, checked for each one: a new family gets these for free.
 
-Output size equals input size over odd sizes, the parameter count is its paper's, and the mosaic
-stitched from small tiles at the checkpoint's halo equals one whole-image pass.
+It declares what tiling and training read (``fcn.registry.SegmentationNet``), output size equals
+input size over odd sizes, the parameter count is its paper's, and the mosaic stitched from small
+tiles at the checkpoint's halo equals one whole-image pass.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import zarr
 from fcn import available_models, build_model, load_checkpoint
 from fcn.margin import margin_of, mirror_pad, same_size_forward
 from fcn.receptive_field import one_channel_replica
-from fcn.registry import architectures
+from fcn.registry import DECLARED, SegmentationNet, architectures, segmentation_net
 from pipeline.settings import SegmentSettings
 from pipeline.tiling.segment import plan_scene, run_local
 from tests.conftest import noise_image, randomize, save_model, write_tif
@@ -36,6 +37,33 @@ STITCH_SLOW = {
 # sentence); tests/test_rgbd.py checks that they stitch exactly on their own input.
 MORE_THAN_COLOUR = {"fcn32s-color-d", "fcn32s-color-hha"}
 ODD_SIZES = [(1, 1), (7, 3), (33, 47), (65, 97), (97, 131), (161, 255), (257, 31)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_network_declares_what_it_is_and_reads_in_channels(arch: str) -> None:
+    # On the meta device a forward pass checks shapes without weights or arithmetic: milliseconds.
+    with torch.device("meta"):
+        model = build_model(arch, 5).eval()
+    net = segmentation_net(model)
+    declared = {name: getattr(net, name) for name in DECLARED}
+    assert all(type(value) is int for value in declared.values()), declared
+    assert net.num_classes == 5 and net.total_stride >= 1 and net.margin >= 0
+    h, w = 4 * net.total_stride + 2 * net.margin, 4 * net.total_stride + 2 * net.margin + 1
+    with torch.no_grad():
+        out = model(torch.zeros(1, net.in_channels, h, w, device="meta"))
+        assert out.shape == (1, 5, h - 2 * net.margin, w - 2 * net.margin)
+        for wrong in (net.in_channels - 1, net.in_channels + 1):
+            with pytest.raises(RuntimeError):
+                model(torch.zeros(1, wrong, h, w, device="meta"))
+
+
+def test_a_module_that_does_not_declare_itself_is_refused_by_name() -> None:
+    class Bare(torch.nn.Module):
+        num_classes, total_stride = 2, 1
+
+    assert not isinstance(Bare(), SegmentationNet)
+    with pytest.raises(TypeError, match="Bare does not declare in_channels, margin"):
+        segmentation_net(Bare())
 
 
 @pytest.mark.parametrize("arch", ARCHS)

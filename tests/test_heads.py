@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from fcn import FcnpipeError, build_model, describe, load_checkpoint, save_checkpoint
 from fcn.checkpoint import read_checkpoint
+from fcn.registry import segmentation_net
 from fcnpipe.main import app
 from pipeline.outputs.export import export_cog
 from pipeline.outputs.inspect import describe_mosaic
@@ -101,6 +102,8 @@ class Channels(nn.Module):
         super().__init__()
         self.model, self.keep = model, keep
         self.num_classes = keep.stop - keep.start
+        net = segmentation_net(model)
+        self.in_channels, self.total_stride, self.margin = net.in_channels, net.total_stride, net.margin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.model(x)[:, self.keep]

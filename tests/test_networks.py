@@ -228,7 +228,7 @@ def test_receptive_field_of_fcn8s_matches_the_reference_and_the_gradient(random_
 class Toy(nn.Module):
     """Dilation, batch norm, a concatenation and a max-unpool with the pool's indices."""
 
-    total_stride = 2
+    num_classes, in_channels, total_stride, margin = 2, 3, 2, 0
 
     def __init__(self) -> None:
         super().__init__()

@@ -21,7 +21,7 @@ from fcn import (
     describe,
 )
 from fcn.fcn import init_from_scratch
-from fcn.registry import architecture
+from fcn.registry import architecture, segmentation_net
 from fcn.surgery import hub_path, load_imagenet_state_dict
 from pipeline.training.downloads import progress_bar
 from pipeline.training.sources import CAFFE_VGG16_FILENAME, fetch_imagenet
@@ -101,7 +101,7 @@ def starting_model(
 
 def check_channels(model: nn.Module, arch: str, normalization: Normalization) -> None:
     """Refuse input of another channel count than the network reads, in one sentence."""
-    channels = int(getattr(model, "in_channels", 3))
+    channels = segmentation_net(model).in_channels
     if channels != normalization.channels:
         given = "colour alone" if normalization.channels == 3 else f"the {normalization.channels} of its data"
         raise FcnpipeError(
