@@ -35,7 +35,8 @@ from typing import Any
 import torch
 
 from fcn import available_models, build_model, measure_receptive_field
-from fcn.margin import margin_of, same_size_forward
+from fcn.margin import same_size_forward
+from fcn.registry import segmentation_net
 from pipeline.tiling.engine import pick_device
 
 REFERENCE = "fcn8s"
@@ -52,8 +53,7 @@ def forward_child(arch: str, size: int, repeats: int, device: str, classes: int)
     torch.manual_seed(0)
     model = build_model(arch, classes).eval()
     params = sum(p.numel() for p in model.parameters())
-    stride = int(model.total_stride)
-    margin = margin_of(model)
+    stride, margin = segmentation_net(model).total_stride, segmentation_net(model).margin
     target = pick_device(device)
     model.to(target)
     x = torch.randn(1, 3, size, size, device=target)

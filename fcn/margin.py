@@ -20,11 +20,6 @@ from torch import nn
 from fcn.registry import segmentation_net
 
 
-def margin_of(model: nn.Module) -> int:
-    """Pixels the model's output lacks on each side of its input (0 for same-size networks)."""
-    return segmentation_net(model).margin
-
-
 def aligned_halo(reach: int, stride: int, margin: int = 0) -> int:
     """The smallest halo of at least ``reach`` pixels that keeps tiles on the pooling grid.
 
@@ -60,5 +55,5 @@ def mirror_pad(x: torch.Tensor, margin: int) -> torch.Tensor:
 
 def same_size_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Logits with the input's height and width: the image mirrored by the model's margin first."""
-    out: torch.Tensor = model(mirror_pad(x, margin_of(model)))
+    out: torch.Tensor = model(mirror_pad(x, segmentation_net(model).margin))
     return out

@@ -307,8 +307,7 @@ def weights_archs(
 ) -> None:
     """List every architecture: parameters (against its paper's), measured receptive field and halo."""
     from fcn import build_model, measure_receptive_field
-    from fcn.margin import margin_of
-    from fcn.registry import architectures
+    from fcn.registry import architectures, segmentation_net
 
     table = Table(box=None, header_style="bold")
     table.add_column("arch", no_wrap=True)  # a name to copy whole; the other columns wrap
@@ -317,9 +316,8 @@ def weights_archs(
     for name, spec in architectures().items():
         model = build_model(name, classes)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        stride = int(model.total_stride)  # type: ignore[arg-type]
+        stride, margin = segmentation_net(model).total_stride, segmentation_net(model).margin
         field = measure_receptive_field(model)
-        margin = margin_of(model)
         alignment = f"{stride} px" + (f", output {margin} px short per side" if margin else "")
         published = "—" if spec.published_params_m is None else f"{spec.published_params_m:g} M"
         if spec.published_params_m is not None and spec.published_classes != classes:

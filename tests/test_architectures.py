@@ -15,7 +15,7 @@ import torch
 import zarr
 
 from fcn import available_models, build_model, load_checkpoint
-from fcn.margin import margin_of, mirror_pad, same_size_forward
+from fcn.margin import mirror_pad, same_size_forward
 from fcn.receptive_field import one_channel_replica
 from fcn.registry import DECLARED, SegmentationNet, architectures, segmentation_net
 from pipeline.settings import SegmentSettings
@@ -74,7 +74,7 @@ def test_output_size_equals_input_size_over_odd_sizes(arch: str) -> None:
     replica = one_channel_replica(model).float()
     with torch.no_grad():
         for h, w in ODD_SIZES:
-            out = replica(mirror_pad(torch.zeros(1, 1, h, w), margin_of(model)))
+            out = replica(mirror_pad(torch.zeros(1, 1, h, w), segmentation_net(model).margin))
             assert out.shape[-2:] == (h, w), (h, w)
 
 

@@ -78,7 +78,7 @@ def pointwise(dataset: SegmentationDataset, seed: int = 0) -> tuple[nn.Module, o
 class Tiny(nn.Module):
     """A small convolutional net with dropout, so that resuming must restore torch's random state."""
 
-    total_stride = 1
+    in_channels, total_stride, margin = 3, 1, 0  # what fcn.registry.SegmentationNet reads
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
