@@ -205,7 +205,7 @@ Checkpoint = Annotated[Path, AfterValidator(existing_checkpoint)]
 class Settings(BaseModel):
     """A job's settings: frozen, strict about unknown keys, and invalid values are one sentence."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built on first use, not import
 
     def __init__(self, **data: Any) -> None:
         try:
