@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
@@ -52,6 +53,9 @@ __all__ = [
     "progress_bar",
     "serve_on_schedule",
     "shared_cluster",
+    "tile_events",
+    "tiles_from_workers",
+    "worker_tiles",
 ]
 
 
@@ -194,31 +198,87 @@ def serve_on_schedule(
 
 
 class BlockProgress:
-    """Tiles done (those a resume skips included) with Mpx/s and ETA, told per tile or per block."""
+    """Tiles done (those a resume skips included) with Mpx/s and ETA, told per tile as each is written.
+
+    Tiles come from this process's thread or, on a cluster, as events from the workers; a block's
+    report settles its count (a block retried after a lost worker tells its tiles again, and those
+    are not counted twice).
+    """
 
     def __init__(self, plan: Plan, update: Callable[[int, str], None], meter: Meter) -> None:
         self.update, self.meter = update, meter
+        self.sizes = {i: len(plan.blocks[i].tiles) for i in plan.todo}
+        self.told_of: dict[int, tuple[int, int]] = {}  # block -> (tiles, pixels) told so far
         self.megapixels = 0.0
-        self.lock = threading.Lock()  # tiles are told from the thread that runs the blocks
+        self.lock = threading.Lock()  # told from the thread that runs the blocks, or Dask's
 
-    def tile(self, pixels: int) -> None:
-        """One tile was written (in this process)."""
-        self.told(1, pixels)
-
-    def block(self, report: BlockReport, tiles_told: bool) -> None:
-        """A block finished; its tiles count now unless each was told as it was written."""
-        self.told(0 if tiles_told else report.tiles, 0 if tiles_told else report.pixels)
-
-    def told(self, tiles: int, pixels: int) -> None:
+    def tile(self, index: int, pixels: int) -> None:
+        """A tile of block ``index`` was written (``pixels`` segmented)."""
         with self.lock:
-            self.megapixels += pixels / 1e6
-            rate = self.megapixels / max(time.perf_counter() - self.meter.started, 1e-9)
-            self.update(tiles, f"{rate:.3f} Mpx/s")
+            tiles, told = self.told_of.get(index, (0, 0))
+            if tiles >= self.sizes.get(index, 0):
+                return  # a retried block telling its tiles again
+            self.told_of[index] = (tiles + 1, told + pixels)
+            self.advance(1, pixels)
+
+    def block(self, report: BlockReport) -> None:
+        """A block finished: whatever of it was not told tile by tile counts now."""
+        with self.lock:
+            tiles, told = self.told_of.get(report.index, (0, 0))
+            self.told_of[report.index] = (report.tiles, report.pixels)
+            self.advance(max(report.tiles - tiles, 0), max(report.pixels - told, 0))
+
+    def advance(self, tiles: int, pixels: int) -> None:
+        self.megapixels += pixels / 1e6
+        rate = self.megapixels / max(time.perf_counter() - self.meter.started, 1e-9)
+        self.update(tiles, f"{rate:.3f} Mpx/s")
+
+
+def worker_tiles(topic: str, index: int) -> Callable[[int], None] | None:
+    """On a Dask worker: tell of each tile of block ``index`` as an event of ``topic`` (None elsewhere)."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not in a worker
+        return None
+    return lambda pixels: worker.log_event(topic, [index, pixels])
+
+
+@contextmanager
+def tiles_from_workers(progress: BlockProgress) -> Iterator[str | None]:
+    """Within the block, the Dask workers of this flow's task runner tell ``progress`` of each tile.
+
+    Yields the event topic the blocks report to, or None when they run in this process. Says
+    where the cluster's dashboard is.
+    """
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    runner = context.task_runner if context is not None else None
+    if not isinstance(runner, DaskTaskRunner):
+        yield None
+        return
+    if runner.client.dashboard_link:
+        Console(stderr=True).print(f"Dask dashboard: {runner.client.dashboard_link}", highlight=False)
+    with tile_events(runner.client, progress) as topic:
+        yield topic
+
+
+@contextmanager
+def tile_events(client: Any, progress: BlockProgress) -> Iterator[str]:
+    """A new event topic on ``client``'s cluster whose events (``[block, pixels]``) tell ``progress``."""
+    topic = f"fcnpipe-tiles-{uuid.uuid4().hex}"
+    client.subscribe_topic(topic, lambda event: progress.tile(*event[1]))
+    try:
+        yield topic
+    finally:
+        client.unsubscribe_topic(topic)
 
 
 @contextmanager
 def progress_bar(plan: Plan) -> Iterator[BlockProgress]:
-    """The segment bar of a run; tell it of tiles (in this process) or of blocks (on a cluster)."""
+    """The segment bar of a run: tell it of each tile, and of each block as it finishes."""
     blocks = plan.blocks
     total = sum(len(block.tiles) for block in blocks)
     todo = sum(len(blocks[i].tiles) for i in plan.todo)

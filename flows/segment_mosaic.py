@@ -9,6 +9,7 @@ workers only, with ``--gpus``); every worker reads its own windows and writes it
 # No ``from __future__ import annotations``: a served flow is pickled by value, and its
 # parameters' annotations must be types, not names of types (Prefect validates them).
 
+import functools
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -23,7 +24,7 @@ from prefect.futures import as_completed
 from rich.console import Console
 
 from fcn import FcnpipeError
-from flows.runtime import block_runner, progress_bar
+from flows.runtime import block_runner, progress_bar, tiles_from_workers, worker_tiles
 from flows.train import default_model
 from pipeline import stopping
 from pipeline.cluster import GPU, local_gpus
@@ -52,9 +53,18 @@ def not_stopping(*_: Any) -> bool:
 
 @task(name="segment-block", retries=2, retry_delay_seconds=2, retry_condition_fn=not_stopping,
       cache_policy=NO_CACHE)  # fmt: skip
-def segment_block_task(plan: Plan, index: int, on_tile: Callable[[int], None] | None = None) -> BlockReport:
-    """Segment one block of tiles and record it (rerunning a block rewrites the same chunks)."""
-    return segment_block(plan, index, on_tile)
+def segment_block_task(
+    plan: Plan, index: int, on_tile: Callable[[int, int], None] | None = None, topic: str | None = None
+) -> BlockReport:
+    """Segment one block of tiles and record it (rerunning a block rewrites the same chunks).
+
+    Each tile written is told to ``on_tile`` (in the flow's process), or, on a Dask worker, as an
+    event of ``topic`` that the flow's progress bar hears.
+    """
+    told: Callable[[int], None] | None = functools.partial(on_tile, index) if on_tile is not None else None
+    if told is None and topic is not None:
+        told = worker_tiles(topic, index)
+    return segment_block(plan, index, told)
 
 
 @task(name="export-cog", cache_policy=NO_CACHE)
@@ -74,18 +84,19 @@ def segment_blocks(plan: Plan, on_gpus: bool = False, in_process: bool = True) -
     """Run every remaining block on this flow's task runner, showing progress.
 
     With ``on_gpus`` the blocks carry the ``GPU: 1`` resource, so Dask runs them only on workers
-    that declare a GPU. ``in_process`` blocks tell the progress of each tile as it is written.
+    that declare a GPU. Each tile written is told to the progress bar: by a callback in this process
+    (``in_process``), else as a Dask event from the worker.
     """
     reports = []
-    with progress_bar(plan) as shown:
+    with progress_bar(plan) as shown, tiles_from_workers(shown) as topic:
         on_tile = shown.tile if in_process else None
         with annotate(resources={GPU: 1}) if on_gpus else nullcontext():
-            futures = [segment_block_task.submit(plan, index, on_tile) for index in plan.todo]
+            futures = [segment_block_task.submit(plan, index, on_tile, topic) for index in plan.todo]
         try:
             for future in as_completed(futures):
                 report = future.result()
                 reports.append(report)
-                shown.block(report, tiles_told=in_process)
+                shown.block(report)
         except Exception:
             raise
         except BaseException:  # a signal: the blocks still running stop too

@@ -204,3 +204,49 @@ def test_across_layouts_labels_agree_and_values_stay_within_rounding(
     assert float(np.abs(logits_a - logits_b).max()) <= 1e-5 * scale
     differ = float((many["labels"][:] != one["labels"][:]).mean())  # type: ignore[index]
     assert differ <= 1e-4
+
+
+def tell_tiles(topic: str, index: int, tiles: int) -> int:
+    """On a worker: tell of ``tiles`` tiles of block ``index`` as a segment task does."""
+    from flows.runtime import worker_tiles
+
+    tell = worker_tiles(topic, index)
+    assert tell is not None, "not on a worker"
+    for _ in range(tiles):
+        tell(100)
+    return tiles
+
+
+def test_workers_tell_each_tile_as_it_is_written_and_a_retried_block_counts_once(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    from distributed import Client, LocalCluster
+
+    from flows.progress import Meter
+    from flows.runtime import BlockProgress, tile_events
+    from pipeline.plan import BlockReport
+
+    scene = write_tif(tmp_path / "scene.tif", noise_image(64, 128, seed=1))
+    settings = SegmentSettings(tile_size=32, halo=0, block=2)
+    plan = plan_scene(scene, pointwise_checkpoint, settings, dry_run=True)
+    sizes = [len(plan.blocks[i].tiles) for i in plan.todo]
+    assert sizes[:2] == [4, 4], sizes  # two blocks of 2 x 2 tiles
+    told: list[int] = []
+    progress = BlockProgress(plan, lambda tiles, _: told.append(tiles), Meter(sum(sizes)))
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster,
+        Client(cluster) as client,  # type: ignore[no-untyped-call]
+        tile_events(client, progress) as topic,
+    ):
+        first = plan.todo[0]
+        assert client.submit(tell_tiles, topic, first, 4).result() == 4
+        deadline = time.monotonic() + 20
+        while len(told) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert told == [1, 1, 1, 1], "each tile is told as it is written, before its block ends"
+        # A retried block (its worker was lost) tells its tiles again: they are not counted twice.
+        assert client.submit(tell_tiles, topic, first, 4, pure=False).result() == 4
+        time.sleep(1)
+        progress.block(BlockReport(first, tiles=4, skipped=0, pixels=400, seconds=1.0))
+        progress.block(BlockReport(plan.todo[1], tiles=4, skipped=0, pixels=400, seconds=1.0))  # told by none
+    assert sum(told) == 8 and told[4:] == [0, 4]
