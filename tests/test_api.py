@@ -25,7 +25,7 @@ def unconfigured_env(home: Path, **extra: str) -> dict[str, str]:
     """This environment without any Prefect setting, with its own Prefect and fcnpipe homes."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FCNPIPE_"))}
     return env | {"PREFECT_HOME": str(home), "FCNPIPE_HOME": str(home / "fcnpipe"), "DO_NOT_TRACK": "1",
-                  **extra}  # fmt: skip
+                  "FCNPIPE_WARM": "0", **extra}  # fmt: skip
 
 
 def kept_server(home: Path) -> int | None:
