@@ -9,6 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def on_meta(module: nn.Module) -> bool:
+    """Whether ``module``'s weights are placeholders on the meta device, built only to be loaded.
+
+    Initialising them would be wasted work (a checkpoint's tensors replace them), and some
+    initialisers (random normals, indexed writes) would load torch's compiler to run there.
+    """
+    return any(p.is_meta for p in module.parameters())
+
+
 def total_stride(module: nn.Module) -> int:
     """The product of the strides of every convolution and pool in ``module``: its output stride.
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fcn.blocks import total_stride
+from fcn.blocks import on_meta, total_stride
 from fcn.errors import FcnpipeError
 from fcn.registry import Architecture, ImagenetInit
 from fcn.segnet import (
@@ -104,6 +104,8 @@ class DeconvNet(nn.Module):
 
     def init_like_reference(self) -> None:
         """Gaussian (std 0.01) deconvolution network and score; He-normal convolution network and fc6/fc7."""
+        if on_meta(self):
+            return
         for layer in [*self.features, self.fc6, self.fc7]:
             if isinstance(layer, nn.Conv2d):
                 nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")

@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcn.blocks import ConvolutionalFC, pad_to_multiple, total_stride
+from fcn.blocks import ConvolutionalFC, on_meta, pad_to_multiple, total_stride
 from fcn.registry import Architecture, ImagenetInit
 from fcn.surgery import copy_trunk_and_fc
 from fcn.vgg import POOL4, POOL5, make_features
@@ -110,6 +110,8 @@ def identity_conv(channels: int, kernel_size: int, dilation: int = 1) -> nn.Conv
     """A same-padded convolution that starts as the identity: centre tap i -> i is 1, all else 0."""
     layer = same_conv(channels, channels, kernel_size, dilation)
     centre = kernel_size // 2
+    if on_meta(layer):
+        return layer
     with torch.no_grad():
         layer.weight.zero_()
         layer.weight[range(channels), range(channels), centre, centre] = 1.0
@@ -134,6 +136,8 @@ def widened_identity_conv(
     layer = same_conv(in_channels, out_channels, kernel_size, dilation)
     scale = classes / out_channels
     centre = kernel_size // 2
+    if on_meta(layer):
+        return layer
     with torch.no_grad():
         layer.weight.normal_(0.0, noise * scale)
         # Channel b of the output and a of the input stand for the same class: their centre tap.
@@ -172,9 +176,10 @@ class DilatedNet(ConvolutionalFC):
         self.features = make_dilated_features()
         self.add_fc6_fc7(same_conv(512, 4096, 7, FC6_DILATION))
         self.final = nn.Conv2d(4096, num_classes, kernel_size=1)
-        with torch.no_grad():
-            self.final.weight.normal_(0.0, FINAL_STD)
-            self.final.bias.zero_()  # type: ignore[union-attr]
+        if not on_meta(self.final):
+            with torch.no_grad():
+                self.final.weight.normal_(0.0, FINAL_STD)
+                self.final.bias.zero_()  # type: ignore[union-attr]
         self.context: nn.Sequential | None = None
         if context == "basic":
             self.context = context_module(num_classes)

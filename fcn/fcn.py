@@ -33,10 +33,10 @@ def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
     """
     factor = (kernel_size + 1) // 2
     center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
-    og = torch.arange(kernel_size, dtype=torch.float64)
+    og = torch.arange(kernel_size, dtype=torch.float64, device="cpu")  # real, also under meta
     filt1d = 1 - (og - center).abs() / factor
     filt = torch.outer(filt1d, filt1d).float()
-    weight = torch.zeros(channels, channels, kernel_size, kernel_size)
+    weight = torch.zeros(channels, channels, kernel_size, kernel_size, device="cpu")
     weight[range(channels), range(channels)] = filt
     return weight
 

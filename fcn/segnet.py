@@ -60,7 +60,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from fcn.blocks import pad_to_multiple, total_stride
+from fcn.blocks import on_meta, pad_to_multiple, total_stride
 from fcn.errors import FcnpipeError
 from fcn.registry import Architecture, ImagenetInit
 from fcn.vgg import VGG16_LAYOUT
@@ -183,6 +183,8 @@ def unpooling_forward(
 
 def init_he(model: nn.Module) -> None:
     """He-normal weights (the reference's "msra" filler: fan-in, ReLU gain) and zero biases."""
+    if on_meta(model):
+        return
     for layer in model.modules():
         if isinstance(layer, nn.Conv2d):
             nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")

@@ -9,7 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from fcn import CAFFE_VGG16, TORCHVISION_IMAGENET, FcnpipeError, build_model, describe
-from fcn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from fcn.checkpoint import load_checkpoint, meta_tensors, read_checkpoint, save_checkpoint
+from fcn.registry import architectures
 from fcn.surgery import load_vgg16_state_dict
 from fcnpipe.main import app
 from tests.conftest import randomize
@@ -208,3 +209,14 @@ def test_a_digest_is_kept_between_runs_until_the_file_is_written_again(tmp_path:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same modification time
     hashed_file.cache_clear()
     assert file_sha256(path) == hashlib.sha256(b"other").hexdigest()
+
+
+@pytest.mark.parametrize("arch", list(architectures()))
+def test_every_network_loads_without_being_initialised_first(arch: str) -> None:
+    """load_checkpoint builds a network on the meta device and assigns the checkpoint's tensors:
+    every tensor the network uses must come from its state dict, or it is built in full instead."""
+    with torch.device("meta"):
+        model = build_model(arch, 5)
+    state = {name: torch.zeros(t.shape, dtype=t.dtype) for name, t in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)
+    assert meta_tensors(model) == []
