@@ -225,7 +225,10 @@ def print_summary(result: Any) -> None:
     for note in result.get("warnings", []):
         err.print(f"[yellow]warning:[/] {note}", highlight=False)
     pieces = "strips" if result.get("strategy") == "stream" else "tiles"
-    if result.get("dry_run"):
+    if result.get("already_complete") is True:
+        out.print(f"{result['output']} is already complete; nothing to do (--overwrite makes it again).",
+                  highlight=False)  # fmt: skip
+    elif result.get("dry_run"):
         memory = result["peak_memory_gib"]
         budget = result["memory_budget_gib"]
         out.print(

@@ -19,7 +19,6 @@ from fcn import FcnpipeError
 from flows.runtime import shared_cluster
 from flows.segment_mosaic import segment_mosaic
 from pipeline.inputs import batch_outputs, expand_inputs
-from pipeline.outputs.mosaic import AlreadyComplete
 from pipeline.settings import ClusterSettings, SegmentSettings, Target
 from pipeline.storage import Location
 
@@ -65,11 +64,9 @@ def segment_batch(
             labels_cog = target.with_suffix(".labels.tif").text if cog else None
             name = path.redacted()
             try:
-                segment_mosaic(input=path.text, output=target.text, settings=settings, cluster=where,
-                               overwrite=overwrite, cog=labels_cog)  # fmt: skip
-                done.append(name)
-            except AlreadyComplete:
-                skipped.append(name)
+                result = segment_mosaic(input=path.text, output=target.text, settings=settings,
+                                        cluster=where, overwrite=overwrite, cog=labels_cog)  # fmt: skip
+                (skipped if result.get("already_complete") else done).append(name)
             except FcnpipeError as exc:
                 sentence = str(exc) if name in str(exc) else f"{name}: {exc}"
                 get_run_logger().error(sentence)

@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.states import Completed
 from rich.console import Console
 
 from fcn import FcnpipeError
@@ -153,7 +154,8 @@ def segment_mosaic(
 
     --tile-size auto (the default) takes the tile of least compute whose memory fits
     --memory-budget; --dry-run prints the plan (tiles, blocks, halo, compute factor, memory) and
-    neither runs the network nor writes.
+    neither runs the network nor writes. A mosaic already complete with the same scene, model and
+    settings is left as it is (a completed run named "Skipped"); --overwrite makes it again.
 
     Args:
         input: The raster to segment: a path or a URL GDAL reads.
@@ -195,6 +197,11 @@ def segment_mosaic(
     clock = time.perf_counter()
     plan = plan_task(input, weights_path, settings, output, overwrite, sharing)
     lap("planning")
+    if plan.complete:  # a completed run, not a failed one: a schedule finds most scenes done
+        note = f"{plan.output.redacted()} is already complete; nothing to do (--overwrite makes it again)."
+        get_run_logger().info(note)
+        done = {"output": plan.output.redacted(), "already_complete": True, "warnings": list(plan.warnings)}
+        return Completed(name="Skipped", message=note, data=done)  # type: ignore[return-value]
     for note in plan.warnings:
         get_run_logger().warning(note)
     in_process = not (cluster.workers or cluster.gpus or cluster.dask_address)

@@ -44,6 +44,7 @@ class Plan:
     warnings: tuple[str, ...] = field(default=())
     peak_mib: float | None = None  # predicted peak memory of one batch
     budget_mib: float | None = None
+    complete: bool = False  # the output is already a complete mosaic of this plan: nothing to do
 
     @property
     def streamed(self) -> bool:

@@ -7,12 +7,16 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import zarr
+from prefect import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.objects import StateType
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
@@ -53,6 +57,10 @@ def test_flow_writes_a_complete_mosaic_with_the_options_given(
     group = zarr.open_group(str(tmp_path / "scene.zarr"), mode="r")
     assert set(group.array_keys()) >= {"labels", "probabilities"} and "logits" not in group
     assert group["labels"].chunks == (64, 64)  # the chunk follows a tile smaller than 512
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "scene.zarr").rglob("*")}
+    again = runner.invoke(app, [*args, "--outputs", "labels,probabilities"])  # as a schedule would
+    assert again.exit_code == 0 and "already complete; nothing to do" in again.output, again.output
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "scene.zarr").rglob("*")} == stamps
 
 
 def test_flow_output_equals_the_pipeline_run_directly(tmp_path: Path, pointwise_checkpoint: Path) -> None:
@@ -418,3 +426,10 @@ def test_batch_flow_segments_each_scene_skips_done_ones_and_reports_failures(
     assert again.exit_code == 0, again.output
     assert "segmented: 0, already_complete: 3" in again.output
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps  # nothing rewritten
+    # as the Prefect API (and its UI) saw them: a skipped scene is a completed subflow, not a failed one
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["segment-mosaic"])))
+    seen = Counter(run.state_name for run in runs if str(out) in str(run.parameters.get("output")))
+    assert seen == {"Completed": 3, "Failed": 1, "Skipped": 3}, seen
+    skipped = [run for run in runs if run.state_name == "Skipped"]
+    assert all(run.state_type == StateType.COMPLETED for run in skipped)

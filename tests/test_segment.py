@@ -283,8 +283,8 @@ def test_existing_outputs_are_protected(
     run_local(plan_scene(scene, pointwise_checkpoint, settings))
     out = tmp_path / "s.zarr"
     before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
-    with pytest.raises(FcnpipeError, match="already complete; pass --overwrite"):
-        plan_scene(scene, pointwise_checkpoint, settings)
+    again = plan_scene(scene, pointwise_checkpoint, settings)
+    assert again.complete and again.todo == ()  # the same plan again: nothing to do, not an error
     with pytest.raises(FcnpipeError, match="another scene, model or configuration"):
         plan_scene(scene, fcn8s_checkpoint, settings)
     with pytest.raises(FcnpipeError, match="another scene, model or configuration"):

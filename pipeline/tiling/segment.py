@@ -26,6 +26,7 @@ from fcn.memory import MemoryProbe, probe_memory
 from fcn.streaming import STREAMING_ARCHITECTURES, supports_streaming
 from pipeline.grid import GridSpec
 from pipeline.outputs.mosaic import (
+    AlreadyComplete,
     MosaicSpec,
     blocks_done,
     file_sha256,
@@ -99,12 +100,14 @@ def plan_scene(
     """Check the input, weights and settings, size the tiles, prepare the store, list the blocks to do.
 
     ``workers`` is how many processes will share the blocks (and, on a CPU, the memory). A
-    ``dry_run`` plans the same way but writes nothing and runs no network.
+    ``dry_run`` plans the same way but writes nothing and runs no network. An output that is
+    already a complete mosaic of this plan is left untouched and the plan says ``complete``.
     """
     source = Location.of(input_path)
     card = ModelCard.from_dict(read_checkpoint(weights, lazy=True)["card"])
     settings, notes = check_settings(settings, card)
     info = inspect_raster(source, channels=3, bands=settings.bands, value_range=settings.value_range)
+    notes.extend(info.notes)
     if info.crs_wkt is None:
         notes.append(f"{source.redacted()} has no CRS: the mosaic is written without one.")
     sha = file_sha256(weights)
@@ -125,7 +128,11 @@ def plan_scene(
         settings.record(), len(blocks), settings.probabilities_dtype,
     )  # fmt: skip
     if not dry_run:
-        done = blocks_done(prepare(out, spec, overwrite=overwrite))
+        try:
+            done = blocks_done(prepare(out, spec, overwrite=overwrite))
+        except AlreadyComplete:  # not an error: a scheduled run finds most scenes done
+            return Plan(info, out, str(weights), sha, card, grid, settings, (), tuple(notes),
+                        sizing.peak_mib, sizing.budget_mib, complete=True)  # fmt: skip
     elif state is not None and state.get("fingerprint") == spec.fingerprint():
         done = blocks_done(open_mosaic_group(out, "r"))
     else:
