@@ -9,6 +9,7 @@ input size, and its own zero padding at the image edge is what a whole-image pas
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from numpy.typing import NDArray
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.transform import from_gcps
 from rasterio.windows import Window as RioWindow
 
 from fcn import FcnpipeError
@@ -49,6 +51,7 @@ class RasterInfo:
     value_range: tuple[float, float] | None
     palette: tuple[RGB, ...] | None = None  # a colour table: band values index it, giving RGB
     why: str = ""  # why these bands
+    notes: tuple[str, ...] = ()  # what the user should know about how it was read (GCPs fitted)
 
     @property
     def pixels(self) -> int:
@@ -163,20 +166,110 @@ def inspect_raster(
             raise FcnpipeError(f"the value range {value_range} must run from low to high.")
         flags = [src.mask_flag_enums[b - 1] for b in chosen]
         masked = any(f != [MaskFlags.all_valid] for f in flags)
+        transform, crs, notes = georeferencing(src, where)
+        check_readable(src, where, chosen)
         return RasterInfo(
             path=location.text,
             height=src.height,
             width=src.width,
             dtype=dtype,
             bands=chosen,
-            crs_wkt=src.crs.to_wkt() if src.crs else None,
-            transform=tuple(src.transform)[:6],
+            crs_wkt=crs.to_wkt() if crs else None,
+            transform=tuple(transform)[:6],
             nodata=src.nodata,
             masked=masked,
             value_range=None if choice.palette is not None else value_range,
             palette=choice.palette,
             why=choice.why,
+            notes=notes,
         )
+
+
+GCP_TOLERANCE_PX = 0.5  # how far an affine may miss a ground control point and still stand for them
+
+
+def georeferencing(src: Any, where: str) -> tuple[Affine, CRS | None, tuple[str, ...]]:
+    """The raster's affine transform and CRS, checked; from its ground control points if it has only those.
+
+    A mosaic is georeferenced by an affine transform. GCPs that one affine fits within half a pixel
+    (a north-up image georeferenced by its corners, say) give that affine, and a note says so;
+    GCPs of a warped or rotated-and-sheared image are refused: warping is GDAL's job. A pixel size
+    of zero or one that is not a finite number is refused rather than written.
+    """
+    transform, crs, notes = src.transform, src.crs, ()
+    gcps, gcp_crs = src.gcps
+    if transform.is_identity and gcps:
+        name = where.rsplit("/", 1)[-1]
+        if len(gcps) < 3:  # also how GeoTIFF keeps a transform whose pixel size is zero: one tie point
+            raise FcnpipeError(
+                f"{where} has {len(gcps)} ground control point(s) and no pixel size, too little to place "
+                f"its pixels; fix its georeferencing first (e.g. gdal_edit.py -a_ullr ... {name})."
+            )
+        transform, worst = fit_gcps(gcps)
+        if worst > GCP_TOLERANCE_PX:
+            raise FcnpipeError(
+                f"{where} is georeferenced by {len(gcps)} ground control points that no affine "
+                f"transform fits within half a pixel (the best misses one by {worst:.1f} px); warp it "
+                f"to a grid first, e.g. gdalwarp {name} {name.rsplit('.', 1)[0]}.warped.tif."
+            )
+        crs = gcp_crs
+        notes = (
+            f"{where} is georeferenced by {len(gcps)} ground control points; the mosaic uses the affine "
+            f"transform that fits them (within {worst:.2f} px).",
+        )
+    values = (transform.a, transform.b, transform.c, transform.d, transform.e, transform.f)
+    if not all(np.isfinite(values)):
+        raise FcnpipeError(
+            f"{where} has a transform with a value that is not a number ({transform.to_gdal()})."
+        )
+    if transform.determinant == 0:
+        raise FcnpipeError(
+            f"{where} has a pixel size of zero (transform {transform.to_gdal()}); fix its georeferencing "
+            "(e.g. gdal_edit.py -a_ullr) before segmenting it."
+        )
+    return transform, crs, notes
+
+
+def fit_gcps(gcps: list[Any]) -> tuple[Affine, float]:
+    """The affine GDAL fits to ground control points (least squares), and its worst miss in pixels."""
+    try:
+        transform = from_gcps(gcps)
+    except Exception:  # GDAL finds no affine (points in a line, say)
+        return Affine.identity(), float("inf")
+    if not transform.determinant:
+        return transform, float("inf")
+    inverse = ~transform
+    return transform, max(float(np.hypot(*np.subtract(inverse * (g.x, g.y), (g.col, g.row)))) for g in gcps)
+
+
+def check_readable(src: Any, where: str, bands: tuple[int, ...]) -> None:
+    """Refuse a raster whose pixels cannot be read: a VRT's missing source, a truncated file.
+
+    One pixel is read at each corner and the centre, so the sentence comes now, at planning, and
+    not after a store has been made and tiles have run.
+    """
+    here = Path(src.files[0]).parent if src.files else Path()
+    local = [f for f in src.files[1:] if "://" not in f and not f.startswith("/vsi")]
+    missing = [f for f in local if not (here / f).exists()]  # a VRT's sources, relative to it or not
+    if missing:
+        more = f" ({len(missing)} of its sources are missing)" if len(missing) > 1 else ""
+        raise FcnpipeError(f"{where} reads {missing[0]}, which does not exist{more}.")
+    h, w = src.height, src.width
+    for row, col in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (h // 2, w // 2)):
+        try:
+            src.read(list(bands), window=RioWindow(col, row, 1, 1))
+        except RasterioIOError as exc:
+            raise FcnpipeError(f"cannot read {where}: {read_failure(exc)}.") from None
+
+
+def read_failure(exc: BaseException) -> str:
+    """What GDAL said made a read fail (rasterio's own message only says "see previous exception")."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    said = str(cause.args[2] if len(cause.args) == 3 else cause)
+    text = re.sub(r"\?\S*", "", said).strip().rstrip(".")  # no query strings: they can hold signatures
+    if "TIFFRead" in text or "IReadBlock" in text:
+        return f"the file is damaged or truncated ({text})"
+    return text
 
 
 def expand_palette(index: NDArray[Any], palette: tuple[RGB, ...]) -> NDArray[np.uint8]:
@@ -252,7 +345,18 @@ class RasterReader:
         return np.ascontiguousarray(data[:, rows - r0][:, :, cols - c0])
 
     def read_inside(self, window: Window) -> NDArray[Any]:
-        """:meth:`read` for a window inside the image."""
+        """:meth:`read` for a window inside the image (a failed read says which file and why)."""
+        try:
+            return self.read_window(window)
+        except RasterioIOError as exc:
+            where = Location(self.info.path).redacted()
+            raise FcnpipeError(
+                f"cannot read {where} (rows {window.row}..{window.row + window.height - 1}, columns "
+                f"{window.col}..{window.col + window.width - 1}): {read_failure(exc)}."
+            ) from None
+
+    def read_window(self, window: Window) -> NDArray[Any]:
+        """:meth:`read_inside` without the sentence."""
         bands, rio_window = list(self.info.bands), to_rasterio(window)
         if self.info.palette is not None:  # one band of indices into the colour table
             return expand_palette(self._dataset().read(1, window=rio_window), self.info.palette)
