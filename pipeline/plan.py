@@ -87,5 +87,3 @@ class BlockReport:
     pixels: int
     seconds: float
     layout: str = ""
-
-

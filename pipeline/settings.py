@@ -409,7 +409,9 @@ class TrainSettings(Settings):
         None, description="all, or classifier: only the score layers learn (the paper's FCN-32s-fixed)."
     )
     loss_sampling: float | None = Field(
-        None, gt=0, le=1,
+        None,
+        gt=0,
+        le=1,
         description="Keep each stride-32 cell in the loss with this probability (the paper's).",
     )
     max_steps: int | None = Field(None, ge=1, description="Steps per stage.")

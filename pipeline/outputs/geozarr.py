@@ -41,9 +41,7 @@ def declared(*lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def geo_attributes(
-    shape: tuple[int, int], grid: Affine, crs_wkt: str | None
-) -> dict[str, Any]:
+def geo_attributes(shape: tuple[int, int], grid: Affine, crs_wkt: str | None) -> dict[str, Any]:
     """``spatial:`` (and, with a CRS, ``proj:``) attributes of a grid of ``shape`` pixels."""
     height, width = shape
     west, south, east, north = array_bounds(height, width, grid)

@@ -46,6 +46,7 @@ from pipeline.tiling.strips import stream_strip
 
 log = logging.getLogger(__name__)
 
+
 def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentSettings, list[str]]:
     """Check the settings against the model (their values are valid already); fill in the halo.
 
