@@ -196,7 +196,8 @@ def georeferencing(src: Any, where: str) -> tuple[Affine, CRS | None, tuple[str,
     GCPs of a warped or rotated-and-sheared image are refused: warping is GDAL's job. A pixel size
     of zero or one that is not a finite number is refused rather than written.
     """
-    transform, crs, notes = src.transform, src.crs, ()
+    transform, crs = src.transform, src.crs
+    notes: tuple[str, ...] = ()
     gcps, gcp_crs = src.gcps
     if transform.is_identity and gcps:
         name = where.rsplit("/", 1)[-1]
