@@ -69,7 +69,33 @@ def user_errors() -> Iterator[None]:
     except Exception as exc:
         if os.environ.get("FCNPIPE_DEBUG"):
             raise
-        fail(f"{type(exc).__name__}: {exc} (set FCNPIPE_DEBUG=1 for the traceback).")
+        fail(api_failure(exc) or f"{type(exc).__name__}: {exc} (set FCNPIPE_DEBUG=1 for the traceback).")
+
+
+def api_failure(exc: BaseException) -> str | None:
+    """One sentence for a Prefect API that stayed unavailable through every retry, else None."""
+    import httpx
+
+    for seen in causes(exc):
+        if isinstance(seen, httpx.HTTPStatusError | httpx.TransportError):
+            try:
+                url = seen.request.url.copy_with(query=None, fragment=None)
+            except RuntimeError:  # an error raised without its request
+                continue
+            if "/api" not in url.path:
+                continue  # not Prefect's (a download, say)
+            base = str(url).split("/api", 1)[0] + "/api"
+            if isinstance(seen, httpx.HTTPStatusError):
+                what = f"answered {seen.response.status_code} {seen.response.reason_phrase}"
+            else:
+                what = f"could not be reached ({type(seen).__name__})"
+            retries = os.environ.get("PREFECT_CLIENT_MAX_RETRIES", "8")
+            times = "retry" if retries == "1" else "retries"
+            return (
+                f"the Prefect API at {base} {what} through {retries} {times} (PREFECT_CLIENT_MAX_RETRIES), "
+                "so the run stopped; what was written is kept: run the same command again to resume."
+            )
+    return None
 
 
 FLOW_COMMAND = {"allow_extra_args": True, "ignore_unknown_options": True}

@@ -34,6 +34,7 @@ from pipeline.home import home
 
 QUIET_ENV = {
     "PREFECT_LOGGING_LEVEL": "CRITICAL",  # the CLI prints its own progress, summary and errors
+    "PREFECT_INTERNAL_LOGGING_LEVEL": "CRITICAL",  # e.g. events an unavailable API did not take
     "DO_NOT_TRACK": "1",  # client analytics
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the server's telemetry heartbeat
     "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
@@ -43,6 +44,11 @@ QUIET_ENV = {
     # distributed's own lines (a worker restarted, a heartbeat racing the shutdown) are noise on a
     # terminal: a block that fails reaches the user through its task, as one sentence.
     "DASK_LOGGING__DISTRIBUTED": "critical",
+    # A busy or restarting API must not fail a run: Prefect retries 408, 429, 502 and 503 five
+    # times (2 s doubling to 32 s, about a minute); fcnpipe asks for eight (about eight and a half
+    # minutes) and adds 500 and 504, which a server answers while its database is locked.
+    "PREFECT_CLIENT_MAX_RETRIES": "8",
+    "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500,504",
 }
 
 

@@ -93,11 +93,12 @@ def prefect_session() -> Iterator[str]:
     kept = kept_api()
     quiet = kept is not None and kept["url"] == url and not any(os.environ.get(s) for s in HEARTBEAT_SETTINGS)
     silent = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if quiet else nullcontext()
-    try:
-        with silent:
-            yield url
-    finally:
-        logger.setLevel(level)
+    with silent:
+        yield url
+    # Not in a ``finally``: after a failure the process says one sentence and exits, and Prefect's
+    # services, drained at exit, stay as quiet as during the run (an API that is down would have
+    # each queued event fail loudly).
+    logger.setLevel(level)
 
 
 def dask_task_runner(workers: int, address: str | None) -> TaskRunner[Any]:

@@ -12,11 +12,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from typer.testing import CliRunner
 
+from fcnpipe.main import app
 from flows.api import configured_api, free_port
-from tests.conftest import ROOT, noise_image, write_tif
+from pipeline.outputs.mosaic import read_state
+from pipeline.settings import SegmentSettings
+from pipeline.tiling.segment import plan_scene, run_local
+from tests.conftest import ROOT, command_env, noise_image, write_tif
+from tests.faults import FaultProxy
+from tests.test_flow import chunk_bytes
 
 FLOW = "flows/segment_mosaic.py"
 
@@ -154,3 +162,67 @@ def test_a_server_that_stops_while_starting_is_one_sentence_with_its_last_words(
         assert "\n" not in str(caught.value)
     finally:
         stop_local_api()
+
+
+def start_run(args: list[str], api_url: str, **extra: str) -> subprocess.Popen[str]:
+    """The real CLI reporting to ``api_url`` (the test's API behind a fault proxy)."""
+    env = command_env() | {"PREFECT_API_URL": api_url, **extra}
+    return subprocess.Popen([sys.executable, "-m", "fcnpipe", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def outage_mid_run(
+    tmp_path: Path, checkpoint: Path, seconds: float | None, **extra: str
+) -> tuple[subprocess.Popen[str], str, Path, Path, FaultProxy, list[str]]:
+    """Run a pointwise stand-in (plumbing: the API, not the network) over 10 one-tile blocks; once
+    planning has made the store, the API answers 503 for ``seconds`` (None: until the run ends)."""
+    scene = write_tif(tmp_path / "scene.tif", noise_image(128, 320, seed=4))
+    reference = tmp_path / "reference.zarr"
+    settings = SegmentSettings(tile_size=64, halo=32, block=1)
+    run_local(plan_scene(scene, checkpoint, settings, output=reference))
+    out = tmp_path / "out.zarr"
+    args = ["run", FLOW, "--input", str(scene), "--weights", str(checkpoint), "--tile-size", "64",
+            "--halo", "32", "--block", "1", "--output", str(out)]  # fmt: skip
+    api = urlsplit(command_env()["PREFECT_API_URL"])
+    proxy = FaultProxy(api.netloc).start()
+    proc = start_run(args, f"{proxy.url}{api.path}", **extra)
+    deadline = time.monotonic() + 120
+    while not (out / "zarr.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proxy.outage(503)
+    if seconds is not None:
+        time.sleep(seconds)
+        proxy.restore()
+    output, _ = proc.communicate(timeout=600)
+    return proc, output, out, reference, proxy, args
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_run_rides_out_an_api_answering_503_for_a_while(tmp_path: Path, pointwise_checkpoint: Path) -> None:
+    proc, output, out, reference, proxy, _ = outage_mid_run(tmp_path, pointwise_checkpoint, 8.0)
+    proxy.close()
+    assert proxy.injected["outage 503"] > 0  # the run did meet the outage
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output and "EventsWorker" not in output, output
+    assert read_state(out)["complete"]  # type: ignore[index]
+    assert chunk_bytes(out) == chunk_bytes(reference)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_an_api_that_stays_down_stops_the_run_in_one_sentence_and_it_resumes(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    proc, output, out, reference, proxy, args = outage_mid_run(
+        tmp_path, pointwise_checkpoint, None, PREFECT_CLIENT_MAX_RETRIES="1"
+    )
+    proxy.close()
+    assert proc.returncode == 1, output
+    lines = [line for line in output.splitlines() if line.strip() and not line.startswith("segment:")]
+    assert len(lines) == 1 and "Traceback" not in output, output
+    assert "the Prefect API at http://127.0.0.1:" in lines[0] and "503 Service Unavailable" in lines[0]
+    assert "run the same command again to resume" in lines[0]
+    assert not read_state(out)["complete"]  # type: ignore[index]
+
+    rerun = CliRunner().invoke(app, args)  # the same command, the API back
+    assert rerun.exit_code == 0, rerun.output
+    assert chunk_bytes(out) == chunk_bytes(reference)
