@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import rasterio
@@ -29,8 +31,9 @@ from rasterio.windows import Window as RioWindow
 from fcn import FcnpipeError
 from fcn.margin import reflect_indices
 from pipeline.grid import Window
-from pipeline.storage import Location, gdal_env, probe
+from pipeline.storage import Location, forget_cached, gdal_env, probe
 
+T = TypeVar("T")
 Transform = tuple[float, float, float, float, float, float]
 RGB = tuple[int, int, int]
 
@@ -167,8 +170,8 @@ def inspect_raster(
         flags = [src.mask_flag_enums[b - 1] for b in chosen]
         masked = any(f != [MaskFlags.all_valid] for f in flags)
         transform, crs, notes = georeferencing(src, where)
-        check_readable(src, where, chosen)
-        return RasterInfo(
+        check_sources(where, src.files)
+        info = RasterInfo(
             path=location.text,
             height=src.height,
             width=src.width,
@@ -183,7 +186,12 @@ def inspect_raster(
             why=choice.why,
             notes=notes,
         )
+    check_readable(location, info)  # on handles of its own: a read that failed may be tried again
+    return info
 
+
+READ_RETRIES = 4
+"""A remote read that fails is tried this many times more, waiting 0.2 s doubling (3 s in all)."""
 
 GCP_TOLERANCE_PX = 0.5  # how far an affine may miss a ground control point and still stand for them
 
@@ -243,24 +251,31 @@ def fit_gcps(gcps: list[Any]) -> tuple[Affine, float]:
     return transform, max(float(np.hypot(*np.subtract(inverse * (g.x, g.y), (g.col, g.row)))) for g in gcps)
 
 
-def check_readable(src: Any, where: str, bands: tuple[int, ...]) -> None:
-    """Refuse a raster whose pixels cannot be read: a VRT's missing source, a truncated file.
-
-    One pixel is read at each corner and the centre, so the sentence comes now, at planning, and
-    not after a store has been made and tiles have run.
-    """
-    here = Path(src.files[0]).parent if src.files else Path()
-    local = [f for f in src.files[1:] if "://" not in f and not f.startswith("/vsi")]
-    missing = [f for f in local if not (here / f).exists()]  # a VRT's sources, relative to it or not
+def check_sources(where: str, files: list[str]) -> None:
+    """Refuse a raster that reads a local file that is not there (a VRT's missing source)."""
+    here = Path(files[0]).parent if files else Path()
+    local = [f for f in files[1:] if "://" not in f and not f.startswith("/vsi")]
+    missing = [f for f in local if not (here / f).exists()]  # relative to the VRT, or absolute
     if missing:
         more = f" ({len(missing)} of its sources are missing)" if len(missing) > 1 else ""
         raise FcnpipeError(f"{where} reads {missing[0]}, which does not exist{more}.")
-    h, w = src.height, src.width
-    for row, col in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (h // 2, w // 2)):
-        try:
-            src.read(list(bands), window=RioWindow(col, row, 1, 1))
-        except RasterioIOError as exc:
-            raise FcnpipeError(f"cannot read {where}: {read_failure(exc)}.") from None
+
+
+def check_readable(location: Location, info: RasterInfo) -> None:
+    """Refuse a raster whose pixels cannot be read (a truncated file, a source gone bad).
+
+    One pixel is read at each corner and the centre, so the sentence comes now, at planning, and
+    not after a store has been made and tiles have run. Over a network, a failed read is tried
+    again (``READ_RETRIES``) on a fresh handle before it is believed.
+    """
+    h, w = info.height, info.width
+    corners = ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (h // 2, w // 2))
+    reader = RasterReader(info)
+    try:
+        for row, col in corners:
+            reader.read_inside(Window(row, col, 1, 1))
+    finally:
+        reader.close()
 
 
 def read_failure(exc: BaseException) -> str:
@@ -327,7 +342,8 @@ class RasterReader:
         """Which pixels of ``window`` hold data (any selected band valid, as GDAL's dataset mask)."""
         if not self.info.masked:
             return np.ones(window.shape, dtype=bool)
-        masks = self._dataset().read_masks(list(self.info.bands), window=to_rasterio(window))
+        bands, rio_window = list(self.info.bands), to_rasterio(window)
+        masks = self.retried(window, lambda: self._dataset().read_masks(bands, window=rio_window))
         return np.asarray(masks.any(axis=0))
 
     def read(self, window: Window) -> NDArray[Any]:
@@ -346,15 +362,33 @@ class RasterReader:
         return np.ascontiguousarray(data[:, rows - r0][:, :, cols - c0])
 
     def read_inside(self, window: Window) -> NDArray[Any]:
-        """:meth:`read` for a window inside the image (a failed read says which file and why)."""
-        try:
-            return self.read_window(window)
-        except RasterioIOError as exc:
-            where = Location(self.info.path).redacted()
-            raise FcnpipeError(
-                f"cannot read {where} (rows {window.row}..{window.row + window.height - 1}, columns "
-                f"{window.col}..{window.col + window.width - 1}): {read_failure(exc)}."
-            ) from None
+        """:meth:`read` for a window inside the image."""
+        return self.retried(window, lambda: self.read_window(window))
+
+    def retried(self, window: Window, read: Callable[[], T]) -> T:
+        """``read()``, tried again on a fresh handle if it fails on a remote raster, then one sentence.
+
+        GDAL retries HTTP errors itself (``pipeline.storage.GDAL_RETRIES``) but not a body cut
+        short mid-transfer; a local file that fails to read is broken, and says so at once.
+        """
+        location = Location(self.info.path)
+        remote = not location.is_local
+        for attempt in range(READ_RETRIES + 1 if remote else 1):
+            try:
+                with gdal_env(location):  # what GDAL fetches now is configured as when it opened
+                    return read()
+            except RasterioIOError as exc:
+                if remote and attempt < READ_RETRIES:
+                    self.close()
+                    forget_cached(location)
+                    time.sleep(0.2 * 2**attempt)
+                    continue
+                where = Location(self.info.path).redacted()
+                raise FcnpipeError(
+                    f"cannot read {where} (rows {window.row}..{window.row + window.height - 1}, columns "
+                    f"{window.col}..{window.col + window.width - 1}): {read_failure(exc)}."
+                ) from None
+        raise AssertionError("unreachable")
 
     def read_window(self, window: Window) -> NDArray[Any]:
         """:meth:`read_inside` without the sentence."""

@@ -27,10 +27,22 @@ writes through boto3's credential chain; GDAL reads profiles itself.
   (S3 since December 2020), so a resumed run sees every entry that was written.
 - A folder is a key prefix: a mosaic "exists" when a key starts with its prefix, and only a
   prefix whose root ``zarr.json`` is an fcnpipe mosaic is ever deleted (see ``mosaic.discard``).
+- No conditional writes: every write is a plain PUT (``PlainWrites``), so the guarantees hold on
+  servers that ignore ``If-None-Match`` and every write can be retried.
+
+**Faults**: obstore retries refused and reset connections and 5xx answers (10 times, up to 3
+minutes), and ``PlainWrites`` reads a key again when its body broke off; GDAL is given retries
+(``GDAL_RETRIES``) unless the user set them, and a window whose read still fails is read again on a
+fresh handle after GDAL's cache of that file is dropped (``forget_cached``). Tested through a
+fault-injecting proxy: a run with a few percent of requests failing writes the clean run's bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import ctypes.util
+import functools
 import os
 import posixpath
 import re
@@ -46,6 +58,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import obstore
+import obstore.exceptions
 import rasterio
 from obstore.store import AzureStore, GCSStore, S3Store
 from zarr.abc.store import Store
@@ -173,6 +186,11 @@ def s3_endpoint() -> tuple[str | None, bool]:
     return url, virtual
 
 
+GDAL_RETRIES = {"GDAL_HTTP_MAX_RETRY": "6", "GDAL_HTTP_RETRY_DELAY": "0.5"}
+"""GDAL retries a request that failed with 429, 500, 502, 503 or 504 or whose connection broke,
+waiting 0.5 s doubling (about 30 s in all); its default is not to retry. The user's values win."""
+
+
 def gdal_env(location: Location) -> rasterio.Env:
     """The GDAL environment to open ``location`` in.
 
@@ -182,6 +200,9 @@ def gdal_env(location: Location) -> rasterio.Env:
     if location.is_local:
         return rasterio.Env()
     options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    for name, value in GDAL_RETRIES.items():  # a failed range request is tried again, as obstore does
+        if name not in os.environ:
+            options[name] = value
     url = sdk_endpoint()
     if url and not os.environ.get("AWS_S3_ENDPOINT"):
         parts = urlsplit(url)
@@ -191,6 +212,46 @@ def gdal_env(location: Location) -> rasterio.Env:
             "AWS_VIRTUAL_HOSTING": "FALSE",  # path-style, as the SDKs address a custom endpoint
         }
     return rasterio.Env(**options)
+
+
+VSI_PREFIX = {"s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/"}
+
+
+def gdal_path(location: Location) -> str:
+    """The name GDAL gives a URL (``s3://b/k`` is ``/vsis3/b/k``; ``https://…`` ``/vsicurl/https://…``)."""
+    prefix = VSI_PREFIX.get(location.scheme)
+    return f"{prefix}{location.bucket}/{location.key}" if prefix else f"/vsicurl/{location.text}"
+
+
+def forget_cached(location: Location) -> None:
+    """Drop what GDAL's network cache holds of ``location``, before reading it again.
+
+    A response body cut short mid-transfer stays in GDAL's /vsicurl/ cache as if the file ended
+    there, so every later read of that region fails, on any handle; rasterio does not wrap GDAL's
+    ``VSICurlPartialClearCache``, so it is called in the GDAL library rasterio loaded.
+    """
+    library = gdal_library()
+    if library is not None and not location.is_local:
+        with gdal_env(location):  # GDAL finds the cached entries by URL, made from these settings
+            library.VSICurlPartialClearCache(gdal_path(location).encode())
+
+
+@functools.cache
+def gdal_library() -> ctypes.CDLL | None:
+    """The GDAL library this process loaded for rasterio (its wheels bundle their own), or None."""
+    import rasterio._env  # noqa: F401  (loads it)
+
+    maps = Path("/proc/self/maps")
+    loaded = [line.split()[-1] for line in maps.read_text().splitlines()] if maps.is_file() else []
+    candidates = [p for p in loaded if Path(p).name.startswith("libgdal")]
+    candidates.sort(key=lambda p: "rasterio" not in p)  # pyogrio's wheels bundle another GDAL
+    found = ctypes.util.find_library("gdal")  # elsewhere than Linux
+    for candidate in candidates or ([found] if found else []):
+        try:
+            return ctypes.CDLL(candidate)
+        except OSError:
+            continue
+    return None
 
 
 def s3_store(bucket: str, prefix: str) -> S3Store:
@@ -240,13 +301,51 @@ def check_writable(location: Location) -> None:
         )
 
 
+class PlainWrites(ObjectStore):  # type: ignore[type-arg]
+    """zarr's ObjectStore, with every write a plain PUT: no guarantee rests on conditional writes.
+
+    zarr writes the metadata of implicit parent groups "only if absent", as a conditional PUT
+    (``If-None-Match: *``). A server that ignores the header (s3rver; some S3-compatible stores)
+    then overwrites the group fcnpipe wrote just before with an empty one, dropping its
+    georeferencing; and object_store does not retry a conditional PUT whose connection was reset,
+    as it cannot know whether it landed. Here "only if absent" is a HEAD, then a plain PUT if the
+    key is missing: a PUT overwrites idempotently and is retried through faults. The check and the
+    write are not one atomic step, which is enough: a mosaic's metadata has one writer, the
+    process that plans it, and workers write only chunks and manifest entries, each its own key.
+    """
+
+    async def set_if_not_exists(self, key: str, value: Any) -> None:
+        """Write ``value`` at ``key`` unless the key exists (a HEAD, then a plain PUT)."""
+        if not await self.exists(key):
+            await self.set(key, value)
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        """Read as zarr does, again when an answer's body broke off.
+
+        object_store retries a request up to its answer's headers; a connection reset mid-body
+        is raised at once.
+        """
+        for attempt in range(BODY_RETRIES + 1):
+            try:
+                return await super().get(key, prototype, byte_range)
+            except obstore.exceptions.GenericError:
+                if attempt == BODY_RETRIES:
+                    raise
+                await asyncio.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+BODY_RETRIES = 4
+"""Reads of a key again after a broken body, waiting 0.1 s doubling (1.5 s in all)."""
+
+
 def zarr_store(location: Location, *, read_only: bool) -> Store:
     """The zarr v3 store at ``location``: LocalStore on a disk, ObjectStore on a bucket."""
     if location.is_local:
         return LocalStore(location.path, read_only=read_only)
     if not read_only:
         check_writable(location)
-    return ObjectStore(object_store(location), read_only=read_only)
+    return PlainWrites(object_store(location), read_only=read_only)
 
 
 # --- errors: one sentence, never the server's text (it can echo signed headers) ---------------

@@ -43,6 +43,7 @@ class Weather:
     seed: int = 0
     outage_status: int | None = None
     only_paths: tuple[str, ...] = ()  # faults only for paths starting with one of these (all if empty)
+    scripted: dict[int, str] = field(default_factory=dict)  # request number (from 1) -> its fault
 
 
 class FaultProxy:
@@ -56,6 +57,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.injected: Counter[str] = Counter()
         self.requests = 0
+        self.faulted: list[tuple[str, str, str]] = []  # (method, path, fault) of each injected fault
         proxy = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -118,6 +120,8 @@ class FaultProxy:
                 with self.lock:
                     self.requests += 1
                     fault = self.draw(path)
+                    if fault:
+                        self.faulted.append((method, path, fault))
                 if fault and fault.isdigit():
                     self.answer(client, int(fault))
                     continue
@@ -163,6 +167,10 @@ class FaultProxy:
         if self.weather.outage_status is not None:
             self.injected[f"outage {self.weather.outage_status}"] += 1
             return str(self.weather.outage_status)
+        if self.requests in self.weather.scripted:
+            fault = self.weather.scripted[self.requests]
+            self.injected[fault] += 1
+            return fault
         if self.weather.only_paths and not path.startswith(self.weather.only_paths):
             return None
         roll = self.random.random()

@@ -118,6 +118,7 @@ def test_the_first_run_starts_an_api_that_later_runs_use_until_stopped(
     assert gone(pids[0], within=15), "fcnpipe api stop left the server running"
 
 
+@pytest.mark.slow  # ~20 s of waiting
 def test_the_kept_api_stops_by_itself_when_idle(tmp_path: Path, pointwise_checkpoint: Path) -> None:
     scene = write_tif(tmp_path / "scene.tif", noise_image(64, 64, seed=2))
     home = tmp_path / "prefect"

@@ -32,6 +32,7 @@ ARCHS = available_models()
 STITCH_SLOW = {
     "fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "unet",
     "dilated8-frontend", "dilated8-large", "fcdensenet103", "deconvnet",
+    "dilated8", "fcdensenet56", "fcdensenet67",  # 13-26 s each
 }  # fmt: skip
 # These read colour and depth or HHA, which segmentation does not read (it refuses them in one
 # sentence); tests/test_rgbd.py checks that they stitch exactly on their own input.

@@ -121,6 +121,7 @@ def test_vgg16_weights_load_from_a_file_or_the_hub_cache(
     assert torch.equal(cached["features.0.weight"], state["features.0.weight"])
 
 
+@pytest.mark.slow  # ~35 s: builds a full VGG16 FCN
 def test_cli_weights_init_from_vgg16_records_the_normalisation(
     vgg16_file: Path, vgg16_state: dict, tmp_path: Path
 ) -> None:
@@ -135,6 +136,7 @@ def test_cli_weights_init_from_vgg16_records_the_normalisation(
         assert torch.equal(model.fc6.weight.flatten(1), vgg16_state["classifier.0.weight"])  # type: ignore[union-attr, operator]
 
 
+@pytest.mark.slow  # ~40 s: builds full FCNs twice
 def test_cli_weights_init_random_is_seeded_and_names_classes(tmp_path: Path) -> None:
     paths = []
     for name in ("a", "b"):

@@ -115,6 +115,7 @@ def worker_processes(pid: int) -> list[psutil.Process]:
     return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
 
 
+@pytest.mark.slow  # ~100 s; the Dask byte test stays in the default set (test_flow)
 def test_a_worker_killed_mid_run_does_not_lose_the_run_or_change_its_bytes(
     tmp_path: Path, fcn8s_checkpoint: Path
 ) -> None:
@@ -150,6 +151,7 @@ def test_a_worker_killed_mid_run_does_not_lose_the_run_or_change_its_bytes(
     assert np.array_equal(labels, zarr.open_group(str(tmp_path / "reference.zarr"), mode="r")["labels"][:])  # type: ignore[index]
 
 
+@pytest.mark.slow  # ~60 s; in-process Ctrl-C stays in the default set (test_stopping)
 def test_ctrl_c_stops_a_run_on_local_workers_in_one_sentence_and_it_resumes_to_the_same_bytes(
     tmp_path: Path, fcn8s_checkpoint: Path
 ) -> None:

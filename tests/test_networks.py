@@ -56,7 +56,11 @@ def test_output_size_equals_input_size_for_random_sizes_up_to_1000(arch: str) ->
             assert replica(torch.zeros(1, 1, h, w)).shape[-2:] == (h, w), (h, w)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+# ~7 s each: FCN-8s stands for the family in the default set
+FULL_SIZE = [a if a == "fcn8s" else pytest.param(a, marks=pytest.mark.slow) for a in ARCHS]
+
+
+@pytest.mark.parametrize("arch", FULL_SIZE)
 def test_real_model_gives_per_class_logits_at_input_size(arch: str) -> None:
     model = randomize(build_model(arch, 4))
     with torch.no_grad():

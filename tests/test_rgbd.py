@@ -138,6 +138,7 @@ def test_the_depth_filter_starts_as_the_mean_of_the_colour_filters(vgg16_state: 
             assert torch.equal(model.state_dict()[name], value), name
 
 
+@pytest.mark.slow  # ~17 s; the colour-and-depth stage stays
 def test_late_fusion_is_the_mean_of_its_two_streams() -> None:
     """Each stream starts from a trained FCN-32s; the fusion's logits are the mean of theirs."""
     color, hha = randomize(build_model("fcn32s", 5), seed=1), randomize(build_model("fcn32s", 5), seed=2)

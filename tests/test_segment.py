@@ -61,6 +61,7 @@ def test_stitched_logits_equal_one_whole_image_pass_700x913(tmp_path: Path, fcn8
     check_exact(tmp_path, fcn8s_checkpoint, 700, 913, EXACT.model_copy(update=dict(tile_size=128)))
 
 
+@pytest.mark.slow  # ~15 s
 def test_a_halo_below_the_receptive_field_shows_seams(
     tmp_path: Path, fcn8s_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -116,6 +116,7 @@ def test_the_probe_does_not_underestimate_a_larger_pass() -> None:
     assert probe.peak_mib(640 * 640) >= measured > 0
 
 
+@pytest.mark.slow  # ~40 s
 def test_auto_tiles_under_a_small_budget_are_smaller_and_stay_exact(
     tmp_path: Path, fcn8s_checkpoint: Path
 ) -> None:

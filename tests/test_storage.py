@@ -156,6 +156,7 @@ def test_a_cog_in_a_bucket_becomes_a_mosaic_in_the_bucket_with_the_local_run_s_b
     assert again.exit_code == 1 and "exists; pass --overwrite" in one_sentence(again.output)
 
 
+@pytest.mark.slow  # ~45 s; kill -9 and resume on a disk stays (test_flow)
 def test_kill_9_mid_run_into_a_bucket_then_resume_gives_identical_bytes(
     bucket: Bucket, tmp_path: Path, fcn8s_checkpoint: Path
 ) -> None:

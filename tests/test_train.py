@@ -428,6 +428,7 @@ def test_from_scratch_warns_only_where_the_paper_started_from_imagenet(
         initial_model("scratch", "fcdensenet56", train_split)
 
 
+@pytest.mark.slow  # ~65 s: three stages
 def test_staged_chain_32s_16s_8s(bench: str, train_split: SegmentationDataset, tmp_path: Path) -> None:
     """Each stage a step on one 32 px crop; SGD without momentum keeps the checkpoints at model size."""
     recipe = modern(batch_size=1, momentum=0.0)

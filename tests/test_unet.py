@@ -48,6 +48,7 @@ def test_a_tile_reaching_past_the_image_reads_the_mirrored_image(tmp_path: Path)
     assert np.array_equal(padded, mirrored)  # the whole-image pass mirrors the same way
 
 
+@pytest.mark.slow  # ~12 s
 def test_a_scene_thinner_than_the_margin_still_stitches_exactly(tmp_path: Path) -> None:
     model = randomize(build_model("unet", 3), seed=4)
     checkpoint = save_model(tmp_path / "unet.pt", model, "unet")

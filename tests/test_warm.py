@@ -168,6 +168,7 @@ def start_slow_run(
     return args, proc
 
 
+@pytest.mark.slow  # ~18 s; Ctrl-C of an own-process run stays (test_stopping)
 def test_ctrl_c_stops_a_warm_run_within_5_s_and_the_same_command_resumes_to_identical_bytes(
     home: Path, first_run: Path, stoppable_scene: tuple[Path, Path], fcn8s_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -197,6 +198,7 @@ def test_ctrl_c_stops_a_warm_run_within_5_s_and_the_same_command_resumes_to_iden
     assert chunk_bytes(out) == chunk_bytes(reference)
 
 
+@pytest.mark.slow  # ~17 s
 def test_a_command_killed_outright_stops_its_warm_run_and_the_store_resumes(
     home: Path, first_run: Path, stoppable_scene: tuple[Path, Path], fcn8s_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -213,6 +215,7 @@ def test_a_command_killed_outright_stops_its_warm_run_and_the_store_resumes(
     assert chunk_bytes(out) == chunk_bytes(reference)
 
 
+@pytest.mark.slow  # ~18 s
 def test_a_command_with_another_environment_runs_itself_and_replaces_the_runner(
     home: Path, first_run: Path, scene: Path, pointwise_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -229,6 +232,7 @@ def test_a_command_with_another_environment_runs_itself_and_replaces_the_runner(
     assert gone(int(old["pid"]), within=15), "the replaced runner is still there"
 
 
+@pytest.mark.slow  # ~17 s
 def test_a_dead_runner_costs_the_next_command_nothing(
     home: Path, first_run: Path, scene: Path, pointwise_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -244,6 +248,7 @@ def test_a_dead_runner_costs_the_next_command_nothing(
     assert ready(home)["pid"] != old["pid"]  # and left a new runner
 
 
+@pytest.mark.slow  # ~10 s of waiting
 def test_an_idle_runner_stops_by_itself(tmp_path: Path) -> None:
     env = command_env(env_for(tmp_path, FCNPIPE_API_IDLE_SECONDS="1"))
     with pytest.MonkeyPatch.context() as patch:
