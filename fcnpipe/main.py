@@ -69,7 +69,8 @@ def user_errors() -> Iterator[None]:
     except Exception as exc:
         if os.environ.get("FCNPIPE_DEBUG"):
             raise
-        fail(api_failure(exc) or f"{type(exc).__name__}: {exc} (set FCNPIPE_DEBUG=1 for the traceback).")
+        said = (str(exc).strip().splitlines() or [""])[0]  # a library's multi-line report: its first line
+        fail(api_failure(exc) or f"{type(exc).__name__}: {said} (set FCNPIPE_DEBUG=1 for the traceback).")
 
 
 def api_failure(exc: BaseException) -> str | None:
