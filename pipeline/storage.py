@@ -203,6 +203,8 @@ def gdal_env(location: Location) -> rasterio.Env:
     for name, value in GDAL_RETRIES.items():  # a failed range request is tried again, as obstore does
         if name not in os.environ:
             options[name] = value
+    if location.scheme == "az":
+        options |= gdal_azure_options(azure_settings())
     url = sdk_endpoint()
     if url and not os.environ.get("AWS_S3_ENDPOINT"):
         parts = urlsplit(url)
@@ -254,6 +256,74 @@ def gdal_library() -> ctypes.CDLL | None:
     return None
 
 
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+"""Azure's storage emulator (Azurite) serves this account with this key: public, documented values."""
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    """Azure Blob settings from the environment, under whichever names the user set them."""
+
+    account: str | None
+    key: str | None
+    endpoint: str | None  # a blob endpoint other than Azure's (an emulator, a private endpoint)
+
+
+def azure_settings() -> AzureSettings:
+    """Azure's account, key and endpoint, under whichever names the user set them.
+
+    As obstore names them (``AZURE_STORAGE_ACCOUNT_NAME``, ``AZURE_STORAGE_ACCOUNT_KEY``,
+    ``AZURE_STORAGE_ENDPOINT``, ``AZURE_STORAGE_USE_EMULATOR``), as GDAL and the Azure CLI do
+    (``AZURE_STORAGE_ACCOUNT``, ``AZURE_STORAGE_ACCESS_KEY``), or in
+    ``AZURE_STORAGE_CONNECTION_STRING``; the first found wins.
+    """
+    env = os.environ
+    text = env.get("AZURE_STORAGE_CONNECTION_STRING", "")
+    parts = dict(item.split("=", 1) for item in text.split(";") if "=" in item)
+    emulator = (
+        env.get("AZURE_STORAGE_USE_EMULATOR", "").lower() in ("1", "true", "yes", "on")
+        or parts.get("UseDevelopmentStorage", "").lower() == "true"
+    )
+    account = (env.get("AZURE_STORAGE_ACCOUNT_NAME") or env.get("AZURE_STORAGE_ACCOUNT")
+               or parts.get("AccountName") or (AZURITE_ACCOUNT if emulator else None))  # fmt: skip
+    key = (env.get("AZURE_STORAGE_ACCOUNT_KEY") or env.get("AZURE_STORAGE_ACCESS_KEY")
+           or parts.get("AccountKey") or (AZURITE_KEY if emulator else None))  # fmt: skip
+    endpoint = (env.get("AZURE_STORAGE_ENDPOINT") or env.get("AZURE_ENDPOINT") or parts.get("BlobEndpoint")
+                or (f"http://127.0.0.1:10000/{account}" if emulator else None))  # fmt: skip
+    return AzureSettings(account, key, endpoint.rstrip("/") if endpoint else None)
+
+
+def gdal_azure_options(azure: AzureSettings) -> dict[str, str]:
+    """The settings GDAL's /vsiaz/ reads, for what the user set under other names (none it has)."""
+    env = os.environ
+    if env.get("AZURE_STORAGE_CONNECTION_STRING") or azure.account is None:
+        return {}  # GDAL reads the connection string itself; without an account there is nothing to add
+    if azure.endpoint and azure.key:  # only a connection string carries an endpoint to GDAL
+        scheme = urlsplit(azure.endpoint).scheme or "https"
+        return {"AZURE_STORAGE_CONNECTION_STRING": f"DefaultEndpointsProtocol={scheme};AccountName="
+                f"{azure.account};AccountKey={azure.key};BlobEndpoint={azure.endpoint};"}  # fmt: skip
+    options = {} if env.get("AZURE_STORAGE_ACCOUNT") else {"AZURE_STORAGE_ACCOUNT": azure.account}
+    if azure.key and not env.get("AZURE_STORAGE_ACCESS_KEY"):
+        options["AZURE_STORAGE_ACCESS_KEY"] = azure.key
+    return options
+
+
+def azure_store(container: str, prefix: str) -> AzureStore:
+    """An Azure Blob store for ``container``/``prefix``, configured from the environment."""
+    azure = azure_settings()
+    options: dict[str, Any] = {}
+    if azure.account:
+        options["account_name"] = azure.account
+    if azure.key:
+        options["account_key"] = azure.key
+    if azure.endpoint:
+        options["endpoint"] = azure.endpoint
+        if azure.endpoint.startswith("http://"):
+            options["client_options"] = {"allow_http": True}
+    return AzureStore(container, prefix=prefix or None, **options)
+
+
 def s3_store(bucket: str, prefix: str) -> S3Store:
     """An S3 store for ``bucket``/``prefix``, configured from the environment."""
     options: dict[str, Any] = {}
@@ -288,7 +358,7 @@ def object_store(location: Location) -> Any:
     if scheme == "gs":
         return GCSStore(bucket, prefix=key or None)
     if scheme == "az":
-        return AzureStore(bucket, prefix=key or None)
+        return azure_store(bucket, key)
     raise AssertionError(f"not an object-store URL: {location.redacted()}")
 
 
@@ -361,8 +431,9 @@ def describe_error(location: Location, exc: BaseException) -> str:
     """One sentence for a failed access to ``location``; it names no credential, only where to look."""
     where = location.redacted()
     code = error_code(exc)
-    if code == "NoSuchBucket":
-        return f"{where}: the bucket {location.bucket!r} does not exist."
+    if code in ("NoSuchBucket", "ContainerNotFound"):
+        kind = "container" if code == "ContainerNotFound" else "bucket"
+        return f"{where}: the {kind} {location.bucket!r} does not exist."
     if code in ("NoSuchKey", "NotFound") or isinstance(exc, FileNotFoundError):
         return f"{where} does not exist."
     refused = ("PermissionDenied", "Unauthenticated", "AccessDenied", "SignatureDoesNotMatch",
@@ -381,7 +452,7 @@ def credential_hint(location: Location) -> str:
     return {
         "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
         "gs": "GOOGLE_APPLICATION_CREDENTIALS",
-        "az": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY",
+        "az": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_CONNECTION_STRING)",
     }.get(location.scheme, "the URL")
 
 

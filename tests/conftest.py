@@ -255,6 +255,74 @@ def s3_server() -> Iterator[S3Server]:
         server.stop()
 
 
+NODE_TOOLS = Path(os.environ.get("FCNPIPE_NODE_TOOLS", Path.home() / ".cache" / "fcnpipe-ci" / "node"))
+"""Where ``.ci/run`` installs the servers that come from npm (s3rver, Azurite), cached between runs."""
+
+
+def node_tool(name: str) -> Path:
+    """An npm-installed server's command; in CI (``FCNPIPE_CI=1``) a missing one fails the test."""
+    path = NODE_TOOLS / "node_modules" / ".bin" / name
+    if not path.exists():
+        why = f"{name} is not installed in {NODE_TOOLS} (.ci/run installs it with npm)"
+        if os.environ.get("FCNPIPE_CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return path
+
+
+def serve_on_loopback(command: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start a server process and wait until its port on 127.0.0.1 takes connections."""
+    import socket
+    import time
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{command[0]} exited: {log.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{command[0]} did not listen on 127.0.0.1:{port} within 60 s")
+
+
+@pytest.fixture(scope="session")
+def s3rver_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """s3rver (npm), a real S3 API that ignores conditional writes (``If-None-Match``), on 127.0.0.1."""
+    from flows.api import free_port
+
+    binary = node_tool("s3rver")
+    folder = tmp_path_factory.mktemp("s3rver")
+    port = free_port()
+    command = [str(binary), "-d", str(folder / "data"), "-a", "127.0.0.1", "-p", str(port), "--silent",
+               "--no-vhost-buckets"]  # fmt: skip
+    proc = serve_on_loopback(command, port, folder / "log.txt")
+    try:
+        yield S3Server(f"http://127.0.0.1:{port}", "S3RVER", "S3RVER")  # its documented credentials
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def new_bucket(server: S3Server, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Bucket:
+    """A new bucket on ``server``, and AWS_* set as a user of an S3-compatible store would set them."""
+    for name in ("AWS_PROFILE", "AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "AWS_SESSION_TOKEN",
+                 "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"t-{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]}"
+    server.client().create_bucket(Bucket=name)
+    return Bucket(name, server)
+
+
 @dataclass(frozen=True)
 class Bucket:
     """A fresh bucket on the test S3 server, and this process's environment pointed at it."""
@@ -281,18 +349,107 @@ class Bucket:
 
 @pytest.fixture
 def bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Bucket:
-    """A new bucket, and AWS_* set as a user of an S3-compatible store would set them."""
-    for name in ("AWS_PROFILE", "AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "AWS_SESSION_TOKEN",
-                 "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key_id)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
-    name = f"t-{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]}"
-    s3_server.client().create_bucket(Bucket=name)
-    return Bucket(name, s3_server)
+    """A new bucket on moto, and AWS_* set as a user of an S3-compatible store would set them."""
+    return new_bucket(s3_server, monkeypatch, request)
+
+
+@pytest.fixture
+def s3rver_bucket(
+    s3rver_server: S3Server, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Bucket:
+    """A new bucket on s3rver (which overwrites where a create-only PUT should be refused)."""
+    return new_bucket(s3rver_server, monkeypatch, request)
+
+
+@dataclass(frozen=True)
+class AzuriteServer:
+    """Azurite (npm), Azure's storage emulator, serving Blob on 127.0.0.1 with its public dev account."""
+
+    endpoint: str  # the blob endpoint, account included: http://127.0.0.1:PORT/devstoreaccount1
+    account: str = "devstoreaccount1"
+    key: str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+    @property
+    def connection_string(self) -> str:
+        """The connection string the Azure SDKs and GDAL take."""
+        return (f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
+                f"BlobEndpoint={self.endpoint};")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """Azurite's Blob service on 127.0.0.1, its data in a temporary folder, telemetry off."""
+    from flows.api import free_port
+
+    binary = node_tool("azurite-blob")
+    folder = tmp_path_factory.mktemp("azurite")
+    port = free_port()
+    command = [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(folder),
+               "--silent", "--disableTelemetry", "--skipApiVersionCheck", "--loose"]  # fmt: skip
+    proc = serve_on_loopback(command, port, folder / "log.txt")
+    try:
+        yield AzuriteServer(f"http://127.0.0.1:{port}/devstoreaccount1")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@dataclass(frozen=True)
+class Container:
+    """A fresh Azure Blob container on Azurite (the interface of ``Bucket``), read and written with
+    Microsoft's own client, not fcnpipe's."""
+
+    name: str
+    server: AzuriteServer
+
+    def client(self) -> Any:
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient.from_connection_string(self.server.connection_string).get_container_client(
+            self.name
+        )
+
+    def url(self, key: str) -> str:
+        """``az://container/key``."""
+        return f"az://{self.name}/{key}"
+
+    def upload(self, path: Path, key: str) -> str:
+        """Put a local file into the container; its URL."""
+        with path.open("rb") as data:
+            self.client().upload_blob(key, data)
+        return self.url(key)
+
+    def objects(self, prefix: str = "") -> dict[str, bytes]:
+        """Every blob under ``prefix``, by name relative to it."""
+        client = self.client()
+        names = [b.name for b in client.list_blobs(name_starts_with=prefix)]
+        return {n[len(prefix) :]: client.download_blob(n).readall() for n in names}
+
+
+AZURE_NAMINGS = ("obstore-names", "gdal-names", "connection-string")
+
+
+def new_container(
+    server: AzuriteServer, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, naming: str
+) -> Container:
+    """A new container, and the environment set as a user would, under one family of names:
+    obstore's (as the README gives them), GDAL's and the Azure CLI's, or a connection string alone."""
+    for name in [k for k in os.environ if k.startswith("AZURE_")]:
+        monkeypatch.delenv(name)
+    account, key, endpoint = server.account, server.key, server.endpoint
+    named = {
+        "obstore-names": {"AZURE_STORAGE_ACCOUNT_NAME": account, "AZURE_STORAGE_ACCOUNT_KEY": key,
+                          "AZURE_STORAGE_ENDPOINT": endpoint},
+        "gdal-names": {"AZURE_STORAGE_ACCOUNT": account, "AZURE_STORAGE_ACCESS_KEY": key,
+                       "AZURE_STORAGE_ENDPOINT": endpoint},
+        "connection-string": {"AZURE_STORAGE_CONNECTION_STRING": server.connection_string},
+    }[naming]  # fmt: skip
+    for name, value in named.items():
+        monkeypatch.setenv(name, value)
+    slug = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+    container = Container(f"t-{slug}", server)
+    container.client().create_container()
+    return container
 
 
 # --- tiny replicas of dataset layouts, for the reader tests (tests/test_data_*.py) ---------------
