@@ -41,7 +41,12 @@ from pipeline.training.default_model import ARCH as DEMO_ARCH
 
 @task(name="plan", cache_policy=NO_CACHE)
 def plan_task(
-    input: str, weights: Path, settings: SegmentSettings, output: str | None, overwrite: bool, workers: int
+    input: str,
+    weights: str | Path,
+    settings: SegmentSettings,
+    output: str | None,
+    overwrite: bool,
+    workers: int,
 ) -> Plan:
     """Check the inputs, size the tiles and prepare the store."""
     return plan_scene(input, weights, settings, output=output, overwrite=overwrite, workers=workers)

@@ -191,15 +191,18 @@ Target = Annotated[str | None, AfterValidator(writable_local)]
 """A path or URL to write, or None for the default: a local one's folder must be writable."""
 
 
-def existing_checkpoint(value: Path) -> Path:
-    """A checkpoint file must exist (read when the run is planned)."""
-    if not value.expanduser().is_file():
+def existing_checkpoint(value: str | Path) -> str | Path:
+    """A checkpoint file must exist (read when the run is planned); a URL is fetched when planned."""
+    if isinstance(value, str) and "://" in value:
+        return value
+    path = Path(value)
+    if not path.expanduser().is_file():
         raise ValueError(f"checkpoint {value} does not exist")
-    return value
+    return path
 
 
-Checkpoint = Annotated[Path, AfterValidator(existing_checkpoint)]
-"""A model checkpoint on this machine."""
+Checkpoint = Annotated[str | Path, AfterValidator(existing_checkpoint)]
+"""A model checkpoint: a path on this machine, or an s3://, gs://, az:// or https:// URL."""
 
 
 class Settings(BaseModel):
@@ -226,7 +229,7 @@ class Settings(BaseModel):
             loaded = read_mapping(config, "config")
             data = dict(loaded.get(cls.SECTION, loaded))
             for name in cls.PATHS:
-                if data.get(name) is not None:
+                if data.get(name) is not None and "://" not in str(data[name]):
                     data[name] = config.parent / str(data[name])
         data |= {k: v for k, v in (given or {}).items() if v is not None}
         return cls(**data)
@@ -246,7 +249,9 @@ class SegmentSettings(Settings):
     PATHS: ClassVar[tuple[str, ...]] = ("weights",)
 
     weights: Checkpoint | None = Field(
-        None, description="The model checkpoint; default: fcnpipe's default model (trained on first use)."
+        None,
+        description="The model checkpoint, a path or an s3://, gs://, az://, https:// URL (fetched once per "
+        "machine); default: fcnpipe's default model (trained on first use).",
     )
     tile_size: int | Auto = Field(
         "auto",

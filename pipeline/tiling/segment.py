@@ -24,6 +24,7 @@ from fcn.checkpoint import inference_forward, read_checkpoint
 from fcn.margin import aligned_halo
 from fcn.memory import MemoryProbe, probe_memory
 from fcn.streaming import STREAMING_ARCHITECTURES, supports_streaming
+from pipeline.checkpoints import local_checkpoint
 from pipeline.grid import GridSpec
 from pipeline.outputs.mosaic import (
     AlreadyComplete,
@@ -90,7 +91,7 @@ def default_output(input_path: Location) -> Location:
 
 def plan_scene(
     input_path: str | Path | Location,
-    weights: Path,
+    weights: str | Path,
     settings: SegmentSettings,
     *,
     output: str | Path | Location | None = None,
@@ -105,6 +106,7 @@ def plan_scene(
     already a complete mosaic of this plan is left untouched and the plan says ``complete``.
     """
     source = Location.of(input_path)
+    named, weights = weights, local_checkpoint(weights)  # a URL is fetched here, once per machine
     card = ModelCard.from_dict(read_checkpoint(weights, lazy=True)["card"])
     settings, notes = check_settings(settings, card)
     info = inspect_raster(source, channels=3, bands=settings.bands, value_range=settings.value_range)
@@ -132,14 +134,14 @@ def plan_scene(
         try:
             done = blocks_done(prepare(out, spec, overwrite=overwrite))
         except AlreadyComplete:  # not an error: a scheduled run finds most scenes done
-            return Plan(info, out, str(weights), sha, card, grid, settings, (), tuple(notes),
+            return Plan(info, out, str(named), sha, card, grid, settings, (), tuple(notes),
                         sizing.peak_mib, sizing.budget_mib, complete=True)  # fmt: skip
     elif state is not None and state.get("fingerprint") == spec.fingerprint():
         done = blocks_done(open_mosaic_group(out, "r"))
     else:
         done = np.zeros(len(blocks), dtype=bool)
     todo = tuple(b.index for b in blocks if not done[b.index])
-    return Plan(info, out, str(weights), sha, card, grid, settings, todo, tuple(notes),
+    return Plan(info, out, str(named), sha, card, grid, settings, todo, tuple(notes),
                 sizing.peak_mib, sizing.budget_mib)  # fmt: skip
 
 
@@ -206,8 +208,8 @@ def measured_probe(weights: str | Path, sha256: str, device: str) -> MemoryProbe
 
 @functools.lru_cache(maxsize=2)
 def cached_model(weights: str, sha256: str) -> tuple[torch.nn.Module, ModelCard]:
-    """Load a model once per process (per weights file) and keep it."""
-    return load_checkpoint(Path(weights))
+    """Load a model once per process (per weights file) and keep it (a URL: this machine's copy)."""
+    return load_checkpoint(local_checkpoint(weights, sha256))
 
 
 def cached_engine(weights: str, sha256: str, settings: SegmentSettings) -> Engine:
