@@ -70,7 +70,22 @@ def user_errors() -> Iterator[None]:
         if os.environ.get("FCNPIPE_DEBUG"):
             raise
         said = (str(exc).strip().splitlines() or [""])[0]  # a library's multi-line report: its first line
-        fail(api_failure(exc) or f"{type(exc).__name__}: {said} (set FCNPIPE_DEBUG=1 for the traceback).")
+        fail(
+            api_failure(exc)
+            or cluster_failure(exc)
+            or f"{type(exc).__name__}: {said} (set FCNPIPE_DEBUG=1 for the traceback)."
+        )
+
+
+def cluster_failure(exc: BaseException) -> str | None:
+    """One sentence for a Dask scheduler that went away mid-run, else None."""
+    for seen in causes(exc):
+        if type(seen).__name__ == "FutureCancelledError" and "scheduler-connection-lost" in str(seen):
+            return (
+                "the connection to the Dask scheduler was lost, so the run stopped; what the workers "
+                "wrote is kept: with a scheduler running again, run the same command to resume."
+            )
+    return None
 
 
 def api_failure(exc: BaseException) -> str | None:

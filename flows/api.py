@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import signal
@@ -53,9 +54,22 @@ QUIET_ENV = {
 
 
 def quiet_environment() -> None:
-    """Set the settings above in this process's environment; a value the user has set wins."""
+    """Set the settings above in this process's environment; a value the user has set wins.
+
+    Dask reads its settings from the environment when it is imported, which may have happened
+    already (a flow imports ``dask.base``): then its configuration is read again, and the
+    ``distributed`` loggers, once distributed is loaded (call this again then), take the level.
+    """
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    if "dask" in sys.modules:
+        sys.modules["dask"].config.refresh()
+    if "distributed" in sys.modules:
+        level = os.environ["DASK_LOGGING__DISTRIBUTED"].upper()
+        level = level if level in logging.getLevelNamesMapping() else "CRITICAL"
+        # distributed.client has a level of its own in Dask's defaults, which no variable can set
+        for name in ("distributed", "distributed.client"):
+            logging.getLogger(name).setLevel(level)
 
 
 def setting(key: str) -> str:

@@ -29,8 +29,10 @@ from prefect.settings import (  # noqa: E402
     temporary_settings,
 )
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
-from prefect_dask.task_runners import DaskTaskRunner  # noqa: E402
+from prefect_dask.task_runners import DaskTaskRunner  # noqa: E402  (imports distributed)
 from rich.console import Console  # noqa: E402
+
+quiet_environment()  # again: distributed is loaded now, and its loggers take the level
 
 from fcn import FcnpipeError  # noqa: E402
 from flows.progress import Meter, progress  # noqa: E402

@@ -5,8 +5,11 @@ Every cluster here is a real ``distributed`` cluster of worker processes on 127.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import zarr
 from typer.testing import CliRunner
 
 from fcnpipe.main import app
+from flows.api import free_port
 from pipeline.outputs.finish import finish
 from pipeline.outputs.mosaic import MANIFEST, block_layouts, open_mosaic_group, read_state
 from pipeline.settings import SegmentSettings
@@ -252,3 +256,69 @@ def test_workers_tell_each_tile_as_it_is_written_and_a_retried_block_counts_once
         progress.block(BlockReport(first, tiles=4, skipped=0, pixels=400, seconds=1.0))
         progress.block(BlockReport(plan.todo[1], tiles=4, skipped=0, pixels=400, seconds=1.0))  # told by none
     assert sum(told) == 8 and told[4:] == [0, 4]
+
+
+def dask_cluster(port: int) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """A real scheduler and one single-threaded worker, each its own process (as on other machines)."""
+    dask = str(Path(sys.executable).with_name("dask"))
+    address = f"tcp://127.0.0.1:{port}"
+
+    def start(*words: str) -> subprocess.Popen[bytes]:
+        out = subprocess.DEVNULL
+        return subprocess.Popen([dask, *words], stdout=out, stderr=out, start_new_session=True)
+
+    scheduler = start(
+        "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"
+    )
+    worker = start(
+        "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"
+    )
+    from distributed import Client
+
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(1, timeout=60)
+    return scheduler, worker
+
+
+@pytest.mark.slow  # ~45 s: two clusters of real processes
+def test_a_lost_scheduler_is_one_sentence_and_the_run_resumes_on_another(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    # Plumbing: the stand-in model; the point is the scheduler.
+    scene = write_tif(tmp_path / "scene.tif", noise_image(512, 512, seed=4))
+    run_local(plan_scene(scene, pointwise_checkpoint, SegmentSettings(tile_size=32, chunk=32, block=1),
+                         output=tmp_path / "reference.zarr"))  # fmt: skip
+    out = tmp_path / "out.zarr"
+    port = free_port()
+    args = ["run", FLOW, "--input", str(scene), "--weights", str(pointwise_checkpoint), "--tile-size", "32",
+            "--chunk", "32", "--block", "1", "--output", str(out), "--dask-address",
+            f"tcp://127.0.0.1:{port}"]  # fmt: skip
+    scheduler, worker = dask_cluster(port)
+    try:
+        proc = fcnpipe(*args)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = out / MANIFEST / "c"
+            if done.is_dir() and any(done.iterdir()):
+                break
+            time.sleep(0.05)
+        os.killpg(scheduler.pid, signal.SIGKILL)
+        output = proc.communicate(timeout=120)[0].decode()
+    finally:
+        for process in (scheduler, worker):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    assert proc.returncode == 1, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Dask scheduler was lost" in errors[0], output
+    assert "Traceback" not in output and "distributed." not in output, output
+    assert not read_state(out)["complete"]  # type: ignore[index]
+
+    scheduler, worker = dask_cluster(port)  # another scheduler at the same address
+    try:
+        again = runner.invoke(app, args)
+    finally:
+        for process in (scheduler, worker):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert again.exit_code == 0, again.output
+    assert chunk_bytes(out) == chunk_bytes(tmp_path / "reference.zarr")
