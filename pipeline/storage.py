@@ -205,6 +205,8 @@ def gdal_env(location: Location) -> rasterio.Env:
             options[name] = value
     if location.scheme == "az":
         options |= gdal_azure_options(azure_settings())
+    if location.scheme == "gs":
+        options |= gdal_gcs_options(gcs_settings())
     url = sdk_endpoint()
     if url and not os.environ.get("AWS_S3_ENDPOINT"):
         parts = urlsplit(url)
@@ -324,6 +326,60 @@ def azure_store(container: str, prefix: str) -> AzureStore:
     return AzureStore(container, prefix=prefix or None, **options)
 
 
+@dataclass(frozen=True)
+class GcsSettings:
+    """Google Cloud Storage settings from the environment, under whichever names the user set them."""
+
+    endpoint: str | None  # another server than Google's (an emulator)
+    anonymous: bool  # send requests unsigned (public buckets, emulators)
+
+
+def gcs_settings() -> GcsSettings:
+    """Google Cloud Storage's endpoint, and whether to sign requests, under whichever names are set.
+
+    The endpoint as obstore (``GOOGLE_BASE_URL``), GDAL (``CPL_GS_ENDPOINT``) or Google's SDKs
+    (``STORAGE_EMULATOR_HOST``, for an emulator) name it; unsigned with ``GOOGLE_SKIP_SIGNATURE``
+    or ``GS_NO_SIGN_REQUEST``, and for an emulator without credentials, as the SDKs do.
+    Credentials themselves (``GOOGLE_APPLICATION_CREDENTIALS``) both clients read.
+    """
+    env = os.environ
+    emulator = env.get("STORAGE_EMULATOR_HOST")
+    if emulator and "://" not in emulator:
+        emulator = f"http://{emulator}"
+    endpoint = env.get("GOOGLE_BASE_URL") or env.get("CPL_GS_ENDPOINT") or emulator
+    anonymous = (
+        env.get("GOOGLE_SKIP_SIGNATURE", "").lower() in ("1", "true", "yes", "on")
+        or env.get("GS_NO_SIGN_REQUEST", "").lower() in ("1", "true", "yes", "on")
+        or bool(emulator and not env.get("GOOGLE_APPLICATION_CREDENTIALS"))
+    )
+    return GcsSettings(endpoint.rstrip("/") if endpoint else None, anonymous)
+
+
+def gdal_gcs_options(gcs: GcsSettings) -> dict[str, str]:
+    """The settings GDAL's /vsigs/ reads, for what the user set under other names (none it has)."""
+    options = {}
+    if gcs.endpoint and not os.environ.get("CPL_GS_ENDPOINT"):
+        options["CPL_GS_ENDPOINT"] = gcs.endpoint + "/"
+    if gcs.anonymous and not os.environ.get("GS_NO_SIGN_REQUEST"):
+        options["GS_NO_SIGN_REQUEST"] = "YES"
+    return options
+
+
+def gcs_store(bucket: str, prefix: str) -> GCSStore:
+    """A Google Cloud Storage store for ``bucket``/``prefix``, configured from the environment."""
+    gcs = gcs_settings()
+    options: dict[str, Any] = {}
+    if gcs.endpoint:
+        options["base_url"] = gcs.endpoint
+        if gcs.endpoint.startswith("http://"):
+            options["client_options"] = {"allow_http": True}
+    if gcs.anonymous:
+        options["skip_signature"] = True
+        if os.environ.get("STORAGE_EMULATOR_HOST"):  # obstore asks for a token even unsigned: any will do
+            options["bearer_token"] = "emulator"
+    return GCSStore(bucket, prefix=prefix or None, **options)
+
+
 def s3_store(bucket: str, prefix: str) -> S3Store:
     """An S3 store for ``bucket``/``prefix``, configured from the environment."""
     options: dict[str, Any] = {}
@@ -356,7 +412,7 @@ def object_store(location: Location) -> Any:
     if scheme == "s3":
         return s3_store(bucket, key)
     if scheme == "gs":
-        return GCSStore(bucket, prefix=key or None)
+        return gcs_store(bucket, key)
     if scheme == "az":
         return azure_store(bucket, key)
     raise AssertionError(f"not an object-store URL: {location.redacted()}")

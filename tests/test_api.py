@@ -209,6 +209,7 @@ def test_a_run_rides_out_an_api_answering_503_for_a_while(tmp_path: Path, pointw
     assert chunk_bytes(out) == chunk_bytes(reference)
 
 
+@pytest.mark.slow  # ~25 s
 @pytest.mark.usefixtures("prefect_api")
 def test_an_api_that_stays_down_stops_the_run_in_one_sentence_and_it_resumes(
     tmp_path: Path, pointwise_checkpoint: Path

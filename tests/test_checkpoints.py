@@ -34,8 +34,7 @@ def test_weights_in_a_bucket_are_fetched_once_per_machine_and_give_the_local_fil
     local = CliRunner().invoke(app, [*common, "--weights", str(pointwise_checkpoint), "--output",
                                      str(tmp_path / "local.zarr")])  # fmt: skip
     assert local.exit_code == 0, local.output
-    remote = CliRunner().invoke(app, [*common, "--weights", url, "--workers", "2", "--output",
-                                      str(tmp_path / "remote.zarr")])  # fmt: skip
+    remote = CliRunner().invoke(app, [*common, "--weights", url, "--output", str(tmp_path / "remote.zarr")])
     assert remote.exit_code == 0, remote.output
     assert chunks_on_disk(tmp_path / "remote.zarr") == chunks_on_disk(tmp_path / "local.zarr")
     cached = tmp_path / "home" / "weights" / f"{digest(pointwise_checkpoint)}.pt"
