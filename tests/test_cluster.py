@@ -240,18 +240,19 @@ def test_workers_tell_each_tile_as_it_is_written_and_a_retried_block_counts_once
     told: list[int] = []
     progress = BlockProgress(plan, lambda tiles, _: told.append(tiles), Meter(sum(sizes)))
     with (
-        LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster,
+        # a real Worker on threads (this test is about events through the scheduler, not processes)
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
         Client(cluster) as client,  # type: ignore[no-untyped-call]
         tile_events(client, progress) as topic,
     ):
         first = plan.todo[0]
-        assert client.submit(tell_tiles, topic, first, 4).result() == 4
+        assert client.submit(tell_tiles, topic, first, 4).result(timeout=60) == 4
         deadline = time.monotonic() + 20
         while len(told) < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert told == [1, 1, 1, 1], "each tile is told as it is written, before its block ends"
         # A retried block (its worker was lost) tells its tiles again: they are not counted twice.
-        assert client.submit(tell_tiles, topic, first, 4, pure=False).result() == 4
+        assert client.submit(tell_tiles, topic, first, 4, pure=False).result(timeout=60) == 4
         time.sleep(1)
         progress.block(BlockReport(first, tiles=4, skipped=0, pixels=400, seconds=1.0))
         progress.block(BlockReport(plan.todo[1], tiles=4, skipped=0, pixels=400, seconds=1.0))  # told by none
