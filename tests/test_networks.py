@@ -179,7 +179,10 @@ def test_init_from_vgg16_rejects_other_state_dicts(vgg16_state: dict) -> None:
         init_from_vgg16(model, broken)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("parent_arch", "child_arch"), [("fcn32s", "fcn16s"), ("fcn16s", "fcn8s")])
+@pytest.mark.parametrize(
+    ("parent_arch", "child_arch"),
+    [pytest.param("fcn32s", "fcn16s", marks=pytest.mark.slow), ("fcn16s", "fcn8s")],
+)
 def test_staged_init_starts_from_the_parents_predictions(parent_arch: str, child_arch: str) -> None:
     parent = randomize(build_model(parent_arch, 4), seed=3)
     child = build_model(child_arch, 4)

@@ -186,6 +186,7 @@ def test_segmenting_refuses_a_model_of_more_than_colour_in_one_sentence() -> Non
 # --- training ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~22 s
 def test_a_colour_and_depth_stage_trains_and_records_its_input(nyud: Path, tmp_path: Path) -> None:
     """One step of FCN-32s on colour and depth (36 px images padded to the 48 px crop with zero input)."""
     spec = f"nyud-color-d:{nyud}"

@@ -193,6 +193,7 @@ def test_kill_9_mid_run_into_a_bucket_then_resume_gives_identical_bytes(
     assert chunks_in(bucket, "mosaics/scene.zarr") == chunks_on_disk(tmp_path / "reference.zarr")
 
 
+@pytest.mark.slow  # ~30 s with two workers; a batch over a gs:// prefix stays (test_servers)
 def test_the_batch_flow_takes_a_bucket_glob_and_skips_what_is_done(
     bucket: Bucket, tmp_path: Path, pointwise_checkpoint: Path
 ) -> None:

@@ -418,6 +418,7 @@ def test_a_checkpoint_for_other_classes_is_refused(train_split: SegmentationData
         initial_model(str(tmp_path / "three.pt"), "pointwise", train_split)
 
 
+@pytest.mark.slow  # ~15-35 s: builds several full networks
 def test_from_scratch_warns_only_where_the_paper_started_from_imagenet(
     train_split: SegmentationDataset,
 ) -> None:

@@ -113,6 +113,7 @@ def test_train_flow_writes_checkpoints_metrics_and_resumes_exactly(benchmark: Pa
         assert np.array_equal(a.numpy(), b.numpy()), k
 
 
+@pytest.mark.slow  # ~30 s
 def test_train_flow_trains_another_family_with_the_new_options_and_relays_warnings(
     benchmark: Path, tmp_path: Path
 ) -> None:
