@@ -14,6 +14,7 @@ time, the faults injected, and whether its chunks equal the clean run's. The mod
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import subprocess
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every fault rate")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="faults-"))
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

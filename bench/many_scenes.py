@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--check", type=int, default=3, help="mosaics compared with single runs")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="many-"))
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -47,9 +47,10 @@ import os
 import posixpath
 import re
 import shutil
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -460,9 +461,39 @@ class PlainWrites(ObjectStore):  # type: ignore[type-arg]
                 await asyncio.sleep(0.1 * 2**attempt)
         raise AssertionError("unreachable")
 
+    async def list(self) -> AsyncGenerator[str, None]:
+        """Every key, listed again from the start if an answer's body broke off."""
+        for key in await listed_again(super().list):
+            yield key
+
+    async def list_prefix(self, prefix: str) -> AsyncGenerator[str, None]:
+        """The keys under ``prefix``, listed again from the start if an answer's body broke off."""
+        for key in await listed_again(lambda: super(PlainWrites, self).list_prefix(prefix)):
+            yield key
+
+    async def list_dir(self, prefix: str) -> AsyncGenerator[str, None]:
+        """The names directly under ``prefix``, listed again if an answer's body broke off."""
+        for key in await listed_again(lambda: super(PlainWrites, self).list_dir(prefix)):
+            yield key
+
+
+async def listed_again(listing: Callable[[], AsyncGenerator[str, None]]) -> list[str]:
+    """All that ``listing`` yields, started again when a page's body broke off.
+
+    A listing is read whole before its keys are used, so a retry never yields a key twice.
+    """
+    for attempt in range(BODY_RETRIES + 1):
+        try:
+            return [key async for key in listing()]
+        except obstore.exceptions.GenericError:
+            if attempt == BODY_RETRIES:
+                raise
+            await asyncio.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
+
 
 BODY_RETRIES = 4
-"""Reads of a key again after a broken body, waiting 0.1 s doubling (1.5 s in all)."""
+"""Reads or listings again after a broken body, waiting 0.1 s doubling (1.5 s in all)."""
 
 
 def zarr_store(location: Location, *, read_only: bool) -> Store:
@@ -569,12 +600,20 @@ def is_file(location: Location) -> bool:
 def list_keys(prefix: Location, *, limit: int | None = None) -> list[str]:
     """Keys under ``prefix`` (recursive), relative to it."""
     store = object_store(prefix)
-    keys: list[str] = []
-    for batch in obstore.list(store, chunk_size=1000):
-        keys.extend(item["path"] for item in batch)
-        if limit is not None and len(keys) >= limit:
-            break
-    return keys
+    for attempt in range(BODY_RETRIES + 1):  # again from the start when a page's body broke off
+        keys: list[str] = []
+        try:
+            for batch in obstore.list(store, chunk_size=1000):
+                keys.extend(item["path"] for item in batch)
+                if limit is not None and len(keys) >= limit:
+                    break
+        except obstore.exceptions.GenericError:
+            if attempt == BODY_RETRIES:
+                raise
+            time.sleep(0.1 * 2**attempt)
+            continue
+        return keys
+    raise AssertionError("unreachable")
 
 
 def http_get(location: Location, *, first_byte_only: bool = False) -> bytes:

@@ -3,6 +3,7 @@ a real S3 server on 127.0.0.1 (moto), and the guarantees that must hold through 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 from fcnpipe.main import app
 from pipeline.outputs.mosaic import read_state
 from pipeline.settings import SegmentSettings
+from pipeline.storage import Location, list_keys, zarr_store
 from pipeline.tiling.segment import plan_scene, run_local
 from tests.conftest import ROOT, Bucket, noise_image
 from tests.faults import FaultProxy, Weather
@@ -47,3 +49,30 @@ def test_a_few_percent_of_failed_requests_still_give_the_clean_run_s_bytes(
     state = read_state(bucket.url("out/scene.zarr"))
     assert state is not None and state["complete"]
     assert chunks_in(bucket, "out/scene.zarr") == chunks_on_disk(tmp_path / "clean.zarr")
+
+
+def test_a_listing_whose_body_breaks_off_is_listed_again_whole(
+    bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by bench/faults.py: a cut listing failed the run as it finished the mosaic.
+    client = bucket.server.client()
+    keys = [f"out/m.zarr/c/{i}" for i in range(30)] + ["out/m.zarr/zarr.json"]
+    for key in keys:
+        client.put_object(Bucket=bucket.name, Key=key, Body=b"x")
+    mosaic = Location.of(bucket.url("out/m.zarr"))
+    for script in ({1: "truncate"}, {1: "truncate", 2: "truncate"}):
+        with FaultProxy(bucket.server.endpoint.split("//")[1], Weather(scripted=script)) as proxy:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+            assert sorted(list_keys(mosaic)) == sorted(k.removeprefix("out/m.zarr/") for k in keys)
+            store = zarr_store(mosaic, read_only=True)
+            proxy.weather.scripted = {proxy.requests + 1: "truncate"}
+
+            async def listings() -> tuple[list[str], list[str]]:
+                every = [key async for key in store.list_prefix("c/")]
+                proxy.weather.scripted = {proxy.requests + 1: "truncate"}
+                return every, [key async for key in store.list_dir("")]
+
+            prefix, top = asyncio.run(listings())
+        assert sorted(prefix) == sorted(k.removeprefix("out/m.zarr/") for k in keys if "/c/" in k)
+        assert sorted(top) == ["c", "zarr.json"]
+        assert proxy.injected["truncate"] == len(script) + 2
