@@ -531,7 +531,17 @@ def describe_error(location: Location, exc: BaseException) -> str:
             f"{where}: the storage service refused these credentials{reason}; check "
             f"{credential_hint(location)}."
         )
+    if code in BUSY:
+        return (
+            f"{where}: the storage service kept answering {code} through every retry (it is "
+            "overloaded or down); run the same command again once it answers."
+        )
     return f"cannot reach {where} ({type(exc).__name__}{f': {code}' if code else ''})."
+
+
+BUSY = ("SlowDown", "ServiceUnavailable", "InternalError", "ServerBusy", "OperationTimedOut",
+        "RequestTimeout")  # fmt: skip
+"""Error codes of a service that is busy or down (S3's, Azure's), answered after the client's retries."""
 
 
 def credential_hint(location: Location) -> str:

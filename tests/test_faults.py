@@ -4,17 +4,20 @@ a real S3 server on 127.0.0.1 (moto), and the guarantees that must hold through 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from zarr.abc.store import Store
 
 from fcnpipe.main import app
 from pipeline.outputs.mosaic import read_state
 from pipeline.settings import SegmentSettings
 from pipeline.storage import Location, list_keys, zarr_store
 from pipeline.tiling.segment import plan_scene, run_local
-from tests.conftest import ROOT, Bucket, noise_image
+from tests.conftest import ROOT, Bucket, fcnpipe, noise_image
 from tests.faults import FaultProxy, Weather
 from tests.test_storage import chunks_in, chunks_on_disk, write_cog
 
@@ -51,6 +54,13 @@ def test_a_few_percent_of_failed_requests_still_give_the_clean_run_s_bytes(
     assert chunks_in(bucket, "out/scene.zarr") == chunks_on_disk(tmp_path / "clean.zarr")
 
 
+async def listings(store: Store, proxy: FaultProxy) -> tuple[list[str], list[str]]:
+    """zarr's listings of ``store`` under c/ and at its top, the latter's first answer cut too."""
+    every = [key async for key in store.list_prefix("c/")]
+    proxy.weather.scripted = {proxy.requests + 1: "truncate"}
+    return every, [key async for key in store.list_dir("")]
+
+
 def test_a_listing_whose_body_breaks_off_is_listed_again_whole(
     bucket: Bucket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -64,15 +74,45 @@ def test_a_listing_whose_body_breaks_off_is_listed_again_whole(
         with FaultProxy(bucket.server.endpoint.split("//")[1], Weather(scripted=script)) as proxy:
             monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
             assert sorted(list_keys(mosaic)) == sorted(k.removeprefix("out/m.zarr/") for k in keys)
-            store = zarr_store(mosaic, read_only=True)
             proxy.weather.scripted = {proxy.requests + 1: "truncate"}
-
-            async def listings() -> tuple[list[str], list[str]]:
-                every = [key async for key in store.list_prefix("c/")]
-                proxy.weather.scripted = {proxy.requests + 1: "truncate"}
-                return every, [key async for key in store.list_dir("")]
-
-            prefix, top = asyncio.run(listings())
+            prefix, top = asyncio.run(listings(zarr_store(mosaic, read_only=True), proxy))
         assert sorted(prefix) == sorted(k.removeprefix("out/m.zarr/") for k in keys if "/c/" in k)
         assert sorted(top) == ["c", "zarr.json"]
         assert proxy.injected["truncate"] == len(script) + 2
+
+
+@pytest.mark.slow  # waits out the store's retries (about a minute)
+def test_a_store_that_stays_down_ends_the_run_in_one_sentence_and_it_resumes(
+    bucket: Bucket, tmp_path: Path, pointwise_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Plumbing: the stand-in model; the point is the store going away mid-run.
+    scene = write_cog(tmp_path / "scene.tif", noise_image(512, 512, seed=3))
+    settings = SegmentSettings(tile_size=64, chunk=64, block=1)
+    run_local(plan_scene(scene, pointwise_checkpoint, settings, output=tmp_path / "clean.zarr"))
+    url = bucket.upload(scene, "in/scene.tif")
+    out = bucket.url("out/scene.zarr")
+    config = tmp_path / "one-block.yaml"
+    config.write_text("block: 1\n")
+    args = ["run", FLOW, "--input", url, "--output", out, "--weights", str(pointwise_checkpoint),
+            "--tile-size", "64", "--chunk", "64", "--config", str(config)]  # fmt: skip
+    with FaultProxy(bucket.server.endpoint.split("//")[1]) as proxy:
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url}
+        proc = fcnpipe(*args, env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(bucket.objects("out/scene.zarr/fcnpipe/blocks_done/c/")) >= 3:
+                proxy.outage(503)
+                break
+            time.sleep(0.05)
+        down = time.monotonic()
+        output = proc.communicate(timeout=600)[0].decode()
+        waited = time.monotonic() - down
+    print(f"ended {waited:.0f} s after the outage began:\n{output}")
+    assert proc.returncode == 1, output
+    assert "Traceback" not in output and output.count("error:") == 1, output
+    assert "kept answering SlowDown through every retry" in output and "run the same command again" in output
+    state = read_state(out)
+    assert state is not None and not state["complete"]
+    again = runner.invoke(app, args)  # the server is back
+    assert again.exit_code == 0, again.output
+    assert chunks_in(bucket, "out/scene.zarr") == chunks_on_disk(tmp_path / "clean.zarr")
