@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -43,18 +44,27 @@ from tests.conftest import noise_image, write_tif  # noqa: E402
 BUCKET = "many"
 
 
-def tree_rss_mib(pid: int) -> float:
-    """Resident memory of a process and all its descendants, in MiB."""
+def tree_rss_mib(pid: int, api_pid: int | None) -> tuple[float, float]:
+    """Resident memory of a process and all its descendants, and of the Prefect API among them, in MiB."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
+        return 0.0, 0.0
+    total = api = 0
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
-            total += proc.memory_info().rss
-    return total / 2**20
+            rss = proc.memory_info().rss
+            total += rss
+            api += rss if proc.pid == api_pid else 0
+    return total / 2**20, api / 2**20
+
+
+def api_pid(home: Path) -> int | None:
+    """The kept Prefect API's process, once the command has started it."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return int(json.loads((home / "api.json").read_text())["pid"])
+    return None
 
 
 def main() -> None:
@@ -95,7 +105,7 @@ def main() -> None:
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     command = [sys.executable, "-m", "fcnpipe", "run", "flows/segment_batch.py", "--inputs", f"s3://{BUCKET}/in/",
                "--output-dir", f"s3://{BUCKET}/out", "--weights", str(weights), "--workers", "2"]  # fmt: skip
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, float]] = []
     start = time.perf_counter()
     proc = subprocess.Popen(
         command, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -103,7 +113,7 @@ def main() -> None:
 
     def sample() -> None:
         while proc.poll() is None:
-            samples.append((time.perf_counter() - start, tree_rss_mib(proc.pid)))
+            samples.append((time.perf_counter() - start, *tree_rss_mib(proc.pid, api_pid(work / "home"))))
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -120,10 +130,10 @@ def main() -> None:
     print(f"wall {seconds:.1f} s: {args.scenes / seconds * 60:.1f} scenes per minute")
     quarter = seconds / 4
     for q in range(4):
-        inside = [rss for t, rss in samples if q * quarter <= t < (q + 1) * quarter]
-        print(
-            f"  quarter {q + 1}: process tree peak {max(inside, default=0):.0f} MiB ({len(inside)} samples)"
-        )
+        inside = [(rss, api) for t, rss, api in samples if q * quarter <= t < (q + 1) * quarter]
+        tree, api = max(inside, default=(0, 0))
+        print(f"  quarter {q + 1}: process tree peak {tree:.0f} MiB, of which the Prefect API {api:.0f} MiB "
+              f"({len(inside)} samples)")  # fmt: skip
     settings = SegmentSettings()
     same = 0
     picks = np.linspace(0, args.scenes - 1, args.check).astype(int)
