@@ -183,22 +183,23 @@ def plan_strips(spec: GridSpec) -> list[Block]:
     """Column strips ``core`` wide and the image high, one block of one tile each: a streamed run's units.
 
     A strip is read across its core plus the halo on either side (clipped at the image's edge) and
-    streamed top to bottom, so it needs no halo vertically: its read has the image's rows.
+    streamed top to bottom, so it needs no halo vertically: its read has the image's rows (and, for
+    a network with a margin, ``margin`` mirrored rows above and below, as a tile's read has them).
     """
-    if spec.margin:
-        raise ValueError("only networks whose output has the input's size stream (margin 0)")
     strips = []
     for index, col in enumerate(range(0, spec.width, spec.core)):
         core = Window(0, col, spec.height, min(spec.core, spec.width - col))
-        strips.append(Block(index, (Tile(core, core.expand(spec.halo, spec.height, spec.width)),)))
+        read = core.expand(spec.halo, spec.height, spec.width, border=spec.margin)
+        strips.append(Block(index, (Tile(core, read, spec.margin),)))
     return strips
 
 
 def chunk_rows(strip: Tile, chunk: int) -> list[Tile]:
     """A strip's rows of chunks, each with the same rows of the strip's read: what a stream writes at once."""
+    m = strip.margin
     return [
         Tile(Window(r, strip.core.col, min(chunk, strip.core.height - r), strip.core.width),
-             Window(r, strip.read.col, min(chunk, strip.core.height - r), strip.read.width))
+             Window(r - m, strip.read.col, min(chunk, strip.core.height - r) + 2 * m, strip.read.width), m)
         for r in range(strip.core.row, strip.core.row + strip.core.height, chunk)
     ]  # fmt: skip
 
@@ -208,9 +209,11 @@ def strip_compute_factor(spec: GridSpec) -> float:
 
     Every strip feeds its read columns over the image's full height once, so only the horizontal
     halo is paid: ``sum of the strips' read widths / width``, about ``(core + 2 * halo) / core``
-    for interior strips and 1.0 for a scene one strip wide.
+    for interior strips and 1.0 for a scene one strip wide (a network with a margin also reads its
+    mirrored rows and columns).
     """
-    return sum(read_spans(spec.width, spec.core, spec.halo)) / spec.width
+    rows = spec.height + 2 * spec.margin
+    return rows * sum(read_spans(spec.width, spec.core, spec.halo, spec.margin)) / (spec.height * spec.width)
 
 
 def largest_read(spec: GridSpec) -> tuple[int, int]:

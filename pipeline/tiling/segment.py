@@ -23,7 +23,7 @@ from fcn import FcnpipeError, ModelCard, load_checkpoint
 from fcn.checkpoint import inference_forward, read_checkpoint
 from fcn.margin import aligned_halo
 from fcn.memory import MemoryProbe, probe_memory
-from fcn.streaming import STREAMING_ARCHITECTURES, supports_streaming
+from fcn.streaming import streaming_refusal
 from pipeline.checkpoints import local_checkpoint
 from pipeline.grid import GridSpec
 from pipeline.outputs.mosaic import (
@@ -60,11 +60,9 @@ def check_settings(settings: SegmentSettings, card: ModelCard) -> tuple[SegmentS
             f"the {card.arch} model reads {card.normalization.channels} input channels (colour and more); "
             "segmenting reads colour rasters, so it takes models of colour alone."
         )
-    if settings.strategy == "stream" and not supports_streaming(card.arch):
-        raise FcnpipeError(
-            f"--strategy stream runs the FCN family only ({', '.join(STREAMING_ARCHITECTURES)}), "
-            f"not {card.arch}: segment it with --strategy tiles."
-        )
+    refusal = streaming_refusal(card.arch, card.num_classes) if settings.strategy == "stream" else None
+    if refusal:
+        raise FcnpipeError(f"{card.arch} cannot stream ({refusal}): segment it with --strategy tiles.")
     tile = settings.tile_size
     if tile != "auto" and (tile < stride or tile % stride):
         raise FcnpipeError(f"--tile-size must be auto or a positive multiple of {stride}, not {tile}.")
