@@ -141,3 +141,50 @@ def test_weights_archs_lists_every_architecture_with_its_measured_halo(
         assert arch in result.output
     assert "256 px" in result.output  # the FCNs' halo
     assert "108 px" in result.output and "output 92 px short per side" in result.output  # U-Net's
+
+
+WIDE_FAST = {"pointwise", "fcn8s-demo", "segnet-basic", "fcn32s-googlenet"}  # under 10 s; the rest: slow
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        a if a in WIDE_FAST else pytest.param(a, marks=pytest.mark.slow)
+        for a in ARCHS
+        if a not in MORE_THAN_COLOUR
+    ],
+)
+def test_tiles_and_strips_over_a_scene_wider_than_two_halos_give_the_whole_image_pass(
+    arch: str, tmp_path: Path
+) -> None:
+    """The scene is wider than two halos and a core, so interior tiles and strips read only part of
+    it and the halo is what makes them exact (a scene inside one halo would pass with any halo).
+    It is a few rows high: the cost is the width's."""
+    model = randomize(build_model(arch, 4), seed=3)
+    checkpoint = save_model(tmp_path / f"{arch}.pt", model, arch)
+    model, card = load_checkpoint(checkpoint)
+    core = max(64, card.total_stride)
+    probe = write_tif(tmp_path / "probe.tif", noise_image(8, 8))
+    halo = plan_scene(probe, checkpoint, SegmentSettings(tile_size=core), dry_run=True).grid.halo
+    height, width = 2 * card.total_stride + 5, 2 * halo + 2 * core + 37
+    image = noise_image(height, width, seed=9)
+    scene = write_tif(tmp_path / "scene.tif", image)
+    with torch.no_grad():
+        x = card.normalization.apply(torch.from_numpy(image).float()[None])
+        reference = same_size_forward(model, x)[0].numpy()
+    span = float(reference.max() - reference.min())
+    assert span > 0
+    for strategy in ("tiles", "stream"):
+        settings = SegmentSettings(tile_size=core, chunk=core, strategy=strategy, device="cpu",
+                                   outputs=("labels", "logits"), logits_dtype="float32")  # fmt: skip
+        output = tmp_path / f"{strategy}.zarr"
+        plan = plan_scene(scene, checkpoint, settings, output=output)
+        reads = [t.read for b in plan.blocks for t in b.tiles]
+        assert any(r.col > 0 and r.col + r.width < width for r in reads), (strategy, reads)  # interior
+        run_local(plan)
+        group = zarr.open_group(str(output), mode="r")
+        logits, labels = np.asarray(group["logits"][:]), np.asarray(group["labels"][:])  # type: ignore[index]
+        assert np.abs(logits - reference).max() <= 1e-4 * span, strategy
+        top2 = np.sort(reference, axis=0)[-2:]
+        decided = top2[1] - top2[0] > 2e-4 * span
+        assert np.array_equal(labels[decided], reference.argmax(0)[decided]), strategy

@@ -79,7 +79,13 @@ def varied(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("arch", available_models())
+# Over 3 s each here; the FCN family also streams in the default run above.
+STREAM_SLOW = {"deconvnet", "fcn32s-color-hha", "fcn32s-color-d", "fcn8s", "fcn16s", "fcn32s", "fcn8s-atonce"}
+
+
+@pytest.mark.parametrize(
+    "arch", [pytest.param(a, marks=pytest.mark.slow) if a in STREAM_SLOW else a for a in available_models()]
+)
 def test_every_registered_network_streams_as_one_whole_image_pass(arch: str) -> None:
     model = varied(build_model(arch, 5), seed=7)
     net = segmentation_net(model)
