@@ -323,3 +323,27 @@ def test_a_lost_scheduler_is_one_sentence_and_the_run_resumes_on_another(
             os.killpg(process.pid, signal.SIGKILL)
     assert again.exit_code == 0, again.output
     assert chunk_bytes(out) == chunk_bytes(tmp_path / "reference.zarr")
+
+
+def test_the_batch_flow_streams_strips_on_workers_to_the_bytes_of_an_in_process_stream(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    # Plumbing: the stand-in model (its 1x1 convolution streams as any network's layers do); the
+    # point is that strips go wherever tiles go: Dask workers, the batch flow.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    scenes = [write_tif(folder / f"s{i}.tif", noise_image(70 + 9 * i, 150, seed=i)) for i in range(2)]
+    settings = SegmentSettings(tile_size=64, chunk=32, strategy="stream")
+    for scene in scenes:
+        one_thread_reference(scene, pointwise_checkpoint, settings, tmp_path / f"{scene.stem}-reference.zarr")
+    batch = str(ROOT / "flows" / "segment_batch.py")
+    args = ["run", batch, "--inputs", str(folder), "--output-dir", str(tmp_path / "out"), "--weights",
+            str(pointwise_checkpoint), "--tile-size", "64", "--chunk", "32", "--strategy", "stream",
+            "--workers", "2"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "segmented: 2" in result.output, result.output
+    for scene in scenes:
+        out = tmp_path / "out" / f"{scene.stem}.zarr"
+        state = read_state(out)
+        assert state is not None and state["complete"] and state["settings"]["strategy"] == "stream"
+        assert chunk_bytes(out) == chunk_bytes(tmp_path / f"{scene.stem}-reference.zarr")
