@@ -263,8 +263,8 @@ class SegmentSettings(Settings):
     strategy: Strategy = Field(
         "tiles",
         description="tiles (each core read with the halo on every side) or stream (column strips "
-        "streamed top to bottom through the network, the halo paid across only: less compute, the "
-        "same mosaic; FCN-8s, -16s, -32s and -8s at-once only).",
+        "streamed top to bottom through the network, the halo paid across only: less compute and "
+        "memory, the same mosaic; every registered network).",
         json_schema_extra={"recorded": True},
     )
     halo: int | None = Field(
