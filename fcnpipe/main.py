@@ -261,6 +261,8 @@ def print_flow_help(command: str, flow: FlowFile, rows: list[tuple[str, str, str
 
 def print_summary(result: Any) -> None:
     """One line for a finished flow (its warnings first)."""
+    from pipeline.plan import auto_choice  # the flow has run: its modules are loaded
+
     if not isinstance(result, dict):
         out.print(f"done: {result}")
         return
@@ -279,7 +281,8 @@ def print_summary(result: Any) -> None:
             f"({result['blocks_to_do']} to do), batches of {result['batch_size']}; compute factor "
             f"{result['compute_factor']:.3f}; "
             + (f"peak memory about {memory:.2f} GiB of a {budget:.2f} GiB budget." if memory is not None
-               else "memory not estimated (no probe for this device in the checkpoint)."),
+               else "memory not estimated (no probe for this device in the checkpoint).")
+            + (f" {auto_choice(result['predicted_cost'])}." if result.get("predicted_cost") else ""),
             highlight=False,
         )  # fmt: skip
     elif "tiles" in result:

@@ -29,6 +29,12 @@ def plan_units(grid: GridSpec, strategy: Strategy) -> list[Block]:
     return plan_strips(grid) if strategy == "stream" else plan_blocks(grid)
 
 
+def auto_choice(predicted: dict[str, float]) -> str:
+    """``--strategy auto``'s predicted costs and its choice, in words."""
+    costs = ", ".join(f"{name} {cost:.3f}" for name, cost in predicted.items())
+    return f"--strategy auto predicted {costs} and chose {min(predicted, key=lambda k: predicted[k])}"
+
+
 @dataclass(frozen=True)
 class Plan:
     """Everything a block needs, small and picklable."""
@@ -45,6 +51,7 @@ class Plan:
     peak_mib: float | None = None  # predicted peak memory of one batch
     budget_mib: float | None = None
     complete: bool = False  # the output is already a complete mosaic of this plan: nothing to do
+    predicted: dict[str, float] = field(default_factory=dict)  # --strategy auto: each one's cost
 
     @property
     def streamed(self) -> bool:
@@ -69,6 +76,7 @@ class Plan:
             "compute_factor": round(self.compute_factor, 4),
             "peak_memory_gib": None if self.peak_mib is None else round(self.peak_mib / 1024, 2),
             "memory_budget_gib": None if self.budget_mib is None else round(self.budget_mib / 1024, 2),
+            "predicted_cost": dict(self.predicted),
         }
 
     @property

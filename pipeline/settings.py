@@ -35,9 +35,10 @@ from pipeline.home import home
 Auto = Literal["auto"]
 """A value fcnpipe chooses: the tile and batch from the memory budget."""
 
-Strategy = Literal["tiles", "stream"]
+Strategy = Literal["auto", "tiles", "stream"]
 """tiles: cores read with the halo on every side; stream: column strips streamed top to bottom
-(``fcn.streaming``), the halo paid across only."""
+(``fcn.streaming``), the halo paid across only; auto: the one predicted to cost less on this scene
+(planning decides, and a mosaic keeps the strategy it was begun with)."""
 
 Output = Literal["labels", "probabilities", "logits"]
 OUTPUTS: tuple[Output, ...] = ("labels", "probabilities", "logits")
@@ -262,9 +263,9 @@ class SegmentSettings(Settings):
     )
     strategy: Strategy = Field(
         "tiles",
-        description="tiles (each core read with the halo on every side) or stream (column strips "
+        description="tiles (each core read with the halo on every side), stream (column strips "
         "streamed top to bottom through the network, the halo paid across only: less compute and "
-        "memory, the same mosaic; every registered network).",
+        "memory, the same mosaic), or auto: the one predicted to cost less on this scene.",
         json_schema_extra={"recorded": True},
     )
     halo: int | None = Field(

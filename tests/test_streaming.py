@@ -18,7 +18,7 @@ from fcn.registry import available_models, segmentation_net
 from fcn.streaming import NotStreamable, StreamingNet
 from pipeline.grid import GridSpec, Window, chunk_rows, chunks_of, plan_strips, strip_compute_factor
 from pipeline.settings import SegmentSettings
-from pipeline.tiling.segment import plan_scene, run_local, segment_block
+from pipeline.tiling.segment import BANDING_COST, plan_scene, run_local, segment_block
 from pipeline.tiling.sizing import size_tiles
 from tests.conftest import noise_image, randomize, save_model, write_tif
 from tests.test_sizing import CPU, PROBE, SCENE, factor_of
@@ -224,3 +224,29 @@ def test_streamed_mosaics_of_other_networks_equal_their_one_whole_image_pass(
         reference = same_size_forward(loaded, x)[0]
     got = zarr.open_group(str(tmp_path / "streamed.zarr"), mode="r")["logits"][:]
     agree(reference, got)  # type: ignore[arg-type]
+
+
+def test_auto_takes_the_strategy_of_least_predicted_cost_and_a_resume_keeps_its_own(
+    tmp_path: Path, fcn8s_checkpoint: Path
+) -> None:
+    wide = write_tif(tmp_path / "wide.tif", noise_image(500, 600, seed=1))
+    auto = SegmentSettings(strategy="auto", tile_size=128, chunk=64)
+    plan = plan_scene(wide, fcn8s_checkpoint, auto, dry_run=True)
+    tiles = plan_scene(wide, fcn8s_checkpoint, auto.model_copy(update={"strategy": "tiles"}), dry_run=True)
+    stream = plan_scene(wide, fcn8s_checkpoint, auto.model_copy(update={"strategy": "stream"}), dry_run=True)
+    # Tiles of 128 with FCN-8s's 256 px halo pay it down and across; strips only across.
+    predicted = {"tiles": tiles.compute_factor, "stream": stream.compute_factor * BANDING_COST}
+    assert plan.predicted == pytest.approx(predicted, abs=1e-4)
+    assert stream.compute_factor * BANDING_COST < tiles.compute_factor
+    assert plan.settings.strategy == "stream" and plan.summary()["predicted_cost"] == plan.predicted
+    small = write_tif(tmp_path / "small.tif", noise_image(100, 100, seed=2))
+    automatic = auto.model_copy(update={"tile_size": "auto"})
+    one_tile = plan_scene(small, fcn8s_checkpoint, automatic, dry_run=True)
+    assert one_tile.settings.strategy == "tiles"  # one tile covers it: factor 1.0, a stream's 1.1
+    assert one_tile.predicted["tiles"] == 1.0 and one_tile.predicted["stream"] == pytest.approx(BANDING_COST)
+    # A mosaic begun with tiles resumes with tiles, whatever auto would choose now.
+    begun = plan_scene(wide, fcn8s_checkpoint, tiles.settings.model_copy(update={"tile_size": 128}),
+                       output=tmp_path / "wide.zarr")  # fmt: skip
+    segment_block(begun, begun.todo[0])
+    resumed = plan_scene(wide, fcn8s_checkpoint, auto, output=tmp_path / "wide.zarr")
+    assert resumed.settings.strategy == "tiles" and len(resumed.todo) == len(begun.todo) - 1

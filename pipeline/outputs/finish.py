@@ -42,6 +42,8 @@ def finish(plan: Plan, reports: list[BlockReport], seconds: float) -> dict[str, 
         "batch_size": plan.settings.batch_size,
         "compute_factor": round(plan.compute_factor, 4),
     }
+    if plan.predicted:  # --strategy auto: what each strategy was predicted to cost
+        report["predicted_cost"] = dict(plan.predicted)
     cards = label_arrays(plan.card)
     card = cards.pop("labels")
     labels = group["labels"]

@@ -14,6 +14,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
 from fcn import ModelCard
+from pipeline.plan import auto_choice
 from pipeline.raster import RasterInfo, expand_palette, open_raster
 from pipeline.storage import Location
 
@@ -86,11 +87,14 @@ def with_legend(image: Image.Image, card: ModelCard) -> Image.Image:
 
 
 def tiling_line(run: dict[str, Any]) -> str:
-    """How the scene was tiled and what exactness cost."""
-    return (
-        f"- tiles of {run['tile_size']} px with a {run['halo']} px halo, batches of {run['batch_size']}: "
+    """How the scene was tiled (or streamed) and what exactness cost; with auto, what it weighed."""
+    pieces = "strips" if run.get("strategy") == "stream" else "tiles"
+    line = (
+        f"- {pieces} of {run['tile_size']} px with a {run['halo']} px halo, batches of {run['batch_size']}: "
         f"compute factor {run['compute_factor']:.3f} (network pixels per scene pixel)"
     )
+    return line + (f"; {auto_choice(run['predicted_cost'])}" if run.get("predicted_cost") else "")
+
 
 
 def markdown_report(info: RasterInfo, card: ModelCard, run: dict[str, Any], counts: NDArray[np.int64]) -> str:

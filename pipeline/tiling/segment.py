@@ -25,7 +25,7 @@ from fcn.margin import aligned_halo
 from fcn.memory import MemoryProbe, probe_memory
 from fcn.streaming import streaming_refusal
 from pipeline.checkpoints import local_checkpoint
-from pipeline.grid import GridSpec
+from pipeline.grid import GridSpec, compute_factor, strip_compute_factor
 from pipeline.outputs.mosaic import (
     AlreadyComplete,
     MosaicSpec,
@@ -116,13 +116,9 @@ def plan_scene(
     check_writable(out)  # before reading what is there: an HTTP URL is refused, not fetched
     state = None if overwrite else read_state(out)
     check_strategy(out, state, settings.strategy)
-    settings, sizing = choose_sizing(settings, card, info, weights, sha, workers, state, dry_run)
+    settings, sizing, predicted = choose_strategy(settings, card, info, weights, sha, workers, state, dry_run)
     notes.extend(sizing.notes)
-    assert settings.halo is not None
-    grid = GridSpec(
-        info.height, info.width, core=settings.tile, halo=settings.halo,
-        chunk=settings.chunk, stride=card.total_stride, block=settings.block, margin=card.margin,
-    )  # fmt: skip
+    grid = grid_of(settings, card, info)
     blocks = plan_units(grid, settings.strategy)
     spec = MosaicSpec(
         info, card, sha, settings.outputs, settings.logits_dtype, settings.chunk,
@@ -133,20 +129,73 @@ def plan_scene(
             done = blocks_done(prepare(out, spec, overwrite=overwrite))
         except AlreadyComplete:  # not an error: a scheduled run finds most scenes done
             return Plan(info, out, str(named), sha, card, grid, settings, (), tuple(notes),
-                        sizing.peak_mib, sizing.budget_mib, complete=True)  # fmt: skip
+                        sizing.peak_mib, sizing.budget_mib, complete=True, predicted=predicted)  # fmt: skip
     elif state is not None and state.get("fingerprint") == spec.fingerprint():
         done = blocks_done(open_mosaic_group(out, "r"))
     else:
         done = np.zeros(len(blocks), dtype=bool)
     todo = tuple(b.index for b in blocks if not done[b.index])
     return Plan(info, out, str(named), sha, card, grid, settings, todo, tuple(notes),
-                sizing.peak_mib, sizing.budget_mib)  # fmt: skip
+                sizing.peak_mib, sizing.budget_mib, predicted=predicted)  # fmt: skip
+
+
+def grid_of(settings: SegmentSettings, card: ModelCard, info: RasterInfo) -> GridSpec:
+    """The grid of cores (or strips) the chosen settings cut the scene into."""
+    assert settings.halo is not None
+    return GridSpec(
+        info.height, info.width, core=settings.tile, halo=settings.halo,
+        chunk=settings.chunk, stride=card.total_stride, block=settings.block, margin=card.margin,
+    )  # fmt: skip
+
+
+BANDING_COST = 1.10
+"""Time of a streamed pixel over a tiled one, beyond the compute factor: each layer joins its kept
+rows to the next band and runs smaller kernels (BENCHMARKS.md, "Exact streaming": 10-15 % for
+FCN-8s on a CPU). What ``--strategy auto`` multiplies a stream's compute factor by."""
+
+
+def choose_strategy(
+    settings: SegmentSettings,
+    card: ModelCard,
+    info: RasterInfo,
+    weights: Path,
+    sha: str,
+    workers: int,
+    state: dict[str, Any] | None,
+    dry_run: bool,
+) -> tuple[SegmentSettings, Sizing, dict[str, float]]:
+    """Size the run (:func:`choose_sizing`); with ``--strategy auto``, size both and keep the cheaper.
+
+    The predicted cost of each is the network pixels it feeds over the scene's (its compute factor),
+    a stream's times :data:`BANDING_COST`. A mosaic being resumed keeps the strategy it was begun
+    with. Returns the settings, their sizing, and each strategy's predicted cost when both were sized.
+    """
+    if settings.strategy != "auto":
+        chosen, sizing = choose_sizing(settings, card, info, weights, sha, workers, state, dry_run)
+        return chosen, sizing, {}
+    if state is not None:
+        begun = state.get("settings", {}).get("strategy", "tiles")
+        resumed = settings.model_copy(update={"strategy": begun})
+        chosen, sizing = choose_sizing(resumed, card, info, weights, sha, workers, state, dry_run)
+        return chosen, sizing, {}
+    options = {}
+    for strategy in ("tiles", "stream"):
+        if strategy == "stream" and streaming_refusal(card.arch, card.num_classes):
+            continue
+        fixed = settings.model_copy(update={"strategy": strategy})
+        chosen, sizing = choose_sizing(fixed, card, info, weights, sha, workers, state, dry_run)
+        grid = grid_of(chosen, card, info)
+        factor = strip_compute_factor(grid) if strategy == "stream" else compute_factor(grid)
+        options[strategy] = (factor * (BANDING_COST if strategy == "stream" else 1.0), chosen, sizing)
+    best = min(options, key=lambda name: options[name][0])
+    _, chosen, sizing = options[best]
+    return chosen, sizing, {name: round(cost, 4) for name, (cost, _, _) in options.items()}
 
 
 def check_strategy(out: Location, state: dict[str, Any] | None, strategy: str) -> None:
     """Refuse to resume a mosaic begun with the other strategy: its blocks are another partition."""
     begun = (state or {}).get("settings", {}).get("strategy", "tiles")
-    if state is not None and begun != strategy:
+    if state is not None and strategy != "auto" and begun != strategy:
         raise FcnpipeError(
             f"{out.redacted()} was begun with --strategy {begun}; resume it with the same strategy "
             "or pass --overwrite to start again."
