@@ -593,6 +593,10 @@ def operator_for(node: Node) -> RowOp:
     if len(node.inputs) > 1 and name in COMBINE_NAMES:
         return Combine(node)
     if name in POINTWISE_NAMES or name in OUT_OF_PLACE:
+        if name in ("softmax", "log_softmax") and argument(node, 1, "dim", None) in (2, -2, None):
+            raise NotStreamable(f"{name} over rows does not stream")
+        if any(isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[-2] > 1 for v in leaves(node.args)):
+            raise NotStreamable(f"{name} with a constant that varies along rows does not stream")
         if name in OUT_OF_PLACE:
             node.func = OUT_OF_PLACE[name]
         if name == "relu" and node.kwargs.get("inplace"):
