@@ -346,6 +346,21 @@ class RasterReader:
         masks = self.retried(window, lambda: self._dataset().read_masks(bands, window=rio_window))
         return np.asarray(masks.any(axis=0))
 
+    def coarse_valid(self, cell: int) -> NDArray[np.bool_]:
+        """Which ``cell`` x ``cell`` cells hold data, from one decimated read of the mask.
+
+        GDAL reads it from the raster's overviews where it has them (a COG does), else decimates
+        the full-resolution mask: a prediction (a cell is sampled, not summed), for planning only.
+        """
+        shape = (-(-self.info.height // cell), -(-self.info.width // cell))
+        if not self.info.masked:
+            return np.ones(shape, dtype=bool)
+        bands = list(self.info.bands)
+        whole = Window(0, 0, self.info.height, self.info.width)
+        out_shape = (len(bands), *shape)
+        masks = self.retried(whole, lambda: self._dataset().read_masks(bands, out_shape=out_shape))
+        return np.asarray(masks.any(axis=0))
+
     def read(self, window: Window) -> NDArray[Any]:
         """The selected bands of ``window`` on the 0-255 scale the model expects.
 

@@ -226,9 +226,7 @@ def test_streamed_mosaics_of_other_networks_equal_their_one_whole_image_pass(
     agree(reference, got)  # type: ignore[arg-type]
 
 
-def test_auto_takes_the_strategy_of_least_predicted_cost_and_a_resume_keeps_its_own(
-    tmp_path: Path, fcn8s_checkpoint: Path
-) -> None:
+def test_auto_takes_the_strategy_of_least_predicted_cost(tmp_path: Path, fcn8s_checkpoint: Path) -> None:
     wide = write_tif(tmp_path / "wide.tif", noise_image(500, 600, seed=1))
     auto = SegmentSettings(strategy="auto", tile_size=128, chunk=64)
     plan = plan_scene(wide, fcn8s_checkpoint, auto, dry_run=True)
@@ -239,14 +237,32 @@ def test_auto_takes_the_strategy_of_least_predicted_cost_and_a_resume_keeps_its_
     assert plan.predicted == pytest.approx(predicted, abs=1e-4)
     assert stream.compute_factor * BANDING_COST < tiles.compute_factor
     assert plan.settings.strategy == "stream" and plan.summary()["predicted_cost"] == plan.predicted
+    # The same scene holding data in one corner only: the tiles of no data are skipped, a strip
+    # computes every row, so tiles cost less.
+    corner = noise_image(500, 600, seed=1)
+    corner[corner == 0] = 1
+    corner[:, 100:, :] = 0
+    corner[:, :, 100:] = 0
+    sparse = write_tif(tmp_path / "sparse.tif", corner, nodata=0)
+    weighed = plan_scene(sparse, fcn8s_checkpoint, auto, dry_run=True)
+    assert weighed.settings.strategy == "tiles" and weighed.predicted["stream"] == plan.predicted["stream"]
+    assert weighed.predicted["tiles"] < tiles.compute_factor / 5  # one core of 20 holds data
     small = write_tif(tmp_path / "small.tif", noise_image(100, 100, seed=2))
     automatic = auto.model_copy(update={"tile_size": "auto"})
     one_tile = plan_scene(small, fcn8s_checkpoint, automatic, dry_run=True)
     assert one_tile.settings.strategy == "tiles"  # one tile covers it: factor 1.0, a stream's 1.1
     assert one_tile.predicted["tiles"] == 1.0 and one_tile.predicted["stream"] == pytest.approx(BANDING_COST)
-    # A mosaic begun with tiles resumes with tiles, whatever auto would choose now.
-    begun = plan_scene(wide, fcn8s_checkpoint, tiles.settings.model_copy(update={"tile_size": 128}),
-                       output=tmp_path / "wide.zarr")  # fmt: skip
+
+
+def test_a_mosaic_begun_streamed_resumes_streamed_under_auto(
+    tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    # Plumbing: the stand-in model (no halo), for which auto alone would choose tiles (1.0 against 1.1).
+    scene = write_tif(tmp_path / "scene.tif", noise_image(100, 200, seed=3))
+    auto = SegmentSettings(strategy="auto", tile_size=64, chunk=32)
+    assert plan_scene(scene, pointwise_checkpoint, auto, dry_run=True).settings.strategy == "tiles"
+    streamed = auto.model_copy(update={"strategy": "stream"})
+    begun = plan_scene(scene, pointwise_checkpoint, streamed, output=tmp_path / "scene.zarr")
     segment_block(begun, begun.todo[0])
-    resumed = plan_scene(wide, fcn8s_checkpoint, auto, output=tmp_path / "wide.zarr")
-    assert resumed.settings.strategy == "tiles" and len(resumed.todo) == len(begun.todo) - 1
+    resumed = plan_scene(scene, pointwise_checkpoint, auto, output=tmp_path / "scene.zarr")
+    assert resumed.settings.strategy == "stream" and resumed.todo == begun.todo[1:]

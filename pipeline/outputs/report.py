@@ -96,7 +96,6 @@ def tiling_line(run: dict[str, Any]) -> str:
     return line + (f"; {auto_choice(run['predicted_cost'])}" if run.get("predicted_cost") else "")
 
 
-
 def markdown_report(info: RasterInfo, card: ModelCard, run: dict[str, Any], counts: NDArray[np.int64]) -> str:
     """The run report: scene, size, CRS, resolution, tiles, speed, time and area per class."""
     area = pixel_area(info)

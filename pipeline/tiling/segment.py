@@ -25,7 +25,7 @@ from fcn.margin import aligned_halo
 from fcn.memory import MemoryProbe, probe_memory
 from fcn.streaming import streaming_refusal
 from pipeline.checkpoints import local_checkpoint
-from pipeline.grid import GridSpec, compute_factor, strip_compute_factor
+from pipeline.grid import GridSpec, compute_factor, plan_blocks, strip_compute_factor
 from pipeline.outputs.mosaic import (
     AlreadyComplete,
     MosaicSpec,
@@ -166,9 +166,11 @@ def choose_strategy(
 ) -> tuple[SegmentSettings, Sizing, dict[str, float]]:
     """Size the run (:func:`choose_sizing`); with ``--strategy auto``, size both and keep the cheaper.
 
-    The predicted cost of each is the network pixels it feeds over the scene's (its compute factor),
-    a stream's times :data:`BANDING_COST`. A mosaic being resumed keeps the strategy it was begun
-    with. Returns the settings, their sizing, and each strategy's predicted cost when both were sized.
+    The predicted cost of each is the network pixels it feeds over the scene's: for tiles their
+    compute factor less the cores of no data they will skip, for a stream its compute factor (a
+    strip computes its nodata rows) times :data:`BANDING_COST`. A mosaic being resumed keeps the
+    strategy it was begun with. Returns the settings, their sizing, and each strategy's predicted
+    cost when both were sized.
     """
     if settings.strategy != "auto":
         chosen, sizing = choose_sizing(settings, card, info, weights, sha, workers, state, dry_run)
@@ -185,11 +187,31 @@ def choose_strategy(
         fixed = settings.model_copy(update={"strategy": strategy})
         chosen, sizing = choose_sizing(fixed, card, info, weights, sha, workers, state, dry_run)
         grid = grid_of(chosen, card, info)
-        factor = strip_compute_factor(grid) if strategy == "stream" else compute_factor(grid)
-        options[strategy] = (factor * (BANDING_COST if strategy == "stream" else 1.0), chosen, sizing)
+        factor = strip_compute_factor(grid) * BANDING_COST if strategy == "stream" else tiled_cost(grid, info)
+        options[strategy] = (factor, chosen, sizing)
     best = min(options, key=lambda name: options[name][0])
     _, chosen, sizing = options[best]
     return chosen, sizing, {name: round(cost, 4) for name, (cost, _, _) in options.items()}
+
+
+def tiled_cost(grid: GridSpec, info: RasterInfo) -> float:
+    """Network pixels the tiles will feed over the scene's pixels, skipped cores left out.
+
+    The compute factor less the reads of cores that hold no data, which the engine skips
+    (predicted from a decimated read of the mask).
+    """
+    if not info.masked:
+        return compute_factor(grid)
+    cell = grid.chunk
+    valid = RasterReader(info).coarse_valid(cell)
+    fed = 0
+    for block in plan_blocks(grid):
+        for tile in block.tiles:
+            core = tile.core
+            cells = valid[core.row // cell : -(-(core.row + core.height) // cell),
+                          core.col // cell : -(-(core.col + core.width) // cell)]  # fmt: skip
+            fed += tile.read.height * tile.read.width if cells.any() else 0
+    return fed / info.pixels
 
 
 def check_strategy(out: Location, state: dict[str, Any] | None, strategy: str) -> None:
