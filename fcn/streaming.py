@@ -80,6 +80,9 @@ class Traced(torch.Tensor):
         kwargs = kwargs or {}
         traced = [t for t in leaves((args, kwargs)) if isinstance(t, Traced)]
         recording = traced[0].recording
+        name = getattr(func, "__name__", "")
+        if name == "__setitem__":
+            raise NotStreamable("writing into a tensor (x[...] = y) does not stream")
         with torch._C.DisableTorchFunctionSubclass():
             out = func(*map_leaves(args, as_meta), **map_leaves(kwargs, as_meta))
         outputs = list(out) if isinstance(out, tuple) else [out]
@@ -95,7 +98,15 @@ class Traced(torch.Tensor):
             t = o.as_subclass(Traced)
             t.ref, t.recording = (len(recording) - 1, index), recording
             wrapped.append(t)
+        mutated = args[0] if args else None
+        if isinstance(mutated, Traced) and (kwargs.get("inplace") is True or in_place(name)):
+            mutated.ref = wrapped[0].ref  # later uses of the tensor read the changed values
         return tuple(wrapped) if isinstance(out, tuple) else wrapped[0]
+
+
+def in_place(name: str) -> bool:
+    """Whether a tensor method of this name changes its tensor (``relu_``, ``add_``), as torch names them."""
+    return name.endswith("_") and not name.startswith("_")
 
 
 class NotStreamable(ValueError):

@@ -121,6 +121,38 @@ class Flipped(nn.Module):
         return self.conv(x.flip(2))
 
 
+class ChangedInPlace(nn.Module):
+    """A network that changes a tensor in place and then reads it again under another name."""
+
+    in_channels, margin, total_stride, num_classes = 3, 0, 1, 3
+
+    def __init__(self, write: bool = False) -> None:
+        super().__init__()
+        self.conv, self.score = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(8, 3, 3, padding=1)
+        self.write = write
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``skip`` is ``h``: its ReLU in place is seen by both."""
+        h = self.conv(x)
+        skip = h
+        h.relu_()
+        if self.write:
+            h[:, :, :2] = 0
+        return self.score(torch.cat([h, skip], dim=1))
+
+
+def test_a_tensor_changed_in_place_streams_as_changed_and_a_write_into_one_is_refused() -> None:
+    model = randomize(ChangedInPlace(), seed=4)
+    x = torch.randn(1, 3, 37, 29, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        reference = model(x.clone())
+    stream = StreamingNet(model, 37, 29)
+    streamed = torch.cat([stream.push(x[:, :, r : r + 5], final=r + 5 >= 37) for r in range(0, 37, 5)], dim=2)
+    agree(reference[0], streamed[0])
+    with pytest.raises(NotStreamable, match="writing into a tensor"):
+        StreamingNet(randomize(ChangedInPlace(write=True)), 37, 29)
+
+
 def test_an_operation_without_a_row_operator_is_refused_by_name() -> None:
     with pytest.raises(NotStreamable, match=r"^flip has no row operator$"):
         StreamingNet(Flipped().eval(), 40, 40)
