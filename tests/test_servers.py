@@ -137,11 +137,11 @@ def test_scenes_in_a_gcs_bucket_are_listed_and_read_as_local_ones(
         assert same_objects(tmp_path / "remote" / f"s{i}.zarr") == same_objects(tmp_path / f"l{i}.zarr")
 
 
-BEYOND_MOTO = ["s3rver", "azurite-obstore-names", "azurite-gdal-names"]  # moto's: tests/test_storage.py
+BEYOND_MOTO = ["s3rver", "azurite-obstore-names", "azurite-gdal-names"]  # moto's batch: tests/test_storage.py
 
 
-@pytest.mark.slow  # ~45 s a server: a real network, killed mid-run
-@pytest.mark.parametrize("store", BEYOND_MOTO, indirect=True)
+@pytest.mark.slow  # ~45 s a server (kill -9 and resume on a disk stays in the default run: test_flow)
+@pytest.mark.parametrize("store", ["moto", *BEYOND_MOTO], indirect=True)
 def test_kill_9_mid_run_then_resume_gives_the_local_bytes_on_every_server(
     store: Bucket | Container, tmp_path: Path, fcn8s_checkpoint: Path
 ) -> None:

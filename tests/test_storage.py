@@ -4,10 +4,7 @@ authentication on), reached through GDAL's /vsis3/, zarr's ObjectStore over obst
 from __future__ import annotations
 
 import http.server
-import os
-import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from pipeline.raster import inspect_raster
 from pipeline.settings import SegmentSettings
 from pipeline.storage import Location, read_bytes, write_bytes
 from pipeline.tiling.segment import plan_scene, run_local, segment_block
-from tests.conftest import ROOT, Bucket, fcnpipe, noise_image, write_tif
+from tests.conftest import ROOT, Bucket, noise_image, write_tif
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 FLOW = str(ROOT / "flows" / "segment_mosaic.py")
@@ -154,43 +151,6 @@ def test_a_cog_in_a_bucket_becomes_a_mosaic_in_the_bucket_with_the_local_run_s_b
     assert set(bucket.objects("out/")) == {"labels.tif", "labels.gpkg"}  # no temporaries left
     again = runner.invoke(app, ["export", mosaic, "--cog", cog])
     assert again.exit_code == 1 and "exists; pass --overwrite" in one_sentence(again.output)
-
-
-@pytest.mark.slow  # ~45 s; kill -9 and resume on a disk stays (test_flow)
-def test_kill_9_mid_run_into_a_bucket_then_resume_gives_identical_bytes(
-    bucket: Bucket, tmp_path: Path, fcn8s_checkpoint: Path
-) -> None:
-    scene = write_cog(tmp_path / "scene.tif", noise_image(256, 320, seed=4))
-    # Small halo: the test is about bookkeeping, and cheaper tiles leave time to kill mid-run.
-    reference = plan_scene(scene, fcn8s_checkpoint, SegmentSettings(tile_size=64, halo=32, block=1),
-                           output=tmp_path / "reference.zarr")  # fmt: skip
-    run_local(reference)
-    url = bucket.upload(scene, "scene.tif")
-    config = tmp_path / "one-block.yaml"
-    config.write_text("block: 1\n")
-    out = bucket.url("mosaics/scene.zarr")
-    args = ["run", FLOW, "--input", url, "--weights", str(fcn8s_checkpoint), "--tile-size", "64",
-            "--halo", "32", "--config", str(config), "--output", out]  # fmt: skip
-    proc = fcnpipe(*args)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(bucket.objects("mosaics/scene.zarr/fcnpipe/blocks_done/c/")) >= 3:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode() if proc.stdout else ""
-    state = read_state(out)
-    assert state is not None and not state["complete"]
-    done = len(bucket.objects("mosaics/scene.zarr/fcnpipe/blocks_done/c/"))
-    assert 3 <= done < len(reference.blocks)
-
-    rerun = runner.invoke(app, args)  # in this process: the same layout, without a second start-up
-    output = rerun.output
-    assert rerun.exit_code == 0, output
-    assert f"{len(reference.blocks) - done} tiles" in output  # recorded blocks were skipped
-    assert read_state(out)["complete"]  # type: ignore[index]
-    assert chunks_in(bucket, "mosaics/scene.zarr") == chunks_on_disk(tmp_path / "reference.zarr")
 
 
 @pytest.mark.slow  # ~30 s with two workers; a batch over a gs:// prefix stays (test_servers)
