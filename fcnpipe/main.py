@@ -240,7 +240,7 @@ def schedule(
             return
         flow_spec, values = parsed
         from fcnpipe.flowfile import import_flow
-        from flows.runtime import serve_on_schedule
+        from flows.serving import serve_on_schedule
 
         flow = import_flow(flow_spec)
         serve_on_schedule(flow, values, name=name or "scheduled", cron=cron, interval=every, say=out.print)
