@@ -240,10 +240,12 @@ def schedule(
             return
         flow_spec, values = parsed
         from fcnpipe.flowfile import import_flow
-        from flows.serving import serve_on_schedule
+        from flows.serving import SERVING_STOPPED, serve_on_schedule
 
         flow = import_flow(flow_spec)
         serve_on_schedule(flow, values, name=name or "scheduled", cron=cron, interval=every, say=out.print)
+        err.print(f"stopped (SIGINT); {SERVING_STOPPED}", highlight=False)
+        raise typer.Exit(130)
 
 
 def print_flow_help(command: str, flow: FlowFile, rows: list[tuple[str, str, str, str]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,8 +18,10 @@ from typer.testing import CliRunner
 
 from fcnpipe.main import app
 from flows.api import free_port
-from pipeline.outputs.mosaic import read_state
+from flows.serving import RESUMES, SERVING_STOPPED
+from pipeline.outputs.mosaic import MANIFEST, read_state
 from tests.conftest import ROOT, noise_image, write_tif
+from tests.test_flow import chunk_bytes
 
 BATCH = str(ROOT / "flows" / "segment_batch.py")
 runner = CliRunner()
@@ -79,7 +82,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop(proc)
 
 
-def flow_runs(url: str, deployment: str) -> list[tuple[str, float]]:
+def flow_runs(url: str, deployment: str) -> list[tuple[str, str]]:
     """(state, start time) of every run of the batch deployment, as the server recorded them."""
     import json
 
@@ -89,6 +92,18 @@ def flow_runs(url: str, deployment: str) -> list[tuple[str, float]]:
     with urllib.request.urlopen(request, timeout=60) as response:
         runs = json.loads(response.read())
     return [(r["state_type"], r["start_time"] or "") for r in runs]
+
+
+def final_states(url: str, deployment: str) -> list[tuple[str, str]]:
+    """(state, its message) of every run of the deployment, as the server recorded them."""
+    import json
+
+    body = json.dumps({"deployments": {"name": {"any_": [deployment]}}, "limit": 200}).encode()
+    request = urllib.request.Request(f"{url}/flow_runs/filter", data=body,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as response:
+        runs = json.loads(response.read())
+    return [(r["state_type"], r["state"]["message"] or "") for r in runs]
 
 
 def artifacts(url: str, key: str) -> int:
@@ -141,6 +156,76 @@ def test_a_scheduled_batch_segments_a_new_scene_once_and_skips_it_after(
         output = stop(served)
     assert "serving segment-batch as deployment 'every-5s' every 0:00:05" in output, output
     assert "Traceback" not in output, output
+
+
+def test_ctrl_c_stops_a_scheduled_run_midway_as_cancelled_and_the_next_run_resumes_it(
+    prefect_server: str, tmp_path: Path, fcn8s_checkpoint: Path, stoppable_scene: tuple[Path, Path]
+) -> None:
+    scene, reference = stoppable_scene  # 10 blocks of one tile, slow enough to stop midway
+    incoming, mosaics = tmp_path / "incoming", tmp_path / "mosaics"
+    incoming.mkdir()
+    shutil.copy(scene, incoming / "scene.tif")
+    options = ["--inputs", str(incoming), "--output-dir", str(mosaics), "--weights", str(fcn8s_checkpoint),
+               "--tile-size", "64", "--halo", "32", "--block", "1"]  # fmt: skip
+    every = ["--interval", "5s", "--name", "midway"]
+    command = [sys.executable, "-m", "fcnpipe", "schedule", BATCH, *every, *options]
+    env = clean_env(PREFECT_API_URL=prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="2")
+    served = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    mosaic = mosaics / "scene.zarr"
+    try:
+        wait_for(lambda: len(list((mosaic / MANIFEST / "c").glob("*"))) >= 2, 240, "the run's first blocks")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {stop(served)}") from None
+    sent = time.monotonic()
+    output = stop(served)  # Ctrl-C reaches the serving command and its run, as a terminal sends it
+    took = time.monotonic() - sent
+    assert served.returncode == 130 and took < 20, (served.returncode, took, output)
+    assert "Traceback" not in output, output
+    assert output.splitlines()[-1] == f"stopped (SIGINT); {SERVING_STOPPED}", output
+    states = final_states(prefect_server, "midway")  # later runs wait, scheduled, or were cancelled as due
+    assert states.count(("CANCELLED", f"stopped (SIGINT); {RESUMES}")) == 1, states
+    assert not {"COMPLETED", "FAILED", "CRASHED", "RUNNING"} & {state for state, _ in states}, states
+    state = read_state(mosaic)
+    assert state is not None and not state["complete"]
+
+    again = subprocess.run([sys.executable, "-m", "fcnpipe", "run", BATCH, *options], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert read_state(mosaic)["complete"]  # type: ignore[index]
+    assert chunk_bytes(mosaic) == chunk_bytes(reference)
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started that still run (Linux's /proc)."""
+    try:
+        return [int(n) for n in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_ctrl_c_while_a_scheduled_run_starts_up_cancels_it_as_its_flow_begins(
+    prefect_server: str, tmp_path: Path, pointwise_checkpoint: Path
+) -> None:
+    # Plumbing: the stand-in model; the point is a Ctrl-C that lands before the run's flow works.
+    incoming = tmp_path / "incoming"
+    write_tif(incoming / "scene.tif", noise_image(64, 96, seed=1))
+    command = [sys.executable, "-m", "fcnpipe", "schedule", BATCH, "--interval", "5s", "--name", "starting",
+               "--inputs", str(incoming), "--weights", str(pointwise_checkpoint),
+               "--tile-size", "32"]  # fmt: skip
+    env = clean_env(PREFECT_API_URL=prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="2")
+    served = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: children(served.pid), 240, "the run's process")  # it imports for seconds
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {stop(served)}") from None
+    output = stop(served)
+    assert served.returncode == 130 and "Traceback" not in output, output
+    states = final_states(prefect_server, "starting")
+    assert states.count(("CANCELLED", f"stopped (SIGINT); {RESUMES}")) == 1, states
+    assert not {"COMPLETED", "FAILED", "CRASHED", "RUNNING"} & {state for state, _ in states}, states
+    assert not (incoming / "scene.zarr").exists()  # stopped before it planned
 
 
 def test_schedule_without_a_server_or_a_time_is_one_sentence(
