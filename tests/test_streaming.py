@@ -18,8 +18,9 @@ from fcn.registry import available_models, segmentation_net
 from fcn.streaming import NotStreamable, StreamingNet
 from pipeline.grid import GridSpec, Window, chunk_rows, chunks_of, plan_strips, strip_compute_factor
 from pipeline.settings import SegmentSettings
-from pipeline.tiling.segment import BANDING_COST, plan_scene, run_local, segment_block
+from pipeline.tiling.segment import plan_scene, run_local, segment_block
 from pipeline.tiling.sizing import size_tiles
+from pipeline.tiling.strips import STREAM_COSTS, StreamCost, stream_cost
 from tests.conftest import noise_image, randomize, save_model, write_tif
 from tests.test_sizing import CPU, PROBE, SCENE, factor_of
 
@@ -188,11 +189,27 @@ def test_strips_and_their_compute_factor_worked_by_hand() -> None:
 def test_strips_are_sized_to_the_budget_and_cost_less_than_tiles() -> None:
     for budget in (1500.0, 6000.0):
         tiles = size_tiles(**SCENE, probe=PROBE, budget_mib=budget, device=CPU)
-        strips = size_tiles(**SCENE, probe=PROBE, budget_mib=budget, device=CPU, stream=True)
+        strips = size_tiles(**SCENE, probe=PROBE, budget_mib=budget, device=CPU, stream=stream_cost("fcn8s"))
         assert strips.peak_mib is not None and strips.peak_mib <= budget
         assert strips.batch_size == 1 and strips.block == 1
         spec = GridSpec(8192, 8192, core=strips.tile_size, halo=256, chunk=512, stride=32)
         assert strip_compute_factor(spec) < factor_of(tiles.tile_size)
+
+
+def test_a_network_whose_stream_copies_more_gets_strips_no_wider_and_the_unmeasured_the_worst() -> None:
+    lean, copying = StreamCost(1.0, 1.0), StreamCost(1.0, 2.5)
+    for budget in (2000.0, 4000.0):
+        narrow = size_tiles(**SCENE, probe=PROBE, budget_mib=budget, device=CPU, stream=copying)
+        wide = size_tiles(**SCENE, probe=PROBE, budget_mib=budget, device=CPU, stream=lean)
+        assert narrow.peak_mib is not None and narrow.peak_mib <= budget
+        assert narrow.tile_size <= wide.tile_size
+    assert narrow.tile_size < wide.tile_size  # 2.5x the memory costs width
+    measured = list(STREAM_COSTS.values())
+    assert stream_cost("a-network-nobody-measured") == StreamCost(
+        max(c.time for c in measured), max(c.memory for c in measured)
+    )
+    assert all(cost.time >= 1.0 and cost.memory >= 1.0 for cost in measured)
+    assert set(STREAM_COSTS) == set(available_models()) - {"pointwise"}  # every network is measured
 
 
 def test_a_streamed_mosaic_equals_the_tiled_one_and_resumes_by_strip(
@@ -265,9 +282,10 @@ def test_auto_takes_the_strategy_of_least_predicted_cost(tmp_path: Path, fcn8s_c
     tiles = plan_scene(wide, fcn8s_checkpoint, auto.model_copy(update={"strategy": "tiles"}), dry_run=True)
     stream = plan_scene(wide, fcn8s_checkpoint, auto.model_copy(update={"strategy": "stream"}), dry_run=True)
     # Tiles of 128 with FCN-8s's 256 px halo pay it down and across; strips only across.
-    predicted = {"tiles": tiles.compute_factor, "stream": stream.compute_factor * BANDING_COST}
+    banding = stream_cost("fcn8s").time
+    predicted = {"tiles": tiles.compute_factor, "stream": stream.compute_factor * banding}
     assert plan.predicted == pytest.approx(predicted, abs=1e-4)
-    assert stream.compute_factor * BANDING_COST < tiles.compute_factor
+    assert stream.compute_factor * banding < tiles.compute_factor
     assert plan.settings.strategy == "stream" and plan.summary()["predicted_cost"] == plan.predicted
     # The same scene holding data in one corner only: the tiles of no data are skipped, a strip
     # computes every row, so tiles cost less.
@@ -282,14 +300,15 @@ def test_auto_takes_the_strategy_of_least_predicted_cost(tmp_path: Path, fcn8s_c
     small = write_tif(tmp_path / "small.tif", noise_image(100, 100, seed=2))
     automatic = auto.model_copy(update={"tile_size": "auto"})
     one_tile = plan_scene(small, fcn8s_checkpoint, automatic, dry_run=True)
-    assert one_tile.settings.strategy == "tiles"  # one tile covers it: factor 1.0, a stream's 1.1
-    assert one_tile.predicted["tiles"] == 1.0 and one_tile.predicted["stream"] == pytest.approx(BANDING_COST)
+    assert one_tile.settings.strategy == "tiles"  # one tile covers it: factor 1.0, a stream's 1.15
+    assert one_tile.predicted["tiles"] == 1.0 and one_tile.predicted["stream"] == pytest.approx(banding)
 
 
 def test_a_mosaic_begun_streamed_resumes_streamed_under_auto(
     tmp_path: Path, pointwise_checkpoint: Path
 ) -> None:
-    # Plumbing: the stand-in model (no halo), for which auto alone would choose tiles (1.0 against 1.1).
+    # Plumbing: the stand-in model (no halo), for which auto alone would choose tiles (1.0 against
+    # the unmeasured stream's 1.69).
     scene = write_tif(tmp_path / "scene.tif", noise_image(100, 200, seed=3))
     auto = SegmentSettings(strategy="auto", tile_size=64, chunk=32)
     assert plan_scene(scene, pointwise_checkpoint, auto, dry_run=True).settings.strategy == "tiles"

@@ -43,7 +43,7 @@ from pipeline.settings import SegmentSettings
 from pipeline.storage import Location, check_writable
 from pipeline.tiling.engine import Engine, pick_device
 from pipeline.tiling.sizing import Sizing, memory_budget_mib, size_tiles
-from pipeline.tiling.strips import stream_strip
+from pipeline.tiling.strips import stream_cost, stream_strip
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +148,6 @@ def grid_of(settings: SegmentSettings, card: ModelCard, info: RasterInfo) -> Gri
     )  # fmt: skip
 
 
-BANDING_COST = 1.10
-"""Time of a streamed pixel over a tiled one, beyond the compute factor: each layer joins its kept
-rows to the next band and runs smaller kernels (BENCHMARKS.md, "Exact streaming": 10-15 % for
-FCN-8s on a CPU). What ``--strategy auto`` multiplies a stream's compute factor by."""
-
-
 def choose_strategy(
     settings: SegmentSettings,
     card: ModelCard,
@@ -168,7 +162,8 @@ def choose_strategy(
 
     The predicted cost of each is the network pixels it feeds over the scene's: for tiles their
     compute factor less the cores of no data they will skip, for a stream its compute factor (a
-    strip computes its nodata rows) times :data:`BANDING_COST`. A mosaic being resumed keeps the
+    strip computes its nodata rows) times the network's measured time cost of streaming
+    (:data:`pipeline.tiling.strips.STREAM_COSTS`). A mosaic being resumed keeps the
     strategy it was begun with. Returns the settings, their sizing, and each strategy's predicted
     cost when both were sized.
     """
@@ -187,7 +182,8 @@ def choose_strategy(
         fixed = settings.model_copy(update={"strategy": strategy})
         chosen, sizing = choose_sizing(fixed, card, info, weights, sha, workers, state, dry_run)
         grid = grid_of(chosen, card, info)
-        factor = strip_compute_factor(grid) * BANDING_COST if strategy == "stream" else tiled_cost(grid, info)
+        banding = stream_cost(card.arch).time
+        factor = strip_compute_factor(grid) * banding if strategy == "stream" else tiled_cost(grid, info)
         options[strategy] = (factor, chosen, sizing)
     best = min(options, key=lambda name: options[name][0])
     _, chosen, sizing = options[best]
@@ -258,7 +254,7 @@ def choose_sizing(
         tile_size=None if settings.tile_size == "auto" else settings.tile_size,
         batch_size=None if settings.batch_size == "auto" else settings.batch_size, workers=workers,
         classes=card.num_classes, outputs=settings.outputs, prefetch=settings.prefetch,
-        stream=settings.strategy == "stream",
+        stream=stream_cost(card.arch) if settings.strategy == "stream" else None,
     )  # fmt: skip
     block = int(recorded["block"]) if recorded.get("block") else sizing.block
     chosen = settings.model_copy(

@@ -15,9 +15,12 @@ Batches: a CPU gains little from batching convolutions, so it runs one tile at a
 keeps the device busy; not yet measured against batches of smaller ones), and a tile size given
 by hand gets the largest batch (up to 8) that fits.
 
-Strips (``--strategy stream``): the same choice over strip widths. A strip holds one band of rows
-in flight, so its memory is the probe's at ``STREAM_ROWS`` rows of the strip's read width, and its
-cost is :func:`pipeline.grid.strip_compute_factor`; it never batches.
+Strips (``--strategy stream``): the same choice over strip widths. A strip holds a band of rows
+in flight and, where a skip joins a deeper path, the rows that path lags behind (up to the halo),
+so its memory is taken as the probe's at ``STREAM_ROWS`` plus the halo's rows of the strip's read
+width, times the network's measured ``memory`` cost of streaming
+(:data:`pipeline.tiling.strips.STREAM_COSTS`: the copies its concatenations make). Its cost is
+:func:`pipeline.grid.strip_compute_factor`; it never batches.
 
 With several workers, each needs tiles to work on: the core shrinks until there are at least as
 many tiles as workers, and blocks hold fewer cores until there are as many blocks.
@@ -38,7 +41,7 @@ from fcn import FcnpipeError
 from fcn.memory import LARGEST_INDEXABLE, MemoryProbe
 from pipeline.grid import GridSpec, compute_factor, largest_read, strip_compute_factor, tile_count
 from pipeline.settings import parse_budget
-from pipeline.tiling.strips import STREAM_BAND
+from pipeline.tiling.strips import STREAM_BAND, StreamCost
 
 CPU_SHARE = 0.5  # of the RAM available now: the rest is the page cache, Zarr's buffers, other work
 CUDA_SHARE = 0.8  # of the device's free memory
@@ -113,20 +116,21 @@ def size_tiles(
     classes: int = 2,
     outputs: tuple[str, ...] = ("labels",),
     prefetch: int = 4,
-    stream: bool = False,
+    stream: StreamCost | None = None,
 ) -> Sizing:
     """Choose the core and batch (where not given) and the block for a scene; see the module.
 
-    With ``stream`` the core is a strip's width, the batch 1 and every strip its own block.
+    With ``stream`` (the network's cost of streaming) the core is a strip's width, the batch 1 and
+    every strip its own block.
     """
     unit = math.lcm(chunk, stride)
-    what = "strips" if stream else "tiles"
+    what = "strips" if stream is not None else "tiles"
     if probe is None:
         tile = tile_size or max(unit, FALLBACK_TILE // unit * unit)
         fallback = f"no memory probe could be made on this device: {what} of {tile} px, the fallback."
-        batch = 1 if stream else batch_size or (4 if device.type == "cuda" else 1)
+        batch = 1 if stream is not None else batch_size or (4 if device.type == "cuda" else 1)
         told = () if tile_size else (fallback,)
-        blocks = 1 if stream else fewer_blocks(height, width, tile, block, workers)
+        blocks = 1 if stream is not None else fewer_blocks(height, width, tile, block, workers)
         return Sizing(tile, batch, blocks, None, None, told)
 
     def grid(core: int) -> GridSpec:
@@ -136,9 +140,11 @@ def size_tiles(
     def peak(core: int, batch: int) -> tuple[float, float]:
         rows, cols = largest_read(grid(core))
         core_px = min(core, height) * min(core, width)
-        if stream:  # a band of the strip's read in flight, a row of chunks gathered
-            rows, core_px = min(STREAM_ROWS, rows), min(chunk, height) * min(core, width)
-        memory = probe.peak_mib(batch * rows * cols)
+        copies = 1.0
+        if stream is not None:  # a band and the lag in flight, a row of chunks gathered
+            rows, core_px = min(STREAM_ROWS + halo, rows), min(chunk, height) * min(core, width)
+            copies = stream.memory
+        memory = probe.peak_mib(batch * rows * cols) * copies
         memory += beside_network_mib(rows * cols, core_px, batch, prefetch, classes, outputs)
         return memory, batch * probe.largest_activation(rows * cols)
 
@@ -149,9 +155,9 @@ def size_tiles(
     if tile_size is not None:
         cores = [tile_size]
     else:
-        last = -(-(width if stream else max(height, width)) // unit)  # one core covers the scene
+        last = -(-(width if stream is not None else max(height, width)) // unit)  # one core covers the scene
         cores = [k * unit for k in range(1, last + 1)]
-    if stream:
+    if stream is not None:
         batches = [1]
     elif batch_size is not None:
         batches = [batch_size]
@@ -180,18 +186,18 @@ def size_tiles(
         choices = [(core, batch)]
 
     def units(core: int) -> int:
-        return math.ceil(width / core) if stream else tile_count(grid(core))
+        return math.ceil(width / core) if stream is not None else tile_count(grid(core))
 
     enough = [c for c in choices if units(c[0]) >= workers]
     if not enough:  # a scene too small to give every worker a tile: as many tiles as fit
         enough = [min(choices)]
 
     def cost(choice: tuple[int, int]) -> tuple[float, int, float]:
-        factor = (strip_compute_factor if stream else compute_factor)(grid(choice[0]))
+        factor = (strip_compute_factor if stream is not None else compute_factor)(grid(choice[0]))
         return round(factor, 6), -choice[1], peak(*choice)[0]
 
     core, batch = min(enough, key=cost)
-    blocks = 1 if stream else fewer_blocks(height, width, core, block, workers)
+    blocks = 1 if stream is not None else fewer_blocks(height, width, core, block, workers)
     return Sizing(core, batch, blocks, peak(core, batch)[0], budget_mib, tuple(notes))
 
 

@@ -12,6 +12,7 @@ by the strip's width, the band and the chunk, never by the scene's height.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -23,6 +24,55 @@ from pipeline.raster import RasterReader
 from pipeline.tiling.engine import CoreResult, Engine, Loaded, prefetch
 
 STREAM_BAND = 256  # input rows per push: a multiple of the FCNs' alignment (32), kernels stay large
+
+
+@dataclass(frozen=True)
+class StreamCost:
+    """What streaming a network costs beyond its compute factor, measured against its own whole pass.
+
+    ``time``: a streamed pixel's time over a whole-image pass's (each layer joins kept rows to the
+    next band and runs shorter kernels), never taken below 1. ``memory``: the stream's peak over
+    the whole pass's on an image short enough that both hold all of it (the copies of kept rows
+    that concatenations make), never below 1.
+    """
+
+    time: float
+    memory: float
+
+
+# bench/stream_archs.py --size 512 --band 128 on this project's 2-core CPU (BENCHMARKS.md, "Every
+# network streamed"): time and memory added, stream over whole pass. The run-to-run noise there
+# is about 15 %: fcn8s and fcn8s-atonce, one topology, measured 1.31 and 0.98; both take 1.15.
+STREAM_COSTS: dict[str, StreamCost] = {
+    "deconvnet": StreamCost(1.19, 1.49),
+    "dilated8": StreamCost(1.14, 1.81),
+    "dilated8-frontend": StreamCost(1.0, 1.62),
+    "dilated8-large": StreamCost(1.0, 1.86),
+    "fcdensenet103": StreamCost(1.38, 2.57),
+    "fcdensenet56": StreamCost(1.27, 2.56),
+    "fcdensenet67": StreamCost(1.18, 2.86),
+    "fcn16s": StreamCost(1.17, 1.34),
+    "fcn32s": StreamCost(1.20, 1.0),
+    "fcn32s-alexnet": StreamCost(1.61, 1.34),
+    "fcn32s-color-d": StreamCost(1.28, 1.41),
+    "fcn32s-color-hha": StreamCost(1.07, 1.56),
+    "fcn32s-googlenet": StreamCost(1.69, 3.34),
+    "fcn8s": StreamCost(1.15, 1.27),
+    "fcn8s-atonce": StreamCost(1.15, 1.47),
+    "fcn8s-demo": StreamCost(1.30, 3.23),
+    "segnet": StreamCost(1.07, 1.68),
+    "segnet-basic": StreamCost(1.12, 1.13),
+    "unet": StreamCost(1.0, 1.0),
+}
+UNMEASURED = StreamCost(
+    max(cost.time for cost in STREAM_COSTS.values()), max(cost.memory for cost in STREAM_COSTS.values())
+)
+"""A network registered without a measurement is assumed to stream as badly as the worst measured."""
+
+
+def stream_cost(arch: str) -> StreamCost:
+    """The measured cost of streaming ``arch`` (the worst measured one's for a network not measured)."""
+    return STREAM_COSTS.get(arch, UNMEASURED)
 
 
 def band_windows(read: Window, band: int) -> list[Window]:
