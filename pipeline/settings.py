@@ -262,10 +262,10 @@ class SegmentSettings(Settings):
         json_schema_extra={"recorded": True},
     )
     strategy: Strategy = Field(
-        "tiles",
-        description="tiles (each core read with the halo on every side), stream (column strips "
-        "streamed top to bottom through the network, the halo paid across only: less compute and "
-        "memory, the same mosaic), or auto: the one predicted to cost less on this scene.",
+        "auto",
+        description="auto: the one predicted to cost less on this scene; tiles (each core read with "
+        "the halo on every side); or stream (column strips streamed top to bottom through the "
+        "network, the halo paid across only: less compute, the same mosaic).",
         json_schema_extra={"recorded": True},
     )
     halo: int | None = Field(

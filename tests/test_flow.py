@@ -207,9 +207,11 @@ def test_the_disk_filling_up_leaves_the_mosaic_incomplete(tmp_path: Path, pointw
 def test_rerun_after_kill_9_resumes_and_gives_identical_bytes(tmp_path: Path, fcn8s_checkpoint: Path) -> None:
     scene = write_tif(tmp_path / "scene.tif", noise_image(256, 320, seed=4))
     # Small halo: this test is about bookkeeping, and a cheaper tile leaves time to kill mid-run.
-    common = ["--input", str(scene), "--weights", str(fcn8s_checkpoint), "--tile-size", "64", "--halo", "32"]
-    reference = plan_scene(scene, fcn8s_checkpoint, SegmentSettings(tile_size=64, halo=32, block=1),
-                           output=tmp_path / "reference.zarr")  # fmt: skip
+    # Blocks of tiles: what a kill -9 loses is counted in tiles.
+    common = ["--input", str(scene), "--weights", str(fcn8s_checkpoint), "--tile-size", "64", "--halo", "32",
+              "--strategy", "tiles"]  # fmt: skip
+    settings = SegmentSettings(strategy="tiles", tile_size=64, halo=32, block=1)
+    reference = plan_scene(scene, fcn8s_checkpoint, settings, output=tmp_path / "reference.zarr")
     assert reference.settings.block == 1
     run_local(reference)
 

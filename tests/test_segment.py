@@ -350,7 +350,7 @@ def test_tiles_of_one_geometry_share_batches(tmp_path: Path, pointwise_checkpoin
     from pipeline.tiling.segment import cached_engine
 
     scene = write_tif(tmp_path / "grid.tif", noise_image(64 * 5, 64 * 5, seed=3))
-    settings = SegmentSettings(tile_size=64, halo=32, chunk=32, block=5, batch_size=4)
+    settings = SegmentSettings(strategy="tiles", tile_size=64, halo=32, chunk=32, block=5, batch_size=4)
     plan = plan_scene(scene, pointwise_checkpoint, settings)
     engine = cached_engine(plan.weights, plan.weights_sha256, plan.settings)
     batches: list[int] = []

@@ -221,7 +221,8 @@ def test_a_streamed_mosaic_equals_the_tiled_one_and_resumes_by_strip(
     scene = write_tif(tmp_path / "scene.tif", image, nodata=0)
     outputs = {"chunk": 64, "outputs": ("labels", "probabilities", "logits"), "logits_dtype": "float32"}
     tiled = tmp_path / "tiled.zarr"
-    run_local(plan_scene(scene, fcn8s_checkpoint, SegmentSettings(tile_size=256, **outputs), output=tiled))
+    tiles = SegmentSettings(strategy="tiles", tile_size=256, **outputs)
+    run_local(plan_scene(scene, fcn8s_checkpoint, tiles, output=tiled))
 
     streamed = tmp_path / "streamed.zarr"
     settings = SegmentSettings(tile_size=128, strategy="stream", **outputs)
@@ -231,7 +232,7 @@ def test_a_streamed_mosaic_equals_the_tiled_one_and_resumes_by_strip(
     assert not streamed.exists()
     segment_block(plan_scene(scene, fcn8s_checkpoint, settings, output=streamed), 0)  # then a crash
     with pytest.raises(FcnpipeError, match="was begun with --strategy stream"):
-        plan_scene(scene, fcn8s_checkpoint, SegmentSettings(tile_size=256, **outputs), output=streamed)
+        plan_scene(scene, fcn8s_checkpoint, tiles, output=streamed)
     resumed = plan_scene(scene, fcn8s_checkpoint, settings, output=streamed)
     assert resumed.todo == (1, 2)  # the recorded strip is skipped
     report = run_local(resumed)

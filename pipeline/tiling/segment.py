@@ -164,8 +164,9 @@ def choose_strategy(
     compute factor less the cores of no data they will skip, for a stream its compute factor (a
     strip computes its nodata rows) times the network's measured time cost of streaming
     (:data:`pipeline.tiling.strips.STREAM_COSTS`). A mosaic being resumed keeps the
-    strategy it was begun with. Returns the settings, their sizing, and each strategy's predicted
-    cost when both were sized.
+    strategy it was begun with, and one whose memory fits nothing is left out (the tiles' sentence
+    when neither fits). Returns the settings, their sizing, and each strategy's predicted cost
+    when both were sized.
     """
     if settings.strategy != "auto":
         chosen, sizing = choose_sizing(settings, card, info, weights, sha, workers, state, dry_run)
@@ -176,15 +177,23 @@ def choose_strategy(
         chosen, sizing = choose_sizing(resumed, card, info, weights, sha, workers, state, dry_run)
         return chosen, sizing, {}
     options = {}
+    unfit: FcnpipeError | None = None
     for strategy in ("tiles", "stream"):
         if strategy == "stream" and streaming_refusal(card.arch, card.num_classes):
             continue
         fixed = settings.model_copy(update={"strategy": strategy})
-        chosen, sizing = choose_sizing(fixed, card, info, weights, sha, workers, state, dry_run)
+        try:
+            chosen, sizing = choose_sizing(fixed, card, info, weights, sha, workers, state, dry_run)
+        except FcnpipeError as exc:  # nothing of this strategy fits the budget: the other may
+            unfit = unfit or exc
+            continue
         grid = grid_of(chosen, card, info)
         banding = stream_cost(card.arch).time
         factor = strip_compute_factor(grid) * banding if strategy == "stream" else tiled_cost(grid, info)
         options[strategy] = (factor, chosen, sizing)
+    if not options:
+        assert unfit is not None
+        raise unfit
     best = min(options, key=lambda name: options[name][0])
     _, chosen, sizing = options[best]
     return chosen, sizing, {name: round(cost, 4) for name, (cost, _, _) in options.items()}
