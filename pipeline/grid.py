@@ -194,13 +194,26 @@ def plan_strips(spec: GridSpec) -> list[Block]:
     return strips
 
 
+def strip_from(strip: Tile, row: int, spec: GridSpec) -> Tile:
+    """The rest of ``strip`` from image row ``row`` on: what a strip resumed below its top streams.
+
+    Its read starts ``halo`` above the row of the pooling grid at or above ``row``, as the read of a
+    tile whose core began there would, so every row it keeps is the whole strip's (exact, as
+    tiles are); the rows between that grid row and ``row`` are computed again and not kept.
+    """
+    top = row // spec.stride * spec.stride
+    below = Window(top, strip.core.col, spec.height - top, strip.core.width)
+    read = below.expand(spec.halo, spec.height, spec.width, border=spec.margin)
+    return Tile(Window(row, strip.core.col, spec.height - row, strip.core.width), read, spec.margin)
+
+
 def chunk_rows(strip: Tile, chunk: int) -> list[Tile]:
     """A strip's rows of chunks, each with the same rows of the strip's read: what a stream writes at once."""
-    m = strip.margin
+    m, bottom = strip.margin, strip.core.row + strip.core.height
     return [
-        Tile(Window(r, strip.core.col, min(chunk, strip.core.height - r), strip.core.width),
-             Window(r - m, strip.read.col, min(chunk, strip.core.height - r) + 2 * m, strip.read.width), m)
-        for r in range(strip.core.row, strip.core.row + strip.core.height, chunk)
+        Tile(Window(r, strip.core.col, min(chunk, bottom - r), strip.core.width),
+             Window(r - m, strip.read.col, min(chunk, bottom - r) + 2 * m, strip.read.width), m)
+        for r in range(strip.core.row, bottom, chunk)
     ]  # fmt: skip
 
 

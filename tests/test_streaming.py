@@ -17,11 +17,13 @@ from fcn.margin import same_size_forward
 from fcn.registry import available_models, segmentation_net
 from fcn.streaming import NotStreamable, StreamingNet
 from pipeline.grid import GridSpec, Window, chunk_rows, chunks_of, plan_strips, strip_compute_factor
+from pipeline.outputs.mosaic import MANIFEST, ROWS_DONE
 from pipeline.settings import SegmentSettings
 from pipeline.tiling.segment import plan_scene, run_local, segment_block
 from pipeline.tiling.sizing import size_tiles
 from pipeline.tiling.strips import STREAM_COSTS, StreamCost, stream_cost
 from tests.conftest import noise_image, randomize, save_model, write_tif
+from tests.test_flow import chunk_bytes
 from tests.test_sizing import CPU, PROBE, SCENE, factor_of
 
 TOLERANCE = 1e-5  # of the logit range: fp32 kernels sum in another order over a band than over the image
@@ -245,6 +247,41 @@ def test_a_streamed_mosaic_equals_the_tiled_one_and_resumes_by_strip(
     assert (got["probabilities"][:][:, nodata] == 255).all()  # type: ignore[index]
     agree(want["logits"][:][:, valid][..., None], got["logits"][:][:, valid][..., None])  # type: ignore[index]
     assert np.array_equal(want["labels"][:], got["labels"][:])  # type: ignore[index]
+
+
+def test_a_strip_that_died_midway_resumes_from_its_first_row_not_written_to_the_same_mosaic(
+    tmp_path: Path, fcn8s_checkpoint: Path
+) -> None:
+    scene = write_tif(tmp_path / "scene.tif", noise_image(330, 150, seed=5))  # one strip, 6 rows of chunks
+    settings = SegmentSettings(
+        strategy="stream", chunk=64, outputs=("labels", "logits"), logits_dtype="float32"
+    )
+    whole = tmp_path / "whole.zarr"
+    run_local(plan_scene(scene, fcn8s_checkpoint, settings, output=whole))
+
+    died = tmp_path / "died.zarr"
+    plan = plan_scene(scene, fcn8s_checkpoint, settings, output=died)
+    assert len(plan.blocks) == 1
+    segment_block(plan, 0)
+    # What a death after the strip's third row of chunks leaves: rows 0-2 written and recorded,
+    # the rest not, the strip not done.
+    for array in ("labels", "logits"):
+        for chunk in (died / array / "c").rglob("*"):
+            if chunk.is_file() and int(chunk.relative_to(died / array / "c").parts[-2]) >= 3:
+                chunk.unlink()
+    for row in range(3, 6):
+        (died / ROWS_DONE / "c" / "0" / str(row)).unlink()
+    (died / MANIFEST / "c" / "0").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (died / "labels" / "c").rglob("*") if p.is_file()}
+    assert len(kept) == 3 * 3  # rows 0-2, three chunks across
+
+    resumed = plan_scene(scene, fcn8s_checkpoint, settings, output=died)
+    assert resumed.todo == (0,)
+    report = segment_block(resumed, 0)
+    assert report.pixels == (330 - 3 * 64) * 150  # only the rows not written
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # rows above were not touched
+    run_local(plan_scene(scene, fcn8s_checkpoint, settings, output=died))
+    assert chunk_bytes(died) == chunk_bytes(whole)  # restarted a halo above its row: the same bytes
 
 
 @pytest.mark.parametrize("arch", ["segnet-basic", "unet"])

@@ -50,6 +50,8 @@ from pipeline.storage import Location, access, check_writable, delete_tree, exis
 PROBABILITY_SCALE = 254
 PROBABILITY_NODATA = 255
 MANIFEST = "fcnpipe/blocks_done"
+ROWS_DONE = "fcnpipe/rows_done"
+"""A streamed mosaic's record of each strip's rows of chunks written: (strip, row), one chunk each."""
 
 
 class AlreadyComplete(FcnpipeError):
@@ -279,6 +281,9 @@ def create(location: Location, spec: MosaicSpec) -> zarr.Group:
         )  # fmt: skip
     write_coordinates(group, (h, w), transform, scene.crs_wkt, k)
     group.create_array(MANIFEST, shape=(spec.blocks,), chunks=(1,), dtype=str, fill_value="")
+    if spec.settings.get("strategy") == "stream":
+        group.create_array(ROWS_DONE, shape=(spec.blocks, -(-h // c)), chunks=(1, 1), dtype=bool,
+                           fill_value=False)  # fmt: skip
     group.attrs.update(
         {
             "fcnpipe": {
@@ -363,6 +368,30 @@ def mark_block_done(group: zarr.Group, index: int, layout: str) -> None:
     manifest = group[MANIFEST]
     assert isinstance(manifest, zarr.Array)
     manifest[index] = layout if holds_layouts(manifest.dtype) else 1
+
+
+def strip_rows(group: zarr.Group) -> zarr.Array[Any] | None:
+    """The record of strips' rows written (None in a tiled mosaic, or one streamed before it existed)."""
+    try:
+        rows = group[ROWS_DONE]
+    except KeyError:
+        return None
+    assert isinstance(rows, zarr.Array)
+    return rows
+
+
+def rows_written(record: zarr.Array[Any] | None, index: int) -> int:
+    """How many of strip ``index``'s rows of chunks, from the top, are written."""
+    if record is None:
+        return 0
+    done = np.asarray(record[index, :])
+    return len(done) if done.all() else int(np.argmin(done))
+
+
+def mark_row_written(record: zarr.Array[Any] | None, index: int, row: int) -> None:
+    """Record that strip ``index``'s row of chunks ``row`` is written (after its chunks; written once)."""
+    if record is not None:
+        record[index, row] = True
 
 
 def holds_layouts(dtype: Any) -> bool:

@@ -25,16 +25,19 @@ from fcn.margin import aligned_halo
 from fcn.memory import MemoryProbe, probe_memory
 from fcn.streaming import streaming_refusal
 from pipeline.checkpoints import local_checkpoint
-from pipeline.grid import GridSpec, compute_factor, plan_blocks, strip_compute_factor
+from pipeline.grid import GridSpec, compute_factor, plan_blocks, strip_compute_factor, strip_from
 from pipeline.outputs.mosaic import (
     AlreadyComplete,
     MosaicSpec,
     blocks_done,
     file_sha256,
     mark_block_done,
+    mark_row_written,
     open_mosaic_group,
     prepare,
     read_state,
+    rows_written,
+    strip_rows,
     write_core,
 )
 from pipeline.plan import BlockReport, Plan, plan_units
@@ -304,14 +307,20 @@ def segment_block(plan: Plan, index: int, on_tile: Callable[[int], None] | None 
     group = open_mosaic_group(plan.output, "r+")
     reader = RasterReader(plan.input)
     skipped = pixels = 0
+    record = strip_rows(group) if plan.streamed else None
+    written = rows_written(record, index)
     try:
-        if plan.streamed:  # a strip: one tile, written a row of chunks at a time
-            results = stream_strip(engine, reader, block.tiles[0], plan.grid.chunk)
+        if plan.streamed:  # a strip: one tile, written a row of chunks at a time, from the first not written
+            strip = block.tiles[0]
+            if written:
+                strip = strip_from(strip, strip.core.row + written * plan.grid.chunk, plan.grid)
+            results = stream_strip(engine, reader, strip, plan.grid.chunk)
         else:
             results = engine.run(reader, block.tiles)
-        for result in results:
+        for row, result in enumerate(results, start=written):
             write_core(group, result.tile.core, result.labels, result.probabilities, result.logits,
                        result.head_labels)  # fmt: skip
+            mark_row_written(record, index, row)
             skipped += result.skipped
             segmented = 0 if result.skipped else result.tile.core.height * result.tile.core.width
             pixels += segmented

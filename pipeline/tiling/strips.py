@@ -84,11 +84,16 @@ def band_windows(read: Window, band: int) -> list[Window]:
 def stream_strip(
     engine: Engine, reader: RasterReader, strip: Tile, chunk: int, band: int = STREAM_BAND
 ) -> Iterator[CoreResult]:
-    """Stream ``strip`` through the engine's model; yield one result per row of chunks, in order."""
+    """Stream ``strip`` through the engine's model; yield one result per row of chunks, in order.
+
+    The output rows above the strip's core (a strip resumed below its top reads a halo above
+    it, :func:`pipeline.grid.strip_from`) are computed and dropped.
+    """
     net = StreamingNet(engine.model, strip.read.height, strip.read.width)
     windows = band_windows(strip.read, band)
     bands = prefetch(reader.read, windows, engine.settings.prefetch)
-    columns = strip.crop()[1]
+    rows_above, columns = strip.crop()
+    above = rows_above.start
     todo = chunk_rows(strip, chunk)
     pending: list[torch.Tensor] = []
     for number, pixels in enumerate(bands):
@@ -96,7 +101,9 @@ def stream_strip(
         x = network_input(torch.from_numpy(pixels)[None], engine.normalization, engine.device)
         with autocast(engine.device, engine.settings.precision):
             out = net.push(x, final=number == len(windows) - 1)
-        pending.append(out[:, :, :, columns].float())
+        dropped = min(above, out.shape[2])
+        above -= dropped
+        pending.append(out[:, :, dropped:, columns].float())
         while todo and sum(p.shape[2] for p in pending) >= todo[0].core.height:
             tile = todo.pop(0)
             rows = torch.cat(pending, dim=2)
