@@ -172,7 +172,7 @@ def stoppable_scene(tmp_path_factory: pytest.TempPathFactory, fcn8s_checkpoint: 
     folder = tmp_path_factory.mktemp("stoppable")
     scene = write_tif(folder / "scene.tif", noise_image(128, 320, seed=4))
     reference = folder / "reference.zarr"
-    settings = SegmentSettings(tile_size=64, halo=32, block=1)
+    settings = SegmentSettings(strategy="tiles", tile_size=64, halo=32, block=1)
     run_local(plan_scene(scene, fcn8s_checkpoint, settings, output=reference))
     return scene, reference
 

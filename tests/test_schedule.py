@@ -21,7 +21,6 @@ from flows.api import free_port
 from flows.serving import RESUMES, SERVING_STOPPED
 from pipeline.outputs.mosaic import MANIFEST, read_state
 from tests.conftest import ROOT, noise_image, write_tif
-from tests.test_flow import chunk_bytes
 
 BATCH = str(ROOT / "flows" / "segment_batch.py")
 runner = CliRunner()
@@ -158,15 +157,15 @@ def test_a_scheduled_batch_segments_a_new_scene_once_and_skips_it_after(
     assert "Traceback" not in output, output
 
 
-def test_ctrl_c_stops_a_scheduled_run_midway_as_cancelled_and_the_next_run_resumes_it(
+def test_ctrl_c_stops_a_scheduled_run_midway_as_cancelled_keeping_what_it_wrote(
     prefect_server: str, tmp_path: Path, fcn8s_checkpoint: Path, stoppable_scene: tuple[Path, Path]
 ) -> None:
-    scene, reference = stoppable_scene  # 10 blocks of one tile, slow enough to stop midway
+    scene, _ = stoppable_scene  # 10 blocks of one tile, slow enough to stop midway
     incoming, mosaics = tmp_path / "incoming", tmp_path / "mosaics"
     incoming.mkdir()
     shutil.copy(scene, incoming / "scene.tif")
     options = ["--inputs", str(incoming), "--output-dir", str(mosaics), "--weights", str(fcn8s_checkpoint),
-               "--tile-size", "64", "--halo", "32", "--block", "1"]  # fmt: skip
+               "--tile-size", "64", "--halo", "32", "--block", "1", "--strategy", "tiles"]  # fmt: skip
     every = ["--interval", "5s", "--name", "midway"]
     command = [sys.executable, "-m", "fcnpipe", "schedule", BATCH, *every, *options]
     env = clean_env(PREFECT_API_URL=prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="2")
@@ -187,13 +186,8 @@ def test_ctrl_c_stops_a_scheduled_run_midway_as_cancelled_and_the_next_run_resum
     assert states.count(("CANCELLED", f"stopped (SIGINT); {RESUMES}")) == 1, states
     assert not {"COMPLETED", "FAILED", "CRASHED", "RUNNING"} & {state for state, _ in states}, states
     state = read_state(mosaic)
-    assert state is not None and not state["complete"]
-
-    again = subprocess.run([sys.executable, "-m", "fcnpipe", "run", BATCH, *options], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert read_state(mosaic)["complete"]  # type: ignore[index]
-    assert chunk_bytes(mosaic) == chunk_bytes(reference)
+    assert state is not None and not state["complete"]  # what it wrote is kept for the next run
+    # (a stopped run resuming to identical bytes: tests/test_stopping.py, by the same plan)
 
 
 def children(pid: int) -> list[int]:

@@ -40,7 +40,7 @@ def test_a_signal_stops_a_run_within_5_s_and_the_same_command_resumes_to_identic
 
     out = tmp_path / "stopped.zarr"
     args = ["run", FLOW, "--input", str(scene), "--weights", str(fcn8s_checkpoint), "--tile-size", "64",
-            "--halo", "32", "--block", "1", "--output", str(out)]  # fmt: skip
+            "--halo", "32", "--block", "1", "--strategy", "tiles", "--output", str(out)]  # fmt: skip
     proc = fcnpipe(*args)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:

@@ -156,7 +156,7 @@ def start_slow_run(
 ) -> tuple[list[str], subprocess.Popen[bytes]]:
     """Start the slow run through the runner, wait until two blocks are written: its arguments, process."""
     args = ["run", FLOW, "--input", str(scene), "--weights", str(checkpoint), "--tile-size", "64",
-            "--halo", "32", "--block", "1", "--output", str(out)]  # fmt: skip
+            "--halo", "32", "--block", "1", "--strategy", "tiles", "--output", str(out)]  # fmt: skip
     proc = fcnpipe(*args, env=env_for(home))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
