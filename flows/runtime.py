@@ -33,6 +33,12 @@ from rich.console import Console  # noqa: E402
 
 quiet_environment()  # again: distributed is loaded now, and its loggers take the level
 
+# Prefect's background senders log under their class's name, outside "prefect" and its level: at
+# exit, after an API that answered 503 for a while, EventsWorker counts down the events it still
+# sends ("Still processing items: 34 items remaining...") under a run that is already complete.
+for service in ("EventsWorker", "APILogWorker"):
+    logging.getLogger(service).setLevel(setting("PREFECT_LOGGING_LEVEL"))
+
 from fcn import FcnpipeError  # noqa: E402
 from flows.progress import Meter, progress  # noqa: E402
 from pipeline.cluster import (  # noqa: E402

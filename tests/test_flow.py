@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from fcnpipe.main import app
-from pipeline.outputs.mosaic import MANIFEST, read_state
+from pipeline.outputs.mosaic import MANIFEST, ROWS_DONE, read_state
 from pipeline.settings import SegmentSettings
 from pipeline.tiling.segment import plan_scene, run_local
 from tests.conftest import fcnpipe, noise_image, one_thread_reference, write_tif
@@ -246,6 +246,40 @@ def test_rerun_after_kill_9_resumes_and_gives_identical_bytes(tmp_path: Path, fc
     assert chunk_bytes(out) == chunk_bytes(tmp_path / "reference.zarr")
     labels = zarr.open_group(str(out), mode="r")["labels"][:]  # type: ignore[index]
     assert np.array_equal(labels, zarr.open_group(str(tmp_path / "reference.zarr"), mode="r")["labels"][:])  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_a_stream_killed_midway_through_its_strip_resumes_from_its_rows_to_identical_bytes(
+    tmp_path: Path, fcn8s_checkpoint: Path
+) -> None:
+    scene = write_tif(tmp_path / "scene.tif", noise_image(640, 96, seed=6))  # one strip, 10 rows of chunks
+    settings = SegmentSettings(strategy="stream", chunk=64)
+    run_local(plan_scene(scene, fcn8s_checkpoint, settings, output=tmp_path / "reference.zarr"))
+
+    out = tmp_path / "killed.zarr"
+    args = ["run", FLOW, "--input", str(scene), "--weights", str(fcn8s_checkpoint), "--strategy", "stream",
+            "--chunk", "64", "--output", str(out)]  # fmt: skip
+    proc = fcnpipe(*args)
+    rows = out / ROWS_DONE / "c" / "0"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if rows.is_dir() and len(list(rows.iterdir())) >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode() if proc.stdout else ""
+    written = len(list(rows.iterdir()))
+    assert 2 <= written < 10 and not (out / MANIFEST / "c" / "0").exists()  # died inside the strip
+    labels = out / "labels" / "c"  # chunks labels/c/<row>/<column>: those of the recorded rows
+    recorded = [p for p in labels.rglob("*") if p.is_file() and int(p.parent.name) < written]
+    kept = {p: p.stat().st_mtime_ns for p in recorded}
+
+    rerun = runner.invoke(app, args)  # the same command
+    assert rerun.exit_code == 0, rerun.output
+    assert read_state(out)["complete"]  # type: ignore[index]
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # the rows it had written stay
+    assert chunk_bytes(out) == chunk_bytes(tmp_path / "reference.zarr")
 
 
 def block_task_runs() -> list[str]:

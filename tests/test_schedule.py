@@ -132,9 +132,10 @@ def test_a_scheduled_batch_segments_a_new_scene_once_and_skips_it_after(
     try:
         mosaic = mosaics / "scene.zarr"
 
-        def complete() -> bool:
+        def complete() -> bool:  # and the run that made it ended (it consolidates after the mark)
             state = read_state(mosaic) if mosaic.exists() else None
-            return bool(state and state["complete"])
+            ended = any(kind == "COMPLETED" for kind, _ in flow_runs(prefect_server, "every-5s"))
+            return bool(state and state["complete"]) and ended
 
         wait_for(complete, 240, "the new scene's mosaic")
         finished_at = time.time()
