@@ -114,7 +114,14 @@ def stoppable(flow: Flow[..., Any]) -> Flow[..., Any]:
 
 @contextmanager
 def runs_hold_interrupts() -> Iterator[None]:
-    """Within the block, the runs this process starts begin with SIGINT blocked (``QUIET_PYTHON``)."""
+    """Within the block, the runs this process starts begin with SIGINT blocked (``QUIET_PYTHON``).
+
+    Where the script lost its executable bit (a copy that kept no modes), runs start as Prefect
+    starts them: a Ctrl-C still stops one at work, and one starting or exiting may print a traceback.
+    """
+    if not os.access(QUIET_PYTHON, os.X_OK):
+        yield
+        return
     os.environ["FCNPIPE_RUN_PYTHON"] = sys.executable
     multiprocessing.set_executable(str(QUIET_PYTHON))
     try:
