@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -81,28 +82,25 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop(proc)
 
 
-def flow_runs(url: str, deployment: str) -> list[tuple[str, str]]:
-    """(state, start time) of every run of the batch deployment, as the server recorded them."""
+def deployment_runs(url: str, deployment: str) -> list[dict[str, Any]]:
+    """Every run of the deployment, as the server recorded them."""
     import json
 
     body = json.dumps({"deployments": {"name": {"any_": [deployment]}}, "limit": 200}).encode()
     request = urllib.request.Request(f"{url}/flow_runs/filter", data=body,
                                      headers={"Content-Type": "application/json"})  # fmt: skip
     with urllib.request.urlopen(request, timeout=60) as response:
-        runs = json.loads(response.read())
-    return [(r["state_type"], r["start_time"] or "") for r in runs]
+        return list(json.loads(response.read()))
+
+
+def flow_runs(url: str, deployment: str) -> list[tuple[str, str]]:
+    """(state, start time) of every run of the deployment."""
+    return [(r["state_type"], r["start_time"] or "") for r in deployment_runs(url, deployment)]
 
 
 def final_states(url: str, deployment: str) -> list[tuple[str, str]]:
-    """(state, its message) of every run of the deployment, as the server recorded them."""
-    import json
-
-    body = json.dumps({"deployments": {"name": {"any_": [deployment]}}, "limit": 200}).encode()
-    request = urllib.request.Request(f"{url}/flow_runs/filter", data=body,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(request, timeout=60) as response:
-        runs = json.loads(response.read())
-    return [(r["state_type"], r["state"]["message"] or "") for r in runs]
+    """(state, its message) of every run of the deployment."""
+    return [(r["state_type"], r["state"]["message"] or "") for r in deployment_runs(url, deployment)]
 
 
 def artifacts(url: str, key: str) -> int:

@@ -181,6 +181,7 @@ def choose_strategy(
         return chosen, sizing, {}
     options = {}
     unfit: FcnpipeError | None = None
+    banding = stream_cost(card.arch).time
     for strategy in ("tiles", "stream"):
         if strategy == "stream" and streaming_refusal(card.arch, card.num_classes):
             continue
@@ -191,7 +192,6 @@ def choose_strategy(
             unfit = unfit or exc
             continue
         grid = grid_of(chosen, card, info)
-        banding = stream_cost(card.arch).time
         factor = strip_compute_factor(grid) * banding if strategy == "stream" else tiled_cost(grid, info)
         options[strategy] = (factor, chosen, sizing)
     if not options:
